@@ -1,0 +1,212 @@
+"""compress(): the one verb that turns a model and a CompressionConfig into a new, compressed model.
+
+Out-of-place: the model passed in is never touched. Order: prune -> quantize the survivors (zeros stay exactly
+zero) -> activation calibration -> bias correction -> fine-tuning with fixed masks (re-quantized after).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import prune as prune_ops
+from . import quantize as quant_ops
+from .compressed import CompressedModel, LayerCompression, compressible_layers
+from .config import CompressionConfig, PruneSpec, QuantSpec
+
+Progress = Callable[[str, float], None]  # (stage, fraction done)
+CALIB_SAMPLES = 512
+TAYLOR_BATCHES = 4
+FINETUNE_BATCH = 128
+FINETUNE_LR = 1e-4
+
+
+def compress(
+    model: nn.Module,
+    config: CompressionConfig,
+    calib: tuple[torch.Tensor, torch.Tensor] | None = None,
+    progress: Progress | None = None,
+) -> CompressedModel:
+    """Return a compressed copy of `model` as described by `config`.
+
+    Args:
+        model: any module with Linear / Conv1d / Conv2d layers; not modified.
+        config: what to do (global specs plus per-layer overrides).
+        calib: (x, y) training samples on the model's device; needed for taylor pruning, activation
+            quantization, bias correction and fine-tuning.
+        progress: optional callback (stage, fraction) for the slow stages.
+
+    Returns:
+        CompressedModel whose `.model` is a new module in eval mode.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(8, 4))
+        >>> cm = compress(net, CompressionConfig(quant=QuantSpec(bits=4), prune=PruneSpec(sparsity=0.5)))
+        >>> cm.layers["0"].nnz
+        16
+    """
+    _check_finite(model)
+    specs = {name: config.for_layer(name) for name, _ in compressible_layers(model)}
+    unknown = {o.name for o in config.overrides} - specs.keys()
+    if unknown:
+        raise ValueError(f"override names no compressible layer: {sorted(unknown)}; layers are {list(specs)}")
+    needs_calib = config.act_bits < 32 or config.bias_correction or config.finetune_steps > 0 or any(
+        p.method == "taylor" and p.enabled and not skip for _, p, skip in specs.values())
+    if needs_calib and calib is None:
+        raise ValueError("this config needs calibration data (taylor pruning, act_bits, bias correction or "
+                         "fine-tuning): pass calib=(x, y)")
+
+    new = copy.deepcopy(model).eval()
+    modules = dict(compressible_layers(new))
+    masks = _masks(new, modules, specs, config, calib)
+    layers = {name: _compress_layer(name, modules[name], masks.get(name), *specs[name]) for name in modules}
+
+    cm = CompressedModel(model=new, config=config, layers=layers)
+    if config.act_bits < 32:
+        cm.act_qparams = _calibrate_activations(new, modules, config.act_bits, calib)
+        attach_activation_quant(new, cm.act_qparams)
+    if config.bias_correction:
+        _correct_biases(model, new, modules, calib)
+    if config.finetune_steps > 0:
+        cm.finetune_log = _finetune(cm, modules, calib, config.finetune_steps, config.seed, progress)
+    return cm
+
+
+# ---- pruning + weight quantization -------------------------------------------------------------
+
+def _masks(model, modules, specs, config, calib) -> dict[str, torch.Tensor | None]:
+    prune_specs = {name: p for name, (_, p, skip) in specs.items() if not skip and p.enabled}
+    if not prune_specs:
+        return {}
+    taylor = None
+    if any(p.method == "taylor" for p in prune_specs.values()):
+        x, y = calib
+        taylor = prune_ops.taylor_scores(model, [n for n, p in prune_specs.items() if p.method == "taylor"],
+                                         x, y, batches=TAYLOR_BATCHES, batch_size=min(128, len(x)))
+    weights = {name: modules[name].weight.detach() for name in prune_specs}
+    return prune_ops.compute_masks(weights, prune_specs, taylor=taylor, seed=config.seed)
+
+
+@torch.no_grad()
+def _compress_layer(name: str, module: nn.Module, mask, quant: QuantSpec, prune: PruneSpec,
+                    skip: bool) -> LayerCompression:
+    w = module.weight.detach()
+    shape = tuple(w.shape)
+    if skip:
+        return LayerCompression(name, shape, w, QuantSpec(), PruneSpec(), skipped=True)
+    q = quant_ops.quantize_weight(w, quant, mask)
+    module.weight.copy_(q.weight)
+    return LayerCompression(name, shape, module.weight.detach(), quant, prune, mask=mask, codes=q.codes,
+                            scale=q.scale, zero_point=q.zero_point, codebook=q.codebook)
+
+
+def _check_finite(model: nn.Module) -> None:
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"model tensor {name!r} contains NaN or Inf; fix the checkpoint before compressing")
+
+
+# ---- activations -------------------------------------------------------------------------------
+
+@torch.no_grad()
+def _calibrate_activations(model, modules, bits, calib) -> dict[str, tuple[float, int, int, int]]:
+    """Min/max of each compressible layer's input over a calibration batch -> asym per-tensor qparams."""
+    lo: dict[str, float] = {}
+    hi: dict[str, float] = {}
+
+    def observe(name):
+        def hook(_, inputs):
+            x = inputs[0]
+            lo[name] = min(lo.get(name, 0.0), float(x.min()))
+            hi[name] = max(hi.get(name, 0.0), float(x.max()))
+        return hook
+
+    handles = [m.register_forward_pre_hook(observe(n)) for n, m in modules.items()]
+    try:
+        x = calib[0][:CALIB_SAMPLES]
+        for start in range(0, len(x), 256):
+            model(x[start:start + 256])
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: quant_ops.activation_qparams(lo[n], hi[n], bits) for n in modules if n in lo}
+
+
+def attach_activation_quant(model: nn.Module, act_qparams: dict[str, tuple[float, int, int, int]]) -> None:
+    """Install a forward pre-hook that fake-quantizes the input of each named layer (on a model we own)."""
+    modules = dict(model.named_modules())
+    for name, (scale, zp, qmin, qmax) in act_qparams.items():
+        def hook(_, inputs, scale=scale, zp=zp, qmin=qmin, qmax=qmax):
+            return (quant_ops.fake_quantize_activation(inputs[0], scale, zp, qmin, qmax),) + tuple(inputs[1:])
+        modules[name].register_forward_pre_hook(hook)
+
+
+# ---- repair ------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def _correct_biases(original, new, modules, calib) -> None:
+    """Bias correction: shift each layer's bias by the mean output error E[W x] - E[W_q x] on calibration data.
+
+    Layers are corrected in order with the already-corrected model feeding them, so errors do not compound.
+    """
+    x = calib[0][:CALIB_SAMPLES]
+    ref_modules = dict(compressible_layers(original))
+    for name, m in modules.items():
+        if m.bias is None:
+            continue
+        captured = {}
+        h = m.register_forward_pre_hook(lambda _, inp: captured.__setitem__("x", inp[0]))
+        try:
+            new(x)
+        finally:
+            h.remove()
+        inp = captured["x"]
+        ref = ref_modules[name]
+        err = _linear_part(ref, inp) - _linear_part(m, inp)  # (N, C, ...) output error without bias
+        dims = [d for d in range(err.dim()) if d != 1]
+        m.bias.add_(err.mean(dim=dims))
+
+
+def _linear_part(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(m, nn.Linear):
+        return F.linear(x, m.weight)
+    return m._conv_forward(x, m.weight, None)
+
+
+# ---- fine-tuning -------------------------------------------------------------------------------
+
+def _finetune(cm: CompressedModel, modules, calib, steps: int, seed: int, progress) -> list[tuple[int, float]]:
+    """Train the compressed model for `steps` SGD steps with masks fixed, then re-quantize the weights.
+
+    Gradients of pruned weights are zeroed so pruned weights stay exactly zero; after training the float
+    weights are re-quantized with each layer's spec so the stored codes describe the final model.
+    """
+    model = cm.model
+    x, y = calib
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.is_floating_point()], lr=FINETUNE_LR)
+    log = []
+    model.train()
+    for step in range(steps):
+        idx = torch.randint(len(x), (min(FINETUNE_BATCH, len(x)),), generator=gen).to(x.device)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for name, layer in cm.layers.items():
+            if layer.mask is not None:
+                modules[name].weight.grad.mul_(layer.mask)
+            if layer.skipped:
+                modules[name].weight.grad.zero_()
+        opt.step()
+        log.append((step + 1, float(loss)))
+        if progress:
+            progress("finetune", (step + 1) / steps)
+    model.eval()
+    with torch.no_grad():
+        for name, layer in cm.layers.items():
+            if not layer.skipped:
+                cm.layers[name] = _compress_layer(name, modules[name], layer.mask, layer.quant, layer.prune, False)
+    return log

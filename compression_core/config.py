@@ -1,0 +1,249 @@
+"""Compression settings: frozen, validated, hashable dataclasses that round-trip through JSON.
+
+A `CompressionConfig` holds global `QuantSpec` and `PruneSpec` plus per-layer overrides. Its `config_hash`
+is the key used by the store and the caches, so two configs that mean the same thing hash the same.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, replace
+
+ALLOWED_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
+QUANTIZERS = ("uniform", "kmeans", "pow2", "fp16", "bf16")
+SCHEMES = ("sym", "asym")
+GRANULARITIES = ("tensor", "channel")
+RANGES = ("minmax", "percentile", "mse")
+PRUNE_METHODS = ("magnitude", "random", "structured", "nm", "taylor")
+SCOPES = ("layer", "global")
+ACT_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
+
+
+class ConfigError(ValueError):
+    """A setting is out of range; the message names the field, the bad value and what is allowed."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one layer's weights are quantized.
+
+    bits: 1-8 or 16 for integer grids, 32 = not quantized. The float casts `fp16` / `bf16` always use 16.
+    quantizer: uniform (affine integer grid), kmeans (weight sharing, 2^bits centroids), pow2 (±2^k levels),
+        fp16 / bf16 (plain float casts).
+    scheme / granularity / range: only for `uniform`; per-channel means per output channel (axis 0).
+    percentile: the clip percentile of |w| used when range == "percentile".
+    """
+
+    bits: int = 32
+    quantizer: str = "uniform"
+    scheme: str = "sym"
+    granularity: str = "channel"
+    range: str = "minmax"
+    percentile: float = 99.9
+
+    def __post_init__(self) -> None:
+        _check(self.quantizer in QUANTIZERS, f"quantizer must be one of {', '.join(QUANTIZERS)}; got {self.quantizer!r}")
+        _canonicalise(self, self._canonical())
+        _check(
+            isinstance(self.bits, int) and self.bits in ALLOWED_BITS,
+            f"bits must be one of 1-8, 16 or 32 (32 = off); got {self.bits!r}",
+        )
+        _check(self.scheme in SCHEMES, f"scheme must be sym or asym; got {self.scheme!r}")
+        _check(self.granularity in GRANULARITIES, f"granularity must be tensor or channel; got {self.granularity!r}")
+        _check(self.range in RANGES, f"range must be one of {', '.join(RANGES)}; got {self.range!r}")
+        _check(
+            isinstance(self.percentile, (int, float)) and 50.0 < float(self.percentile) <= 100.0,
+            f"percentile must be in (50, 100]; got {self.percentile!r}",
+        )
+        _check(
+            not (self.quantizer == "uniform" and self.scheme == "sym" and self.bits == 1),
+            "bits=1 needs scheme asym (a symmetric 1-bit grid has only the level 0) or quantizer pow2/kmeans",
+        )
+
+    def _canonical(self) -> dict:
+        """Fields that carry no meaning for this spec are reset, so equal meanings hash equally."""
+        fixed = {}
+        if self.quantizer in ("fp16", "bf16"):
+            fixed["bits"] = 16  # a float cast has one width
+        elif self.bits == 32:
+            fixed["quantizer"] = "uniform"  # 32 bits = not quantized, whatever the quantizer
+        if self.quantizer != "uniform" or self.bits == 32:
+            fixed.update(scheme="sym", granularity="channel", range="minmax")
+        fixed["percentile"] = float(self.percentile) if fixed.get("range", self.range) == "percentile" else 99.9
+        return fixed
+
+    @property
+    def enabled(self) -> bool:
+        return self.bits < 32
+
+
+def _canonicalise(spec, fixed: dict) -> None:
+    for key, value in fixed.items():
+        object.__setattr__(spec, key, value)
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """How one layer's weights are pruned.
+
+    sparsity: fraction of weights removed, 0 <= s < 1 (exactly round(s*n) of them; for `nm` it is implied by n:m).
+    method: magnitude | random | structured (whole output channels by `norm`) | nm | taylor (|w * dL/dw|).
+    scope: layer (each layer to `sparsity`) or global (one threshold over all prunable weights).
+    """
+
+    sparsity: float = 0.0
+    method: str = "magnitude"
+    scope: str = "layer"
+    n: int = 2
+    m: int = 4
+    norm: int = 1
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.sparsity, (int, float)) and math.isfinite(self.sparsity) and 0.0 <= self.sparsity < 1.0,
+            f"sparsity must be in [0, 1) (e.g. 0.9 removes 90 % of weights); got {self.sparsity!r}",
+        )
+        _check(self.method in PRUNE_METHODS, f"prune method must be one of {', '.join(PRUNE_METHODS)}; got {self.method!r}")
+        _check(self.scope in SCOPES, f"scope must be layer or global; got {self.scope!r}")
+        _check(
+            isinstance(self.m, int) and isinstance(self.n, int) and 1 <= self.n < self.m <= 64,
+            f"N:M needs integers 1 <= N < M <= 64; got {self.n}:{self.m}",
+        )
+        _check(self.norm in (1, 2), f"structured norm must be 1 or 2; got {self.norm!r}")
+        _check(
+            not (self.method == "structured" and self.scope == "global"),
+            "structured pruning is layer-wise; use scope layer",
+        )
+        fixed = {"sparsity": float(self.sparsity)}
+        if self.method == "nm":
+            fixed.update(sparsity=0.0, scope="layer")  # the pattern fixes the sparsity
+        else:
+            fixed.update(n=2, m=4)
+        if self.method != "structured":
+            fixed["norm"] = 1
+        if self.method != "nm" and self.sparsity == 0.0:
+            fixed.update(method="magnitude", scope="layer")  # nothing is pruned
+        _canonicalise(self, fixed)
+
+    @property
+    def enabled(self) -> bool:
+        return self.method == "nm" or self.sparsity > 0.0
+
+    @property
+    def target_sparsity(self) -> float:
+        return 1.0 - self.n / self.m if self.method == "nm" else float(self.sparsity)
+
+
+@dataclass(frozen=True)
+class LayerOverride:
+    """Per-layer settings that replace the global ones for the layer called `name` (a module name)."""
+
+    name: str
+    quant: QuantSpec | None = None
+    prune: PruneSpec | None = None
+    skip: bool = False  # leave this layer in fp32, unpruned
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """Everything that defines one compressed model; the unit of a sweep and the key of the store."""
+
+    quant: QuantSpec = field(default_factory=QuantSpec)
+    prune: PruneSpec = field(default_factory=PruneSpec)
+    act_bits: int = 32
+    bias_correction: bool = False
+    finetune_steps: int = 0
+    index_bits: int = 4  # bits per entry of Deep-Compression relative indices
+    overrides: tuple[LayerOverride, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.act_bits in ACT_BITS, f"act_bits must be one of 2-8, 16 or 32 (32 = off); got {self.act_bits!r}")
+        _check(
+            isinstance(self.finetune_steps, int) and 0 <= self.finetune_steps <= 100_000,
+            f"finetune_steps must be an integer in [0, 100000]; got {self.finetune_steps!r}",
+        )
+        _check(
+            isinstance(self.index_bits, int) and 1 <= self.index_bits <= 16,
+            f"index_bits must be an integer in [1, 16]; got {self.index_bits!r}",
+        )
+        names = [o.name for o in self.overrides]
+        _check(len(names) == len(set(names)), f"each layer may be overridden once; got {names}")
+        # overrides are kept sorted so equal configs hash equally
+        object.__setattr__(self, "overrides", tuple(sorted(self.overrides, key=lambda o: o.name)))
+
+    # ---- per-layer view -------------------------------------------------------------------------
+    def for_layer(self, name: str) -> tuple[QuantSpec, PruneSpec, bool]:
+        """(quant, prune, skip) in force for the layer `name`."""
+        for o in self.overrides:
+            if o.name == name:
+                return (o.quant or self.quant, o.prune or self.prune, o.skip)
+        return self.quant, self.prune, False
+
+    def with_override(self, override: LayerOverride) -> "CompressionConfig":
+        rest = tuple(o for o in self.overrides if o.name != override.name)
+        return replace(self, overrides=rest + (override,))
+
+    # ---- serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CompressionConfig":
+        try:
+            overrides = tuple(
+                LayerOverride(
+                    name=o["name"],
+                    quant=QuantSpec(**o["quant"]) if o.get("quant") else None,
+                    prune=PruneSpec(**o["prune"]) if o.get("prune") else None,
+                    skip=bool(o.get("skip", False)),
+                )
+                for o in d.get("overrides", ())
+            )
+            rest = {k: v for k, v in d.items() if k not in ("quant", "prune", "overrides")}
+            return cls(
+                quant=QuantSpec(**d.get("quant", {})),
+                prune=PruneSpec(**d.get("prune", {})),
+                overrides=overrides,
+                **rest,
+            )
+        except TypeError as e:
+            raise ConfigError(f"config has an unknown or missing field: {e}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "CompressionConfig":
+        return cls.from_dict(json.loads(text))
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """Short human label, e.g. 'int4 channel sym · magnitude 50 %'."""
+        q = self.quant
+        if not q.enabled:
+            qs = "fp32"
+        elif q.quantizer in ("fp16", "bf16"):
+            qs = q.quantizer
+        elif q.quantizer == "uniform":
+            qs = f"int{q.bits} {q.granularity} {q.scheme} {q.range}"
+        else:
+            qs = f"{q.quantizer} {q.bits}b"
+        p = self.prune
+        ps = f" · {p.method} {p.n}:{p.m}" if p.method == "nm" else (
+            f" · {p.method} {p.scope} {p.sparsity:.0%}" if p.enabled else "")
+        extra = (f" · act{self.act_bits}" if self.act_bits < 32 else "") + (" · biascorr" if self.bias_correction else "")
+        extra += f" · ft{self.finetune_steps}" if self.finetune_steps else ""
+        extra += f" · {len(self.overrides)} overrides" if self.overrides else ""
+        return qs + ps + extra

@@ -1,0 +1,135 @@
+"""Measuring a model: accuracy with a Wilson interval, top-5, loss, agreement, MACs/BitOps, device choice."""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .compressed import COMPRESSIBLE
+
+DEFAULT_BATCH = {"cpu": 2048, "cuda": 8192, "mps": 4096}
+
+
+class DeviceUnavailable(ValueError):
+    """The requested device does not exist on this machine."""
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; `cuda` / `mps` must exist; `cpu` always does.
+
+    Example:
+        >>> select_device("cpu")
+        device(type='cpu')
+    """
+    name = (name or "auto").lower()
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda")
+    if name == "mps" and has_mps:
+        return torch.device("mps")
+    if name in ("cuda", "mps"):
+        raise DeviceUnavailable(f"device {name!r} is not available on this machine; use auto or cpu")
+    raise DeviceUnavailable(f"device must be auto, cpu, cuda or mps; got {name!r}")
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval for a proportion correct/n (well-behaved near 0 and 1).
+
+    Example:
+        >>> [round(v, 4) for v in wilson_interval(95, 100)]
+        [0.8882, 0.9785]
+    """
+    if n == 0:
+        return (0.0, 1.0)
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits for all of x, in batches; x already on the model's device."""
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, reference_pred: torch.Tensor | None = None,
+             batch_size: int | None = None) -> dict:
+    """Accuracy (+ Wilson 95 % CI), top-5, mean loss and agreement with reference predictions.
+
+    Args:
+        model: module in eval mode on the same device as x.
+        x, y: inputs (N, ...) and int64 labels (N,).
+        reference_pred: (N,) predicted classes of the fp32 model; agreement is the fraction equal to them.
+        batch_size: evaluation batch (default: large, per device type).
+
+    Returns:
+        dict with accuracy, accuracy_ci_low, accuracy_ci_high, n_samples, correct, top5 (None for <= 5
+        classes), loss, agreement (None without a reference), eval_seconds, batch_size, latency_ms_per_batch.
+    """
+    batch_size = batch_size or DEFAULT_BATCH.get(x.device.type, 2048)
+    _sync(x.device)
+    t0 = time.perf_counter()
+    logits = predict(model, x, batch_size)
+    _sync(x.device)
+    seconds = time.perf_counter() - t0
+    pred = logits.argmax(1)
+    n = len(y)
+    correct = int((pred == y).sum())
+    low, high = wilson_interval(correct, n)
+    top5 = None
+    if logits.shape[1] > 5:
+        top5 = float((logits.topk(5, dim=1).indices == y[:, None]).any(1).float().mean())
+    return {
+        "accuracy": correct / n,
+        "accuracy_ci_low": low,
+        "accuracy_ci_high": high,
+        "n_samples": n,
+        "correct": correct,
+        "top5": top5,
+        "loss": float(F.cross_entropy(logits.float(), y)),
+        "agreement": None if reference_pred is None else float((pred == reference_pred).float().mean()),
+        "eval_seconds": seconds,
+        "batch_size": batch_size,
+        "latency_ms_per_batch": 1000 * seconds / math.ceil(n / batch_size),
+        "pred": pred,
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def layer_macs(model: nn.Module, sample: torch.Tensor) -> dict[str, int]:
+    """Multiply-accumulates per compressible layer for ONE input sample (dense count).
+
+    Conv: output elements x (in_channels / groups) x kernel size; Linear: in x out (per leading position).
+    """
+    macs: dict[str, int] = {}
+
+    def hook(name):
+        def fn(m, inputs, out):
+            if isinstance(m, nn.Linear):
+                macs[name] = out.numel() // out.shape[0] * m.in_features
+            else:
+                k = math.prod(m.kernel_size) * m.in_channels // m.groups
+                macs[name] = out.numel() // out.shape[0] * k
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, COMPRESSIBLE)]
+    try:
+        model(sample[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return macs

@@ -1,0 +1,163 @@
+"""Experiment: one model on one evaluation split, ready to compress and measure config after config.
+
+Holds the pristine model (never mutated), the evaluation tensors on the device (moved once), a calibration
+batch from the train split, the fp32 baseline predictions and the dense MAC counts; `run(config)` returns the
+flat record that the CLI prints, the store keeps and the dashboard plots.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from functools import cached_property
+
+import torch
+
+from .compress import compress
+from .compressed import CompressedModel, compressible_layers
+from .config import CompressionConfig
+from .datasets import Dataset, stratified_indices
+from .evaluate import evaluate, layer_macs, select_device
+from .models import LoadedModel
+from .size import size_report
+
+CALIB_SIZE = 1024
+
+
+class Experiment:
+    """Compress-and-evaluate loop for one (model, dataset, split, limit, device).
+
+    Args:
+        loaded: the pristine model from `models.load_model`; it is only read (copied to the device if needed).
+        dataset: from `datasets.load_dataset`.
+        split: evaluation split name ("test" or "train").
+        limit: evaluate a fixed class-stratified subset of this many samples (None = the whole split).
+        device: auto | cpu | cuda | mps.
+
+    Example:
+        >>> exp = Experiment(load_model("digits-cnn"), load_dataset("digits"))          # doctest: +SKIP
+        >>> exp.run(CompressionConfig(quant=QuantSpec(bits=4)))["accuracy"]           # doctest: +SKIP
+        0.97
+    """
+
+    def __init__(self, loaded: LoadedModel, dataset: Dataset, split: str = "test", limit: int | None = None,
+                 device: str = "auto", batch_size: int | None = None):
+        if split not in dataset.info.splits:
+            raise ValueError(f"split must be one of {sorted(dataset.info.splits)}; got {split!r}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be a positive number of samples; got {limit}")
+        self.loaded = loaded
+        self.dataset = dataset
+        self.split = split
+        self.device = select_device(device)
+        self.batch_size = batch_size
+        x, y = dataset.split(split)
+        if limit is not None and limit < len(y):
+            idx = stratified_indices(y, limit)
+            x, y = x[idx], y[idx]
+        self.limit = limit if limit is not None and limit < len(dataset.split(split)[1]) else None
+        self.x, self.y = x.to(self.device), y.to(self.device)
+        # the pristine model on our device: the caller's object on cpu, our own copy elsewhere
+        base = loaded.model
+        self.model = base if self.device.type == "cpu" else copy.deepcopy(base).to(self.device)
+        self.model.eval()
+
+    # ---- cached one-off work -------------------------------------------------------------------
+    @cached_property
+    def layer_names(self) -> list[str]:
+        return [name for name, _ in compressible_layers(self.model)]
+
+    @cached_property
+    def calib(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed, class-stratified calibration batch from the train split (never the evaluation split)."""
+        x, y = self.dataset.split("train")
+        idx = stratified_indices(y, CALIB_SIZE, seed=1)
+        return x[idx].to(self.device), y[idx].to(self.device)
+
+    @cached_property
+    def macs(self) -> dict[str, int]:
+        return layer_macs(self.model, self.x[:1])
+
+    @cached_property
+    def _baseline_eval(self) -> dict:
+        return evaluate(self.model, self.x, self.y, batch_size=self.batch_size)
+
+    @cached_property
+    def baseline(self) -> dict:
+        """The fp32 record (bits 32, sparsity 0) that drops and agreement are measured against."""
+        return self.run(CompressionConfig())
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def key(self, config: CompressionConfig) -> dict:
+        return {"model": self.loaded.name, "fingerprint": self.loaded.fingerprint, "dataset": self.dataset.info.name,
+                "split": self.split, "limit": self.limit, "config_hash": config.config_hash}
+
+    def compress(self, config: CompressionConfig, progress=None) -> CompressedModel:
+        needs_calib = (config.act_bits < 32 or config.bias_correction or config.finetune_steps > 0
+                       or any(config.for_layer(n)[1].method == "taylor" for n in self.layer_names))
+        return compress(self.model, config, calib=self.calib if needs_calib else None, progress=progress)
+
+    def run(self, config: CompressionConfig, progress=None) -> dict:
+        """Compress with `config`, evaluate on the split and return the record (see issue #2 for fields)."""
+        t0 = time.perf_counter()
+        cm = self.compress(config, progress)
+        compress_seconds = time.perf_counter() - t0
+        base = self._baseline_eval
+        metrics = evaluate(cm.model, self.x, self.y, reference_pred=base["pred"], batch_size=self.batch_size)
+        metrics.pop("pred")
+        return self._record(config, cm, metrics, base, compress_seconds)
+
+    def _record(self, config, cm, metrics, base, compress_seconds) -> dict:
+        size = size_report(cm)
+        size_by_layer = {l.name: l for l in size.layers}
+        layers, bitops, sparse_macs = [], 0, 0
+        for name, lc in cm.layers.items():
+            ls = size_by_layer[name]
+            act = config.act_bits if name in cm.act_qparams else 32
+            macs = self.macs.get(name, 0)
+            bitops += macs * ls.value_bits * act
+            sparse_macs += round(macs * (1 - lc.sparsity))
+            layers.append({
+                "name": name, "shape": list(lc.shape), "bits": ls.value_bits,
+                "quantizer": "none" if lc.skipped or not lc.quant.enabled else lc.quant.quantizer,
+                "sparsity": lc.sparsity, "n": lc.n, "nnz": lc.nnz, "index_format": ls.index_format,
+                "size_bits": ls.total_bits, "macs": macs, "skipped": lc.skipped,
+            })
+        dense_macs = sum(self.macs.values())
+        return {
+            **self.key(config),
+            "config": config.to_dict(),
+            "label": config.label,
+            "bits": config.quant.bits,
+            "quantizer": config.quant.quantizer,
+            "prune_method": config.prune.method if config.prune.enabled else "none",
+            "sparsity": config.prune.target_sparsity,
+            "act_bits": config.act_bits,
+            "accuracy": metrics["accuracy"],
+            "accuracy_ci_low": metrics["accuracy_ci_low"],
+            "accuracy_ci_high": metrics["accuracy_ci_high"],
+            "n_samples": metrics["n_samples"],
+            "correct": metrics["correct"],
+            "top5": metrics["top5"],
+            "loss": metrics["loss"],
+            "baseline_accuracy": base["accuracy"],
+            "accuracy_drop_pts": 100.0 * (base["accuracy"] - metrics["accuracy"]),
+            "agreement": metrics["agreement"],
+            "dense_bytes": size.dense_bytes,
+            "size_bytes": size.total_bytes,
+            "compression_ratio": size.compression_ratio,
+            "bits_per_weight": size.bits_per_weight,
+            "realized_sparsity": cm.realized_sparsity,
+            "n_params": sum(t.numel() for t in self.model.state_dict().values() if t.is_floating_point()),
+            "n_weights": cm.n_weights,
+            "nnz": cm.nnz,
+            "macs": dense_macs,
+            "sparse_macs": sparse_macs,
+            "bitops": bitops,
+            "device": str(self.device),
+            "eval_seconds": metrics["eval_seconds"],
+            "compress_seconds": compress_seconds,
+            "batch_size": metrics["batch_size"],
+            "latency_ms_per_batch": metrics["latency_ms_per_batch"],
+            "finetune_final_loss": cm.finetune_log[-1][1] if cm.finetune_log else None,
+            "layers": layers,
+        }

@@ -1,0 +1,120 @@
+"""The CLI contract: JSON shapes on stdout, exit code 2 with one stderr line for bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORD_FIELDS = {"model", "dataset", "split", "config", "config_hash", "bits", "sparsity", "accuracy",
+                 "accuracy_ci_low", "accuracy_ci_high", "n_samples", "accuracy_drop_pts", "agreement", "dense_bytes",
+                 "size_bytes", "compression_ratio", "bits_per_weight", "realized_sparsity", "n_params", "nnz", "macs",
+                 "device", "eval_seconds", "layers"}
+LAYER_FIELDS = {"name", "shape", "bits", "sparsity", "index_format", "size_bits"}
+
+
+def cli(*args, store=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    extra = ["--store", str(store)] if store else []
+    return subprocess.run([sys.executable, "-m", "compression_core", *args, *extra], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_json_record_shape(tmp_path):
+    r = cli("evaluate", "--model", "digits-cnn", "--dataset", "digits", "--bits", "4", "--sparsity", "0.5",
+            "--limit", "200", "--json", store=tmp_path / "s.sqlite")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert RECORD_FIELDS <= rec.keys()
+    assert rec["n_samples"] == 200 and rec["bits"] == 4 and rec["sparsity"] == 0.5
+    assert rec["accuracy_ci_low"] <= rec["accuracy"] <= rec["accuracy_ci_high"]
+    assert 0.49 < rec["realized_sparsity"] < 0.51
+    assert rec["size_bytes"] < rec["dense_bytes"] / 6
+    assert all(LAYER_FIELDS <= l.keys() for l in rec["layers"])
+    assert json.loads(json.dumps(rec["config"]))["quant"]["bits"] == 4
+
+
+def test_sweep_and_sensitivity_and_export(tmp_path):
+    store = tmp_path / "s.sqlite"
+    r = cli("sweep", "--model", "digits-cnn", "--dataset", "digits", "--bits", "4,32", "--sparsity", "0,0.5",
+            "--json", store=store)
+    assert r.returncode == 0, r.stderr
+    recs = json.loads(r.stdout)
+    assert sorted((x["bits"], x["sparsity"]) for x in recs) == [(4, 0.0), (4, 0.5), (32, 0.0), (32, 0.5)]
+    assert "[4/4]" in r.stderr  # progress goes to stderr
+
+    r = cli("sensitivity", "--model", "digits-cnn", "--dataset", "digits", "--bits", "2", "--sparsity", "0,0.9",
+            "--limit", "100", "--json", store=store)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    layers = {row["layer"] for row in rows}
+    assert len(rows) == 2 * len(layers) and len(layers) >= 3
+
+    out = tmp_path / "m.cex"
+    r = cli("export", "--model", "digits-cnn", "--dataset", "digits", "--bits", "4", "--sparsity", "0.8",
+            "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert rec["file_bytes"] == out.stat().st_size
+    assert abs(rec["file_bytes"] - rec["size_bytes"]) <= 0.02 * rec["size_bytes"] + 4096
+
+
+@pytest.fixture
+def byo_files(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from tests.core.byo_model import tiny_mlp
+
+    model = tiny_mlp(num_classes=10)
+    good = tmp_path / "good.safetensors"
+    save_file(model.state_dict(), str(good))
+    bad = {k: v.clone() for k, v in model.state_dict().items()}
+    bad["1.weight"][0, 0] = float("nan")
+    nan = tmp_path / "nan.safetensors"
+    save_file(bad, str(nan))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(os.urandom(300))
+    return {"good": good, "nan": nan, "corrupt": corrupt, "missing": tmp_path / "nope.pt"}
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--model", "no-such-model"], "no-such-model"),
+    (["--model", "digits-cnn", "--bits", "0"], "--bits"),
+    (["--model", "digits-cnn", "--sparsity", "1"], "sparsity"),
+    (["--model", "digits-cnn", "--dataset", "cifar-99"], "cifar-99"),
+    (["--model", "tests.core.byo_model:tiny_mlp", "--weights", "{missing}"], "nope.pt"),
+    (["--model", "tests.core.byo_model:tiny_mlp", "--weights", "{corrupt}"], "corrupt.pt"),
+    (["--model", "tests.core.byo_model:tiny_mlp", "--weights", "{nan}"], "NaN"),
+])
+def test_bad_input_exits_2_with_one_line(args, says, byo_files, tmp_path):
+    args = [a.format(**byo_files) for a in args]
+    if "tests.core.byo_model:tiny_mlp" in args:
+        args += ["--dataset", "digits"]
+    r = cli("evaluate", *args, "--json", store=tmp_path / "s.sqlite")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert says.lower() in lines[0].lower()
+    assert r.stdout == ""
+
+
+def test_byo_model_evaluates(byo_files, tmp_path):
+    r = cli("evaluate", "--model", "tests.core.byo_model:tiny_mlp", "--weights", str(byo_files["good"]),
+            "--num-classes", "10", "--dataset", "digits", "--bits", "8", "--json", store=tmp_path / "s.sqlite")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert rec["n_params"] == 64 * 32 + 32 + 32 * 10 + 10 and rec["bits"] == 8
+
+
+def test_models_and_datasets_listing():
+    r = cli("models", "--json")
+    assert r.returncode == 0, r.stderr
+    names = {m["name"] for m in json.loads(r.stdout)}
+    assert {"lenet300", "lenet5", "digits-cnn", "mnist1d-mlp", "mnist1d-cnn"} <= names
+    r = cli("datasets", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {d["name"]: d for d in json.loads(r.stdout)}
+    assert rows["mnist"]["available"] and rows["digits"]["available"]

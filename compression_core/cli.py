@@ -295,9 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .datasets import DatasetUnavailable
     from .evaluate import DeviceUnavailable
+    from .export import ExportError
     from .models import ModelLoadError
 
-    user_errors = (UserError, ConfigError, ModelLoadError, DatasetUnavailable, DeviceUnavailable,
+    user_errors = (UserError, ConfigError, ModelLoadError, DatasetUnavailable, DeviceUnavailable, ExportError,
                    FileNotFoundError, ValueError)
     try:
         args = build_parser().parse_args(argv)

@@ -201,7 +201,7 @@ def _finetune(cm: CompressedModel, modules, calib, steps: int, seed: int, progre
             if layer.skipped:
                 modules[name].weight.grad.zero_()
         opt.step()
-        log.append((step + 1, float(loss)))
+        log.append((step + 1, loss.item()))
         if progress:
             progress("finetune", (step + 1) / steps)
     model.eval()

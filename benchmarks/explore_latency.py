@@ -1,0 +1,76 @@
+"""Explore round trip: slider -> new metrics, measured server-side with Streamlit's AppTest.
+
+Starts the real app script (dashboard/app.py) on the default selection (lenet5 / mnist, live subset 1,000
+class-stratified test samples, cpu), warms it up, then moves the sparsity and bits controls through configs never
+seen before (cold: compress + evaluate + size + render) and back through configs already seen (cached), timing each
+full script rerun. Prints a JSON summary with medians and maxima in milliseconds.
+
+Usage: .venv/bin/python benchmarks/explore_latency.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("COMPRESSION_EXPLORER_STORE", str(Path(tempfile.mkdtemp()) / "bench.sqlite"))
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+MOVES = [("explore_sparsity", s) for s in (0.1, 0.3, 0.5, 0.7, 0.9)] + [("explore_bits", b) for b in (8, 4, 3, 2)]
+
+
+def timed(at: AppTest) -> float:
+    t0 = time.perf_counter()
+    at.run(timeout=120)
+    dt = (time.perf_counter() - t0) * 1000
+    if at.exception:
+        raise SystemExit(f"app raised: {at.exception[0].message}")
+    return dt
+
+
+def widget(at: AppTest, key: str):
+    for kind in (at.slider, at.select_slider):
+        try:
+            return kind(key=key)
+        except KeyError:
+            continue
+    raise SystemExit(f"no widget with key {key!r}")
+
+
+def accuracy_text(at: AppTest) -> str:
+    return next(m.value for m in at.metric if m.label == "Accuracy")
+
+
+def main() -> None:
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120)
+    t0 = time.perf_counter()
+    at.run()
+    first_load_ms = (time.perf_counter() - t0) * 1000
+    cold, warm, seen_values = [], [], []
+    for key, value in MOVES:
+        widget(at, key).set_value(value)
+        cold.append(timed(at))
+        seen_values.append(accuracy_text(at))
+    for key, value in reversed(MOVES):
+        widget(at, key).set_value(value)
+        warm.append(timed(at))
+    summary = {
+        "selection": "lenet5 / mnist, live subset 1000, cpu",
+        "first_load_ms": round(first_load_ms),
+        "cold_median_ms": round(statistics.median(cold)), "cold_max_ms": round(max(cold)),
+        "cached_median_ms": round(statistics.median(warm)), "cached_max_ms": round(max(warm)),
+        "moves": len(MOVES), "distinct_accuracies_seen": len(set(seen_values)),
+        "target_ms": 300, "cold_within_target": statistics.median(cold) <= 300,
+    }
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

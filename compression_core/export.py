@@ -1,0 +1,345 @@
+"""Write a compressed model to a real packed file, in exactly the layout size.py costed, and load it back.
+
+File layout (little-endian):
+
+    b"CMPX" | version u16 | header length u32 | payload length u64 | payload crc32 u32 | header JSON | payload
+
+The JSON header holds the architecture `source` (for models.build_architecture), the config, act_qparams and,
+per layer, its shape, storage format, value kind / width and the byte ranges of its payload sections. Payload
+sections are byte-aligned bitstreams (LSB first, `width` bits per entry):
+
+    values      entries x value_bits      integer codes (uniform: code - qmin) or raw fp32 / fp16 / bf16 bits
+    mask        n x 1                     bitmask format
+    row_ptr     (rows+1) x ceil(log2(nnz+1)), cols  nnz x ceil(log2(cols))          csr format
+    gaps        entries x index_bits      relative format (fillers included)
+    scale       float32 per scale; zero_point int32 (asym only); codebook float32 levels
+    tensors     every other state-dict tensor, raw, at its own dtype
+
+Decoding: uniform w = (code - zp) * scale per output channel; kmeans / pow2 w = codebook[code] (code K = 0).
+`export` decodes what it wrote and refuses to finish unless the weights come back bit-for-bit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .compressed import CompressedModel, LayerCompression
+from .quantize import qrange
+from .size import SKIPPED_BUFFERS, LayerSize, flat_positions, needs_zero_code, relative_fillers, size_report, \
+    value_kind
+
+MAGIC = b"CMPX"
+VERSION = 1
+PREFIX = struct.Struct("<4sHIQI")  # magic, version, header bytes, payload bytes, payload crc32
+CHUNK = 1 << 18  # entries packed per step; a multiple of 8, so every chunk ends on a byte boundary
+
+
+class ExportError(Exception):
+    """The file is not a valid export, or the compressed model cannot be written faithfully (one line)."""
+
+
+# ---- bit packing -------------------------------------------------------------------------------
+
+def pack_bits(values: np.ndarray, width: int) -> bytes:
+    """Pack unsigned integers (< 2^width) into an LSB-first bitstream of exactly ceil(len * width / 8) bytes."""
+    if width == 0 or values.size == 0:
+        return b""
+    if width in (8, 16, 32):
+        return values.astype(f"<u{width // 8}").tobytes()
+    out = []
+    for start in range(0, values.size, CHUNK):
+        v = values[start:start + CHUNK].astype(np.uint32)
+        bits = np.empty((v.size, width), dtype=np.uint8)  # (entries, width), bit j of each entry
+        for j in range(width):
+            bits[:, j] = (v >> j) & 1
+        out.append(np.packbits(bits.reshape(-1), bitorder="little").tobytes())
+    return b"".join(out)
+
+
+def unpack_bits(data: bytes | memoryview, count: int, width: int) -> np.ndarray:
+    """Inverse of pack_bits: `count` unsigned integers of `width` bits as int64."""
+    if width == 0 or count == 0:
+        return np.zeros(count, dtype=np.int64)
+    if len(data) != -(-count * width // 8):
+        raise ExportError(f"corrupt export: a section holds {len(data)} bytes, expected {count} x {width} bits")
+    if width in (8, 16, 32):
+        return np.frombuffer(data, dtype=f"<u{width // 8}", count=count).astype(np.int64)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    out = np.empty(count, dtype=np.int64)
+    step = CHUNK * width // 8  # bytes per chunk of CHUNK entries
+    for i, start in enumerate(range(0, count, CHUNK)):
+        m = min(CHUNK, count - start)
+        bits = np.unpackbits(raw[i * step:i * step + -(-m * width // 8)], count=m * width, bitorder="little")
+        bits = bits.reshape(m, width)
+        acc = np.zeros(m, dtype=np.int64)
+        for j in range(width):
+            acc |= bits[:, j].astype(np.int64) << j
+        out[start:start + m] = acc
+    return out
+
+
+# ---- encoding ----------------------------------------------------------------------------------
+
+def _stored_values(lc: LayerCompression) -> np.ndarray:
+    """Every position's stored unsigned value, int64 (n,): pruned positions hold the code of 0."""
+    kind = value_kind(lc)
+    w = lc.weight.detach().cpu().reshape(-1)
+    if kind == "float32":
+        return w.to(torch.float32).numpy().view(np.uint32).astype(np.int64)
+    if kind == "float16":
+        return w.to(torch.float16).numpy().view(np.uint16).astype(np.int64)
+    if kind == "bfloat16":
+        return w.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16).astype(np.int64)
+    if lc.codes is None:
+        raise ExportError(f"layer {lc.name!r} is {lc.quant.quantizer}-quantized but has no codes; re-run compress")
+    codes = lc.codes.detach().cpu().reshape(-1).to(torch.int64).numpy()
+    if lc.quant.quantizer == "uniform":
+        zp = lc.zero_point.detach().cpu().to(torch.int64).numpy()
+        zero = np.repeat(zp, lc.n // zp.size) if lc.quant.scheme == "asym" else np.zeros(lc.n, np.int64)
+        qmin = qrange(lc.quant.bits, lc.quant.scheme)[0]
+        stored, zero = codes - qmin, zero - qmin
+    else:
+        hits = np.flatnonzero(lc.codebook.detach().cpu().numpy() == 0)
+        zero_code = len(lc.codebook) if needs_zero_code(lc) else int(hits[0])
+        stored, zero = codes, np.full(lc.n, zero_code, dtype=np.int64)
+    if lc.mask is not None:
+        keep = lc.mask.detach().cpu().reshape(-1).numpy()
+        stored = np.where(keep, stored, zero)
+    return stored
+
+
+def _layer_sections(lc: LayerCompression, ls: LayerSize, index_bits: int) -> dict[str, bytes]:
+    """The packed sections of one layer in the format the size report chose."""
+    stored = _stored_values(lc)
+    sections: dict[str, bytes] = {}
+    if ls.index_format == "dense":
+        sections["values"] = pack_bits(stored, ls.value_bits)
+    else:
+        pos = flat_positions(lc.mask)
+        if ls.index_format == "bitmask":
+            sections["mask"] = pack_bits(lc.mask.detach().cpu().reshape(-1).numpy(), 1)
+        elif ls.index_format == "csr":
+            rows, cols = lc.shape[0], lc.n // lc.shape[0]
+            row_ptr = np.concatenate(([0], np.cumsum(np.bincount(pos // cols, minlength=rows))))
+            sections["row_ptr"] = pack_bits(row_ptr, ls.nnz.bit_length())
+            sections["cols"] = pack_bits(pos % cols, (cols - 1).bit_length())
+        else:
+            pos, gaps = _relative_entries(pos, index_bits)
+            sections["gaps"] = pack_bits(gaps, index_bits)
+        sections["values"] = pack_bits(stored[pos], ls.value_bits)
+    if value_kind(lc) == "code" and lc.quant.quantizer == "uniform":
+        sections["scale"] = lc.scale.detach().cpu().to(torch.float32).numpy().tobytes()
+        if lc.quant.scheme == "asym":
+            sections["zero_point"] = lc.zero_point.detach().cpu().to(torch.int32).numpy().tobytes()
+    elif value_kind(lc) == "code":
+        sections["codebook"] = lc.codebook.detach().cpu().to(torch.float32).numpy().tobytes()
+    return sections
+
+
+def _relative_entries(pos: np.ndarray, index_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(position, gap) of every relative-index entry, fillers included, both int64 (nnz + fillers,)."""
+    span = 1 << index_bits
+    fill = relative_fillers(pos, index_bits)
+    prev = np.concatenate(([-1], pos[:-1]))
+    counts = fill + 1  # fillers then the real entry, per kept weight
+    owner = np.repeat(np.arange(pos.size), counts)
+    j = np.arange(owner.size) - np.repeat(np.cumsum(counts) - counts, counts)  # index within the group
+    real = j == fill[owner]
+    entry_pos = np.where(real, pos[owner], prev[owner] + (j + 1) * span)
+    gaps = np.where(real, pos[owner] - prev[owner] - 1 - fill[owner] * span, span - 1)
+    return entry_pos, gaps
+
+
+# ---- decoding ----------------------------------------------------------------------------------
+
+def _decode_layer(entry: dict, payload: memoryview) -> torch.Tensor:
+    """Rebuild one float32 weight from its header entry and the payload."""
+    def section(key: str) -> memoryview:
+        off, size = entry["sections"][key]
+        if off < 0 or off + size > len(payload):
+            raise ExportError(f"corrupt export: section {key!r} of layer {entry['name']!r} is out of range")
+        return payload[off:off + size]
+
+    shape, fmt, kind = tuple(entry["shape"]), entry["format"], entry["kind"]
+    n = int(np.prod(shape))
+    values = unpack_bits(section("values"), entry["entries"], entry["value_bits"])
+    if fmt == "dense":
+        pos = np.arange(n)
+    elif fmt == "bitmask":
+        pos = np.flatnonzero(unpack_bits(section("mask"), n, 1))
+    elif fmt == "csr":
+        rows, cols = shape[0], n // shape[0]
+        row_ptr = unpack_bits(section("row_ptr"), rows + 1, entry["nnz"].bit_length())
+        pos = np.repeat(np.arange(rows), np.diff(row_ptr)) * cols + unpack_bits(
+            section("cols"), entry["nnz"], (cols - 1).bit_length())
+    else:
+        pos = np.cumsum(unpack_bits(section("gaps"), entry["entries"], entry["index_bits"]) + 1) - 1
+    if pos.size != values.size or (pos.size and (pos.min() < 0 or pos.max() >= n)):
+        raise ExportError(f"corrupt export: the index of layer {entry['name']!r} does not fit its shape {shape}")
+    if kind == "float32":
+        w = torch.from_numpy(values.astype(np.uint32).view(np.float32))
+    elif kind == "float16":
+        w = torch.from_numpy(values.astype(np.uint16).view(np.float16).astype(np.float32))
+    elif kind == "bfloat16":
+        w = torch.from_numpy(values.astype(np.uint16).view(np.int16)).view(torch.bfloat16).float()
+    elif entry["quant"]["quantizer"] == "uniform":
+        scale = torch.from_numpy(np.frombuffer(section("scale"), dtype="<f4").copy())
+        zp = (np.frombuffer(section("zero_point"), dtype="<i4").astype(np.int64) if "zero_point" in entry["sections"]
+              else np.zeros(scale.numel(), np.int64))
+        ch = pos // (n // scale.numel())  # output channel of each entry (0 for per-tensor)
+        w = torch.from_numpy(values + entry["qmin"] - zp[ch]).to(torch.float32) * scale[torch.from_numpy(ch)]
+    else:
+        table = np.append(np.frombuffer(section("codebook"), dtype="<f4"), np.float32(0.0))
+        w = torch.from_numpy(table[values])
+    full = torch.zeros(n, dtype=torch.float32)
+    full[torch.from_numpy(pos)] = w
+    return full.reshape(shape)
+
+
+# ---- public API --------------------------------------------------------------------------------
+
+def export(cm: CompressedModel, path: str | os.PathLike, source: dict) -> int:
+    """Write `cm` to `path` as a packed file whose size agrees with size_report(cm).
+
+    Args:
+        cm: the compressed model.
+        path: destination file (replaced atomically).
+        source: how to rebuild the architecture, as in models.build_architecture (stored in the header).
+
+    Returns:
+        The number of bytes written.
+    """
+    state = cm.model.state_dict()
+    report = size_report(cm, state)
+    index_bits = cm.config.index_bits
+    chunks: list[bytes] = []
+    offset = 0
+
+    def add(data: bytes) -> list[int]:
+        nonlocal offset
+        chunks.append(data)
+        offset += len(data)
+        return [offset - len(data), len(data)]
+
+    layers = []
+    for lc, ls in zip(cm.layers.values(), report.layers):
+        uniform = value_kind(lc) == "code" and lc.quant.quantizer == "uniform"
+        entry = {"name": lc.name, "shape": list(lc.shape), "format": ls.index_format, "kind": value_kind(lc),
+                 "value_bits": ls.value_bits, "entries": ls.entries, "nnz": ls.nnz, "index_bits": index_bits,
+                 "qmin": qrange(lc.quant.bits, lc.quant.scheme)[0] if uniform else 0, "skipped": lc.skipped,
+                 "quant": dataclasses.asdict(lc.quant)}
+        sections = _layer_sections(lc, ls, index_bits)
+        entry["sections"] = {key: add(data) for key, data in sections.items()}
+        layers.append(entry)
+    weight_keys = {f"{name}.weight" for name in cm.layers}
+    tensors = []
+    for key, t in state.items():
+        if key in weight_keys or key.rsplit(".", 1)[-1] in SKIPPED_BUFFERS:
+            continue
+        raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        tensors.append({"name": key, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
+                        "section": add(raw)})
+    payload = b"".join(chunks)
+    header = {"format": "compression-explorer", "version": VERSION, "source": source,
+              "config": cm.config.to_dict(), "act_qparams": {k: list(v) for k, v in cm.act_qparams.items()},
+              "layers": layers, "tensors": tensors, "report_bytes": report.total_bytes}
+    _verify(cm, state, layers, memoryview(payload))
+    try:
+        head = json.dumps(header, separators=(",", ":")).encode()
+    except TypeError as e:
+        raise ExportError(f"source must be a JSON-serialisable dict as models.build_architecture takes; {e}") from None
+    blob = PREFIX.pack(MAGIC, VERSION, len(head), len(payload), zlib.crc32(payload)) + head + payload
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"cannot write {path}: {e.strerror}; choose a writable path") from None
+    return len(blob)
+
+
+def _verify(cm: CompressedModel, state: dict, layers: list[dict], payload: memoryview) -> None:
+    """Decode every layer from the payload and insist it equals the in-memory weight exactly."""
+    for entry in layers:
+        decoded = _decode_layer(entry, payload)
+        lc = cm.layers[entry["name"]]
+        model_w = state.get(f"{lc.name}.weight", lc.weight)
+        if not (torch.equal(decoded, lc.weight.detach().cpu().float()) and torch.equal(decoded, model_w.cpu().float())):
+            raise ExportError(f"layer {lc.name!r}: its codes / scales do not reproduce its weight exactly; "
+                              "the compressed model is inconsistent, re-run compress")
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict, memoryview]:
+    """Validate the file's prefix, length and checksum; return (header, payload)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ExportError(f"cannot read {path}: {e.strerror}; give the path of a file written by export") from None
+    if len(data) < PREFIX.size or data[:4] != MAGIC:
+        raise ExportError(f"{path}: not a Compression Explorer export (bad magic); export the model again")
+    _, version, head_len, payload_len, crc = PREFIX.unpack_from(data)
+    if version != VERSION:
+        raise ExportError(f"{path}: export version {version} is not supported (this build reads {VERSION})")
+    if len(data) != PREFIX.size + head_len + payload_len:
+        raise ExportError(f"{path}: file is {len(data)} bytes, its header says {PREFIX.size + head_len + payload_len}"
+                          " (truncated or padded); export the model again")
+    payload = memoryview(data)[PREFIX.size + head_len:]
+    if zlib.crc32(payload) != crc:
+        raise ExportError(f"{path}: payload checksum mismatch (corrupt file); export the model again")
+    try:
+        header = json.loads(data[PREFIX.size:PREFIX.size + head_len])
+    except ValueError:
+        raise ExportError(f"{path}: header is not valid JSON (corrupt file); export the model again") from None
+    return header, payload
+
+
+def load_exported(path: str | os.PathLike,
+                  build: Callable[[dict], nn.Module] | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the compressed model from an exported file alone.
+
+    Args:
+        path: a file written by `export`.
+        build: source dict -> untrained module; defaults to models.build_architecture.
+
+    Returns:
+        (model in eval mode with the decoded weights and activation fake-quant re-attached, header dict).
+    """
+    header, payload = read_header(path)
+    if build is None:
+        from .models import build_architecture as build
+    model = build(header["source"])
+    try:
+        state = {f"{e['name']}.weight": _decode_layer(e, payload) for e in header["layers"]}
+        for t in header["tensors"]:
+            off, size = t["section"]
+            dtype = getattr(torch, t["dtype"])
+            raw = torch.frombuffer(bytearray(payload[off:off + size]), dtype=torch.uint8)
+            state[t["name"]] = raw.view(dtype).reshape(t["shape"])
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise ExportError(f"{path}: corrupt export ({type(e).__name__}: {e}); export the model again") from None
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise ExportError(f"{path}: weights do not fit the rebuilt architecture: {str(e).splitlines()[-1].strip()}") \
+            from None
+    missing = [k for k in result.missing_keys if k.rsplit(".", 1)[-1] not in SKIPPED_BUFFERS]
+    if missing or result.unexpected_keys:
+        raise ExportError(f"{path}: weights do not fit the rebuilt architecture: missing {missing}, "
+                          f"unexpected {result.unexpected_keys}")
+    model.eval()
+    if header["act_qparams"]:
+        from .compress import attach_activation_quant
+        attach_activation_quant(model, {k: (float(s), int(z), int(lo), int(hi))
+                                        for k, (s, z, lo, hi) in header["act_qparams"].items()})
+    return model, {**header, "file_bytes": Path(path).stat().st_size}

@@ -1,0 +1,202 @@
+"""Honest size of a compressed model: bits for values, sparse index, quantization metadata and every other tensor.
+
+Each compressible layer is costed in up to four storage formats and the smallest wins (ties go to the simpler
+format, in the order below). `export.py` writes exactly the layout chosen here, so the file agrees with the report.
+
+    dense     n entries x w                                         (no index; pruned weights store the code of 0)
+    bitmask   n bits + nnz x w
+    csr       (rows+1) x ceil(log2(nnz+1)) + nnz x ceil(log2(cols)) + nnz x w     rows = shape[0], cols = n / rows
+    relative  (nnz + fillers) x (w + index_bits)                    (Deep Compression relative index)
+
+w is the value width: the quantizer's bits for integer codes (uniform / kmeans / pow2), 16 for fp16 / bf16, 32
+when the layer is not quantized or skipped. Sparse formats are only considered for layers with a mask.
+
+Zero codes. Uniform grids always contain 0 (sym: code 0, asym: the zero point), so a pruned weight is just a code.
+A kmeans / pow2 codebook may lack an exact 0; a format that stores pruned positions (dense, or relative with
+fillers) then needs one extra code, K, for 0: w = max(bits, ceil(log2(K + 1))), i.e. one more bit only when the
+codebook is full. The 0 level is implied by the code and not stored.
+
+Relative index. Each stored entry keeps the gap g = number of zeros skipped since the previous stored entry
+(position difference - 1; Deep Compression's convention, where 3 bits reach a difference of 8) in `index_bits`
+bits k. A gap larger than 2^k - 1 is bridged by filler entries (a stored 0 with gap 2^k - 1, covering 2^k
+positions each), so a gap g needs floor(g / 2^k) fillers. Zeros after the last nonzero are not stored.
+
+Metadata: uniform grids store one float32 scale per channel (or one per tensor) and, for asym, one int32 zero
+point per scale; sym zero points are implied 0 and not stored. kmeans / pow2 store the codebook as K float32
+levels. A layer whose input is fake-quantized (act_qparams) stores a float32 scale and an int32 zero point (64
+bits); qmin / qmax follow from the config's act_bits.
+
+Other tensors: every state-dict entry that is not a compressible layer's weight (biases, norm weights, running
+statistics) is counted at its own dtype's width. BatchNorm's `num_batches_tracked` is skipped: inference does
+not read it. The dense reference counts the same tensors, floats at 32 bits (other dtypes at their own width).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .compressed import CompressedModel, LayerCompression
+
+FORMATS = ("dense", "bitmask", "csr", "relative")
+CODE_QUANTIZERS = ("uniform", "kmeans", "pow2")
+FLOAT_BITS = 32  # width of an uncompressed float, of a scale and of a codebook level
+ZERO_POINT_BITS = 32
+ACT_QPARAM_BITS = 64  # float32 scale + int32 zero point per quantized layer input
+SKIPPED_BUFFERS = ("num_batches_tracked",)
+
+
+@dataclass(frozen=True)
+class LayerSize:
+    """Storage of one layer's weight in its winning format.
+
+    bits: the layer's quantization width (32 = not quantized, 16 = fp16 / bf16 or int16 codes).
+    value_bits: width of one stored value in the winning format (bits, or bits + 1 when a full codebook
+        needs an extra code for 0). entries: number of stored values (n dense, nnz bitmask / csr,
+        nnz + fillers relative). index_bits / meta_bits: total bits of the sparse index / of scales,
+        zero points, codebook and activation qparams. total_bits = entries * value_bits + index_bits + meta_bits.
+    candidates: (format, total bits) for every format that was considered, in FORMATS order.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    n: int
+    nnz: int
+    bits: int
+    index_format: str
+    value_bits: int
+    index_bits: int
+    meta_bits: int
+    total_bits: int
+    entries: int
+    fillers: int
+    candidates: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    """Whole-model size. bits_per_weight = (sum of layer total bits) / (sum of layer n)."""
+
+    layers: tuple[LayerSize, ...]
+    other_bits: int
+    total_bits: int
+    total_bytes: int
+    dense_bits: int
+    dense_bytes: int
+    compression_ratio: float
+    bits_per_weight: float
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = [{**asdict(l), "shape": list(l.shape), "candidates": dict(l.candidates)} for l in self.layers]
+        return d
+
+
+def size_report(cm: CompressedModel, model_state: dict[str, torch.Tensor] | None = None) -> SizeReport:
+    """Cost every layer in its smallest storage format and add everything else the model needs.
+
+    Args:
+        cm: the compressed model (its layers' masks, codes and quantization parameters).
+        model_state: the state dict to count non-weight tensors from; defaults to `cm.model.state_dict()`.
+
+    Returns:
+        SizeReport with one LayerSize per entry of `cm.layers` (in order) and the totals.
+    """
+    state = cm.model.state_dict() if model_state is None else model_state
+    layers = tuple(layer_size(lc, cm.config.index_bits, lc.name in cm.act_qparams) for lc in cm.layers.values())
+    weight_keys = {f"{name}.weight" for name in cm.layers}
+    other_bits = dense_other = 0
+    for key, t in state.items():
+        if key in weight_keys or key.rsplit(".", 1)[-1] in SKIPPED_BUFFERS:
+            continue
+        own = t.numel() * t.element_size() * 8
+        other_bits += own
+        dense_other += t.numel() * FLOAT_BITS if t.is_floating_point() else own
+    layer_bits = sum(l.total_bits for l in layers)
+    n_weights = sum(l.n for l in layers)
+    total = layer_bits + other_bits
+    dense = sum(l.n for l in layers) * FLOAT_BITS + dense_other
+    return SizeReport(
+        layers=layers, other_bits=other_bits, total_bits=total, total_bytes=math.ceil(total / 8),
+        dense_bits=dense, dense_bytes=math.ceil(dense / 8), compression_ratio=dense / max(total, 1),
+        bits_per_weight=layer_bits / max(n_weights, 1),
+    )
+
+
+def layer_size(lc: LayerCompression, index_bits: int, act_quantized: bool = False) -> LayerSize:
+    """Cost one layer in every applicable format and keep the smallest (see the module docstring)."""
+    bits = value_width(lc)
+    zero_bits = zero_code_width(lc)
+    meta = meta_bits(lc) + (ACT_QPARAM_BITS if act_quantized else 0)
+    n = lc.n
+    # format -> (entries, value width, index bits, fillers)
+    options = {"dense": (n, zero_bits if lc.mask is not None and lc.nnz < n else bits, 0, 0)}
+    if lc.mask is not None:
+        nnz = lc.nnz
+        rows = lc.shape[0]
+        cols = n // rows
+        options["bitmask"] = (nnz, bits, n, 0)
+        options["csr"] = (nnz, bits, (rows + 1) * nnz.bit_length() + nnz * (cols - 1).bit_length(), 0)
+        fill = int(relative_fillers(flat_positions(lc.mask), index_bits).sum())
+        entries = nnz + fill
+        options["relative"] = (entries, zero_bits if fill else bits, entries * index_bits, fill)
+    totals = {fmt: e * w + idx + meta for fmt, (e, w, idx, _) in options.items()}
+    best = min(totals, key=lambda f: (totals[f], FORMATS.index(f)))
+    entries, width, idx, fill = options[best]
+    return LayerSize(
+        name=lc.name, shape=tuple(lc.shape), n=n, nnz=lc.nnz, bits=bits, index_format=best, value_bits=width,
+        index_bits=idx, meta_bits=meta, total_bits=totals[best], entries=entries, fillers=fill,
+        candidates=tuple(totals.items()),
+    )
+
+
+def value_kind(lc: LayerCompression) -> str:
+    """How a layer's values are stored: 'float32', 'float16', 'bfloat16' or 'code' (integer codes)."""
+    if lc.skipped or not lc.quant.enabled:
+        return "float32"
+    if lc.quant.quantizer == "fp16":
+        return "float16"
+    if lc.quant.quantizer == "bf16":
+        return "bfloat16"
+    return "code"
+
+
+def value_width(lc: LayerCompression) -> int:
+    """Bits of one stored value when no extra zero code is needed."""
+    kind = value_kind(lc)
+    return {"float32": 32, "float16": 16, "bfloat16": 16}.get(kind, lc.quant.bits)
+
+
+def needs_zero_code(lc: LayerCompression) -> bool:
+    """True for kmeans / pow2 codebooks without an exact 0 level (a stored 0 then needs code K)."""
+    return value_kind(lc) == "code" and lc.quant.quantizer != "uniform" and not bool((lc.codebook == 0).any())
+
+
+def zero_code_width(lc: LayerCompression) -> int:
+    """Bits of one stored value in a format that also stores zeros (dense with pruning, relative fillers)."""
+    bits = value_width(lc)
+    return max(bits, len(lc.codebook).bit_length()) if needs_zero_code(lc) else bits
+
+
+def meta_bits(lc: LayerCompression) -> int:
+    """Bits of the layer's quantization parameters: scales (+ asym zero points) or codebook levels."""
+    if value_kind(lc) != "code":
+        return 0
+    if lc.quant.quantizer == "uniform":
+        per = FLOAT_BITS + (ZERO_POINT_BITS if lc.quant.scheme == "asym" else 0)
+        return lc.scale.numel() * per
+    return lc.codebook.numel() * FLOAT_BITS
+
+
+def flat_positions(mask: torch.Tensor) -> np.ndarray:
+    """Sorted flat (row-major) indices of the kept weights, int64 (nnz,)."""
+    return np.flatnonzero(mask.detach().cpu().reshape(-1).numpy())
+
+
+def relative_fillers(positions: np.ndarray, index_bits: int) -> np.ndarray:
+    """Filler entries needed before each stored position, int64 (nnz,): floor(gap / 2^index_bits)."""
+    prev = np.concatenate(([-1], positions[:-1]))
+    gaps = positions - prev - 1
+    return gaps >> index_bits

@@ -6,7 +6,6 @@ stderr saying what was wrong and what is allowed; never a traceback.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from dataclasses import replace
@@ -56,10 +55,8 @@ def _nm_list(text: str):
     return [_nm(v) for v in text.split(",")]
 
 
-QUANT_FLAGS = {"bits": "bits", "quantizer": "quantizer", "scheme": "scheme", "granularity": "granularity",
-               "range": "range", "percentile": "percentile"}
-PRUNE_FLAGS = {"sparsity": "sparsity", "prune": "method", "scope": "scope"}
-GRID_FLAGS = list(QUANT_FLAGS) + list(PRUNE_FLAGS) + ["nm", "act_bits", "index_bits", "finetune_steps"]
+GRID_FLAGS = ("bits", "quantizer", "scheme", "granularity", "range", "percentile", "sparsity", "prune", "scope",
+              "nm", "act_bits", "index_bits", "finetune_steps")  # names shared with sweep.expand_grid
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -84,29 +81,15 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
                         "prune scope nm skip")
 
 
-def config_from_values(values: dict, *, bias_correction=False, seed=0, layers=()) -> CompressionConfig:
-    """One CompressionConfig from single values of the grid flags (plus the non-grid ones)."""
-    quant = QuantSpec(**{field: values[flag] for flag, field in QUANT_FLAGS.items()})
-    n, m = values["nm"]
-    prune = PruneSpec(sparsity=values["sparsity"], method=values["prune"], scope=values["scope"], n=n, m=m)
-    config = CompressionConfig(quant=quant, prune=prune, act_bits=values["act_bits"],
-                               bias_correction=bias_correction, finetune_steps=values["finetune_steps"],
-                               index_bits=values["index_bits"], seed=seed)
-    for text in layers:
-        config = config.with_override(parse_layer_override(text, config))
-    return config
-
-
 def configs_from_args(args) -> list[CompressionConfig]:
     """The product of all comma lists, deduplicated by config hash (meaningless combinations collapse)."""
-    seen, out = set(), []
-    for combo in itertools.product(*(getattr(args, k) for k in GRID_FLAGS)):
-        cfg = config_from_values(dict(zip(GRID_FLAGS, combo)), bias_correction=args.bias_correction,
-                                 seed=args.seed, layers=args.layer)
-        if cfg.config_hash not in seen:
-            seen.add(cfg.config_hash)
-            out.append(cfg)
-    return out
+    from .sweep import expand_grid
+
+    base = CompressionConfig(bias_correction=args.bias_correction, seed=args.seed)
+    configs = expand_grid(base, **{flag: getattr(args, flag) for flag in GRID_FLAGS})
+    for text in args.layer:
+        configs = [c.with_override(parse_layer_override(text, c)) for c in configs]
+    return configs
 
 
 def parse_layer_override(text: str, base: CompressionConfig) -> LayerOverride:
@@ -199,7 +182,10 @@ def cmd_sweep(args) -> None:
     def progress(done, total, eta, label):
         _log(f"[{done}/{total}] eta {eta:.0f}s  {label}" if eta is not None else f"[{done}/{total}] {label}")
 
-    records = sweep(exp, configs, store=_store(args), progress=progress)
+    store = _store(args)
+    run_id = store.new_run(f"cli sweep {exp.loaded.name}/{exp.dataset.info.name}",
+                           meta={"argv": sys.argv[1:], "configs": len(configs)})
+    records = sweep(exp, configs, store=store, run_id=run_id, progress=progress)
     _emit(args, records, table_rows=records)
 
 
@@ -233,7 +219,7 @@ def cmd_train(args) -> None:
 
     result = train_and_save(args.model, args.dataset, epochs=args.epochs, seed=args.train_seed,
                             device=args.device, out=args.out, progress=_log)
-    _emit(args, result)
+    _emit(args, result, table_rows=[json.dumps(result, default=str)])
 
 
 def cmd_models(args) -> None:

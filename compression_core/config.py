@@ -117,11 +117,9 @@ class PruneSpec:
             f"N:M needs integers 1 <= N < M <= 64; got {self.n}:{self.m}",
         )
         _check(self.norm in (1, 2), f"structured norm must be 1 or 2; got {self.norm!r}")
-        _check(
-            not (self.method == "structured" and self.scope == "global"),
-            "structured pruning is layer-wise; use scope layer",
-        )
         fixed = {"sparsity": float(self.sparsity)}
+        if self.method == "structured":
+            fixed["scope"] = "layer"  # whole channels are ranked within their layer
         if self.method == "nm":
             fixed.update(sparsity=0.0, scope="layer")  # the pattern fixes the sparsity
         else:

@@ -13,7 +13,6 @@ from compression_core.config import CompressionConfig, ConfigError, LayerOverrid
     (lambda: PruneSpec(sparsity=1.0), "sparsity"),
     (lambda: PruneSpec(sparsity=-0.1), "sparsity"),
     (lambda: PruneSpec(sparsity=float("nan")), "sparsity"),
-    (lambda: PruneSpec(sparsity=0.5, method="structured", scope="global"), "structured"),
     (lambda: PruneSpec(method="nm", n=4, m=4), "N:M"),
     (lambda: CompressionConfig(act_bits=1), "act_bits"),
     (lambda: CompressionConfig(index_bits=0), "index_bits"),
@@ -31,6 +30,7 @@ def test_meaningless_fields_collapse_to_one_hash():
     assert QuantSpec(quantizer="fp16").bits == 16
     assert PruneSpec(method="nm", sparsity=0.7).target_sparsity == 0.5
     assert QuantSpec(bits=4, range="minmax", percentile=99.0) == QuantSpec(bits=4)
+    assert PruneSpec(0.5, method="structured", scope="global").scope == "layer"
     assert CompressionConfig(quant=QuantSpec(bits=4)).config_hash != CompressionConfig(quant=QuantSpec(bits=5)).config_hash
 
 

@@ -1,0 +1,144 @@
+"""What the weight charts draw, pre-computed: shared-bin histograms, per-channel ranges, grid levels, thresholds.
+
+Only counts and a few numbers leave this module, never the raw weights, so the dashboard sends kilobytes to
+the browser whatever the layer size.
+
+Example:
+    >>> h = weight_histograms(layer.weight, cm.layers["fc1"].weight, bins=64, hide_zeros=True)
+    >>> h.to_frame().head()        # left, right, center, before, after
+    >>> grid_levels(cm.layers["fc1"], before=layer.weight).threshold
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from .compressed import LayerCompression
+from .quantize import qrange
+
+MAX_LEVELS = 256  # more levels than this (16-bit grids) draw as a continuum: only the clip range is given
+
+
+@dataclass(frozen=True)
+class WeightHistogram:
+    """Counts of `before` and `after` over the same bins.
+
+    edges: bins + 1 increasing bin edges (the last bin includes its right edge).
+    before, after: counts per bin.
+    hidden_zeros_before, hidden_zeros_after: exact zeros left out (0 unless hide_zeros was set).
+    """
+
+    edges: tuple[float, ...]
+    before: tuple[int, ...]
+    after: tuple[int, ...]
+    hidden_zeros_before: int
+    hidden_zeros_after: int
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per bin: left, right, center, before, after."""
+        left, right = self.edges[:-1], self.edges[1:]
+        return pd.DataFrame({"left": left, "right": right, "center": [(a + b) / 2 for a, b in zip(left, right)],
+                             "before": self.before, "after": self.after})
+
+
+def weight_histograms(before: torch.Tensor, after: torch.Tensor, bins: int = 80,
+                      hide_zeros: bool = False) -> WeightHistogram:
+    """Histogram a layer's weights before and after compression on shared bin edges.
+
+    Args:
+        before: the original weight (any shape).
+        after: the compressed weight (any shape; usually the same).
+        bins: number of equal-width bins spanning min..max of both tensors together.
+        hide_zeros: leave exact zeros out of both (the pruned spike at 0 otherwise dwarfs the rest); their
+            counts are returned separately.
+
+    Returns:
+        WeightHistogram; `sum(before) + hidden_zeros_before == before.numel()` (same for after).
+    """
+    if not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a positive integer; got {bins!r}")
+    b = before.detach().flatten().to("cpu", torch.float64)
+    a = after.detach().flatten().to("cpu", torch.float64)
+    zb = za = 0
+    if hide_zeros:
+        zb, za = int((b == 0).sum()), int((a == 0).sum())
+        b, a = b[b != 0], a[a != 0]
+    both = torch.cat([b, a])
+    lo, hi = (float(both.min()), float(both.max())) if both.numel() else (0.0, 0.0)
+    if hi - lo < 1e-12:  # a single value (or nothing): centre one unit-wide range on it
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+    count = lambda t: torch.histogram(t, bins=edges).hist.round().long().tolist()  # noqa: E731
+    return WeightHistogram(edges=tuple(edges.tolist()), before=tuple(count(b)), after=tuple(count(a)),
+                           hidden_zeros_before=zb, hidden_zeros_after=za)
+
+
+def channel_ranges(w: torch.Tensor) -> pd.DataFrame:
+    """Per output channel (axis 0) weight range: columns channel, min, max, absmax; one row per channel.
+
+    Wide spread of absmax across channels is why per-channel scales beat one per-tensor scale.
+    """
+    flat = w.detach().to("cpu", torch.float32).reshape(w.shape[0], -1)  # (C_out, fan_in)
+    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+    return pd.DataFrame({"channel": range(w.shape[0]), "min": lo.tolist(), "max": hi.tolist(),
+                         "absmax": torch.maximum(lo.abs(), hi.abs()).tolist()})
+
+
+@dataclass(frozen=True)
+class GridLevels:
+    """Quantization grid and pruning threshold of one layer, for drawing on its histogram.
+
+    levels: the representable (dequantized) values, increasing; () when not integer-quantized or when there
+        are more than MAX_LEVELS of them.
+    clip: (low, high) of the grid; for per-channel grids the envelope over all channels; None when not
+        integer-quantized.
+    channel: for per-channel uniform grids, the channel whose levels are given (the widest, largest scale).
+    threshold: magnitude pruning only: the largest |w| that was removed (needs the original weight).
+    """
+
+    levels: tuple[float, ...]
+    clip: tuple[float, float] | None
+    channel: int | None
+    threshold: float | None
+
+
+def grid_levels(layer: LayerCompression, before: torch.Tensor | None = None) -> GridLevels:
+    """The levels / clip range of `layer`'s grid and, with `before`, its magnitude-pruning threshold.
+
+    Per-tensor uniform: every level (q - zero_point) * scale for q in [qmin, qmax]. Per-channel uniform: the
+    levels of the channel with the largest scale, and the clip envelope over all channels. k-means / pow2:
+    the codebook. Skipped layers, bits 32 and fp16 / bf16 casts: no levels.
+
+    Args:
+        layer: a compressed layer from `CompressedModel.layers`.
+        before: the layer's original weight; needed for the pruning threshold.
+    """
+    q = layer.quant
+    levels: torch.Tensor | None = None
+    clip, channel = None, None
+    quantized = not layer.skipped and layer.codes is not None  # fp32 and float casts have no grid to draw
+    if quantized and layer.codebook is not None:
+        levels = layer.codebook.detach().to("cpu", torch.float64).flatten().sort().values
+        clip = (float(levels[0]), float(levels[-1]))
+    elif quantized and layer.scale is not None and layer.zero_point is not None:
+        qmin, qmax = qrange(q.bits, q.scheme)
+        scale = layer.scale.detach().to("cpu", torch.float64).flatten()  # (1,) or (C_out,)
+        zp = layer.zero_point.detach().to("cpu", torch.float64).flatten()
+        lows, highs = (qmin - zp) * scale, (qmax - zp) * scale
+        clip = (float(lows.min()), float(highs.max()))
+        c = int(scale.argmax())
+        channel = c if scale.numel() > 1 else None
+        if qmax - qmin + 1 <= MAX_LEVELS:
+            levels = (torch.arange(qmin, qmax + 1, dtype=torch.float64) - zp[c]) * scale[c]
+    shown = tuple(levels.tolist()) if levels is not None and levels.numel() <= MAX_LEVELS else ()
+    return GridLevels(levels=shown, clip=clip, channel=channel, threshold=prune_threshold(layer, before))
+
+
+def prune_threshold(layer: LayerCompression, before: torch.Tensor | None) -> float | None:
+    """Largest |w| of `before` that magnitude pruning removed from `layer`; None for other methods / no pruning."""
+    if before is None or layer.skipped or layer.mask is None or layer.prune.method != "magnitude":
+        return None
+    removed = before.detach().to("cpu").reshape(layer.mask.shape)[~layer.mask.to("cpu")]
+    return float(removed.abs().max()) if removed.numel() else None

@@ -1,0 +1,290 @@
+"""The result store: one SQLite row per evaluated (model fingerprint, dataset, split, limit, config hash).
+
+The file is opened in WAL mode with a busy timeout, so a sweep process can write while the dashboard reads,
+and a killed writer loses at most the transaction in flight. Records are kept as the full JSON the engine
+produced. Sweeps group their records into *runs* (a run id + a label); a record can belong to several runs
+(a resumed or repeated sweep reuses stored records), which is what lets the Runs page overlay two runs.
+
+Example:
+    >>> store = Store(tmp_path / "runs.sqlite")
+    >>> store.put(record)                      # upsert by key
+    >>> store.get(experiment.key(config))      # -> record dict or None
+    >>> run = store.new_run("int4 vs int8", meta={"model": "lenet5"})
+    >>> store.add_to_run(run, record)
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import platformdirs
+
+ENV_VAR = "COMPRESSION_EXPLORER_STORE"
+KEY_FIELDS = ("fingerprint", "dataset", "split", "limit", "config_hash")
+FULL_SPLIT = -1  # stored in the `limit_n` column when the whole split was evaluated (limit None)
+
+
+class StoreError(ValueError):
+    """A record or key lacks a field the store needs; the message names it."""
+
+
+class _Any:
+    """Sentinel for `records(limit=ANY)`: do not filter on the evaluation subset size."""
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY = _Any()
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    fingerprint TEXT NOT NULL,
+    dataset     TEXT NOT NULL,
+    split       TEXT NOT NULL,
+    limit_n     INTEGER NOT NULL,
+    config_hash TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    record      TEXT NOT NULL,
+    PRIMARY KEY (fingerprint, dataset, split, limit_n, config_hash)
+);
+CREATE INDEX IF NOT EXISTS records_by_model ON records (model, dataset, split);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id     TEXT PRIMARY KEY,
+    label      TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    meta       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS run_members (
+    run_id      TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    dataset     TEXT NOT NULL,
+    split       TEXT NOT NULL,
+    limit_n     INTEGER NOT NULL,
+    config_hash TEXT NOT NULL,
+    added_at    REAL NOT NULL,
+    PRIMARY KEY (run_id, fingerprint, dataset, split, limit_n, config_hash)
+);
+"""
+_KEY_COLS = "fingerprint, dataset, split, limit_n, config_hash"
+
+
+def _cols(alias: str) -> str:
+    """The key columns qualified by a table alias, e.g. 'm.fingerprint, m.dataset, ...'."""
+    return ", ".join(f"{alias}.{c}" for c in _KEY_COLS.split(", "))
+
+
+def default_store_path() -> Path:
+    """$COMPRESSION_EXPLORER_STORE if set, else `<user cache dir>/compression-explorer/runs.sqlite`."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_cache_dir("compression-explorer")) / "runs.sqlite"
+
+
+def _key_tuple(key: dict) -> tuple:
+    """(fingerprint, dataset, split, limit_n, config_hash) from a key or record dict."""
+    missing = [f for f in KEY_FIELDS if f not in key]
+    if missing:
+        raise StoreError(f"record/key lacks field(s) {', '.join(missing)}; a key needs {', '.join(KEY_FIELDS)}")
+    limit = key["limit"]
+    return (str(key["fingerprint"]), str(key["dataset"]), str(key["split"]),
+            FULL_SPLIT if limit is None else int(limit), str(key["config_hash"]))
+
+
+def _row_record(record_json: str, created_at: float) -> dict:
+    record = json.loads(record_json)
+    record["created_at"] = created_at
+    return record
+
+
+class Store:
+    """SQLite store of evaluation records; safe to share between threads and processes.
+
+    Args:
+        path: the SQLite file; None means `default_store_path()`. Parent folders are created.
+
+    One connection is shared by all threads of a process behind a lock (SQLite calls are short); other
+    processes are coordinated by SQLite itself (WAL, `busy_timeout`, `BEGIN IMMEDIATE` for writes).
+    Records returned by the store carry an extra `created_at` (Unix seconds of the last `put`).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, timeout_s: float = 30.0) -> None:
+        self.path = Path(path).expanduser() if path is not None else default_store_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        # isolation_level=None: we issue BEGIN ourselves, so write transactions take the lock up front
+        self._conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        self._conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        with self._lock:
+            self._conn.executescript(_SCHEMA)  # idempotent; each statement commits on its own
+
+    # ---- plumbing ---------------------------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE write transaction under the thread lock: committed on success, rolled back on error."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- records ----------------------------------------------------------------------------------
+    def put(self, record: dict, run_id: str | None = None) -> None:
+        """Insert or replace `record` (keyed by its fingerprint/dataset/split/limit/config_hash).
+
+        Args:
+            record: an engine record; must contain the key fields and `model`. A `cached` or `created_at`
+                field is not stored.
+            run_id: also add the record to this run (see `new_run`).
+        """
+        key = _key_tuple(record)
+        if "model" not in record:
+            raise StoreError("record lacks field model")
+        body = {k: v for k, v in record.items() if k not in ("cached", "created_at")}
+        now = time.time()
+        with self._write() as c:
+            c.execute(
+                f"INSERT OR REPLACE INTO records ({_KEY_COLS}, model, created_at, record) VALUES (?,?,?,?,?,?,?,?)",
+                key + (str(record["model"]), now, json.dumps(body, sort_keys=True)),
+            )
+            if run_id is not None:
+                self._add_member(c, run_id, key, now)
+
+    def get(self, key: dict) -> dict | None:
+        """The stored record for `key` (a dict with fingerprint, dataset, split, limit, config_hash) or None."""
+        rows = self._query(
+            f"SELECT record, created_at FROM records WHERE ({_KEY_COLS}) = (?,?,?,?,?)", _key_tuple(key))
+        return _row_record(*rows[0]) if rows else None
+
+    def __contains__(self, key: dict) -> bool:
+        return bool(self._query(f"SELECT 1 FROM records WHERE ({_KEY_COLS}) = (?,?,?,?,?)", _key_tuple(key)))
+
+    def delete(self, key: dict) -> bool:
+        """Remove the record for `key` (and its run memberships). Returns whether a row existed."""
+        k = _key_tuple(key)
+        with self._write() as c:
+            c.execute(f"DELETE FROM run_members WHERE ({_KEY_COLS}) = (?,?,?,?,?)", k)
+            return c.execute(f"DELETE FROM records WHERE ({_KEY_COLS}) = (?,?,?,?,?)", k).rowcount > 0
+
+    def _where(self, model, dataset, split, limit, fingerprint, run_id) -> tuple[str, tuple]:
+        conds, params = [], []
+        for col, val in (("r.model", model), ("r.dataset", dataset), ("r.split", split),
+                         ("r.fingerprint", fingerprint)):
+            if val is not None:
+                conds.append(f"{col} = ?")
+                params.append(val)
+        if limit is not ANY:
+            conds.append("r.limit_n = ?")
+            params.append(FULL_SPLIT if limit is None else int(limit))
+        join = ""
+        if run_id is not None:
+            join = f"JOIN run_members m ON ({_cols('m')}) = ({_cols('r')}) AND m.run_id = ?"
+            params.insert(0, run_id)
+        return join + (" WHERE " + " AND ".join(conds) if conds else ""), tuple(params)
+
+    def records(self, model: str | None = None, dataset: str | None = None, split: str | None = None,
+                limit=ANY, *, fingerprint: str | None = None, run_id: str | None = None) -> list[dict]:
+        """Stored records, oldest first, filtered by any of the arguments.
+
+        Args:
+            model, dataset, split, fingerprint: exact matches; None = any.
+            limit: evaluation subset size; None = the full split only; ANY (default) = any.
+            run_id: only records that belong to this run.
+        """
+        where, params = self._where(model, dataset, split, limit, fingerprint, run_id)
+        rows = self._query(f"SELECT r.record, r.created_at FROM records r {where} ORDER BY r.created_at, r.rowid",
+                           params)
+        return [_row_record(*row) for row in rows]
+
+    def keys(self, model: str | None = None, dataset: str | None = None, split: str | None = None,
+             limit=ANY, *, fingerprint: str | None = None, run_id: str | None = None) -> list[dict]:
+        """Keys (model, fingerprint, dataset, split, limit, config_hash) of the matching records."""
+        where, params = self._where(model, dataset, split, limit, fingerprint, run_id)
+        rows = self._query(f"SELECT r.model, {_cols('r')} FROM records r {where} ORDER BY r.created_at, r.rowid",
+                           params)
+        return [{"model": m, "fingerprint": f, "dataset": d, "split": s,
+                 "limit": None if n == FULL_SPLIT else n, "config_hash": h} for m, f, d, s, n, h in rows]
+
+    def count(self, model: str | None = None, dataset: str | None = None, split: str | None = None,
+              limit=ANY, *, fingerprint: str | None = None, run_id: str | None = None) -> int:
+        """Number of matching records."""
+        where, params = self._where(model, dataset, split, limit, fingerprint, run_id)
+        return self._query(f"SELECT COUNT(*) FROM records r {where}", params)[0][0]
+
+    # ---- runs -------------------------------------------------------------------------------------
+    def new_run(self, label: str, meta: dict | None = None) -> str:
+        """Register a sweep launch; returns its run id (12 hex characters).
+
+        Args:
+            label: what the user calls it, e.g. "lenet5 · int2-8 × 0-90 %".
+            meta: anything JSON-serialisable worth keeping (model, dataset, the grid that was asked for).
+        """
+        run_id = uuid.uuid4().hex[:12]
+        with self._write() as c:
+            c.execute("INSERT INTO runs (run_id, label, created_at, meta) VALUES (?,?,?,?)",
+                      (run_id, str(label), time.time(), json.dumps(meta or {}, sort_keys=True)))
+        return run_id
+
+    def _add_member(self, c: sqlite3.Connection, run_id: str, key: tuple, now: float) -> None:
+        if not c.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
+            raise StoreError(f"run_id {run_id!r} is unknown; create it with Store.new_run(label)")
+        c.execute(f"INSERT OR IGNORE INTO run_members (run_id, {_KEY_COLS}, added_at) VALUES (?,?,?,?,?,?,?)",
+                  (run_id,) + key + (now,))
+
+    def add_to_run(self, run_id: str, key: dict) -> None:
+        """Make the stored record with `key` (or any record dict) a member of run `run_id`."""
+        k = _key_tuple(key)
+        with self._write() as c:
+            self._add_member(c, run_id, k, time.time())
+
+    def runs(self) -> list[dict]:
+        """All runs, newest first: run_id, label, created_at, meta, n_records."""
+        rows = self._query(
+            "SELECT r.run_id, r.label, r.created_at, r.meta, COUNT(m.run_id) FROM runs r "
+            "LEFT JOIN run_members m ON m.run_id = r.run_id GROUP BY r.run_id ORDER BY r.created_at DESC")
+        return [{"run_id": i, "label": l, "created_at": t, "meta": json.loads(meta), "n_records": n}
+                for i, l, t, meta, n in rows]
+
+    def run_ids(self, key: dict) -> list[str]:
+        """Ids of the runs the record with `key` belongs to, oldest run first."""
+        rows = self._query(
+            f"SELECT m.run_id FROM run_members m JOIN runs r ON r.run_id = m.run_id "
+            f"WHERE ({_cols('m')}) = (?,?,?,?,?) ORDER BY r.created_at",
+            _key_tuple(key))
+        return [r[0] for r in rows]
+
+    def delete_run(self, run_id: str) -> bool:
+        """Forget run `run_id` (its records stay in the store). Returns whether it existed."""
+        with self._write() as c:
+            c.execute("DELETE FROM run_members WHERE run_id = ?", (run_id,))
+            return c.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)).rowcount > 0
+

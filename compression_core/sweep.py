@@ -1,0 +1,203 @@
+"""Sweeps: build a grid of configs, then evaluate them one by one — skipping what the store already has.
+
+`expand_grid` turns lists of settings into canonical, de-duplicated `CompressionConfig`s. `sweep` runs them
+through an `Executor` (in-process and serial by default), writes every record to the store the moment it
+finishes (a crash loses at most the config in flight), streams records to `on_record`, reports progress with
+an ETA measured on this run, and stops between configs when `cancel` is set. Running the same sweep again
+resumes it: stored configs come back marked `cached: True` and are not recomputed.
+
+Example:
+    >>> configs = expand_grid(CompressionConfig(), bits=[2, 4, 8, 32], sparsity=[0, 0.5, 0.9])
+    >>> records = sweep(Experiment(load_model("digits-cnn"), load_dataset("digits")), configs,
+    ...                 store=Store(), progress=lambda done, total, eta, label: print(done, total, label))
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
+from typing import Any, Protocol, TypeVar
+
+from .config import CompressionConfig, ConfigError, PruneSpec, QuantSpec
+from .store import Store
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# sweep setting name (the CLI flag without dashes, '-' -> '_') -> (part of the config, field)
+GRID_FIELDS: dict[str, tuple[str, str]] = {
+    "bits": ("quant", "bits"),
+    "quantizer": ("quant", "quantizer"),
+    "scheme": ("quant", "scheme"),
+    "granularity": ("quant", "granularity"),
+    "range": ("quant", "range"),
+    "percentile": ("quant", "percentile"),
+    "sparsity": ("prune", "sparsity"),
+    "prune": ("prune", "method"),
+    "scope": ("prune", "scope"),
+    "norm": ("prune", "norm"),
+    "nm": ("prune", "n:m"),  # "2:4" or (2, 4)
+    "act_bits": ("config", "act_bits"),
+    "bias_correction": ("config", "bias_correction"),
+    "finetune_steps": ("config", "finetune_steps"),
+    "index_bits": ("config", "index_bits"),
+    "seed": ("config", "seed"),
+}
+
+ProgressFn = Callable[[int, int, "float | None", "str | None"], None]  # (done, total, eta_seconds, current_label)
+
+
+class ExperimentLike(Protocol):
+    """What `sweep` needs from `experiment.Experiment`: a store key and a record per config."""
+
+    def key(self, config: CompressionConfig) -> dict: ...
+
+    def run(self, config: CompressionConfig) -> dict: ...
+
+
+class Executor(Protocol):
+    """Runs `fn` over `items`, yielding results as they finish (any order). A Ray / process pool fits here."""
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]: ...
+
+
+class SerialExecutor:
+    """In-process, one item at a time, lazily: the next item starts only when the caller asks for it."""
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        return (fn(item) for item in items)
+
+
+# ---- grids ---------------------------------------------------------------------------------------
+def _parse_nm(value: Any) -> tuple[int, int]:
+    try:
+        n, m = (value.split(":") if isinstance(value, str) else value)
+        return int(n), int(m)
+    except (TypeError, ValueError):
+        raise ConfigError(f"nm must look like '2:4' (N:M); got {value!r}") from None
+
+
+def expand_grid(base: CompressionConfig | None = None, **lists: Any) -> list[CompressionConfig]:
+    """Every combination of the given settings applied to `base`, canonical and de-duplicated by config hash.
+
+    Args:
+        base: the config the grid varies (its overrides, seed, ... are kept); None = `CompressionConfig()`.
+        **lists: setting name -> list of values (a single value is a one-element list). Names are those of
+            `GRID_FIELDS`: bits, quantizer, scheme, granularity, range, percentile, sparsity, prune (method),
+            scope, norm, nm ("2:4"), act_bits, bias_correction, finetune_steps, index_bits, seed.
+
+    Returns:
+        Configs in itertools.product order of the arguments (first occurrence kept). bits=32 with sparsity 0 is
+        the fp32 point; e.g. `quantizer=["fp16"]` with `bits=[4, 8]` gives one fp16 config.
+
+    Raises:
+        ConfigError: unknown setting name, or a combination the config rejects (the message names it).
+    """
+    base = base or CompressionConfig()
+    unknown = sorted(set(lists) - GRID_FIELDS.keys())
+    if unknown:
+        raise ConfigError(f"unknown sweep setting(s) {unknown}; allowed: {', '.join(GRID_FIELDS)}")
+    names = list(lists)
+    values = [list(v) if isinstance(v, (list, tuple, set, range)) else [v] for v in lists.values()]
+    configs: dict[str, CompressionConfig] = {}
+    for combo in itertools.product(*values):
+        parts: dict[str, dict[str, Any]] = {"quant": {}, "prune": {}, "config": {}}
+        for name, value in zip(names, combo):
+            part, fld = GRID_FIELDS[name]
+            if fld == "n:m":
+                parts[part]["n"], parts[part]["m"] = _parse_nm(value)
+            else:
+                parts[part][fld] = value
+        try:  # QuantSpec / PruneSpec reset settings that another choice makes meaningless
+            config = replace(base, quant=replace(base.quant, **parts["quant"]), prune=replace(base.prune, **parts["prune"]),
+                             **parts["config"])
+        except ConfigError as e:
+            raise ConfigError(f"sweep combination {dict(zip(names, combo))} is invalid: {e}") from None
+        configs.setdefault(config.config_hash, config)
+    return list(configs.values())
+
+
+# ---- running -------------------------------------------------------------------------------------
+def sweep(
+    experiment: ExperimentLike,
+    configs: Sequence[CompressionConfig],
+    *,
+    store: Store | None = None,
+    run_id: str | None = None,
+    executor: Executor | None = None,
+    on_record: Callable[[dict], None] | None = None,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> list[dict]:
+    """Evaluate `configs` on `experiment`, reusing and filling `store`.
+
+    Args:
+        experiment: an `Experiment` (anything with `key(config)` and `run(config)`).
+        configs: what to evaluate; duplicates (same config hash) are run once.
+        store: records already there are returned with `cached: True` and not recomputed; new ones are put
+            as soon as each finishes.
+        run_id: a run from `store.new_run(label)`; every record of this sweep (cached or new) joins it.
+        executor: how configs are run; default `SerialExecutor()`.
+        on_record: called with each record (cached ones first, then new ones as they finish).
+        progress: called as progress(done, total, eta_seconds, current_label): once after the cached
+            records (eta None), then after each new record; eta is measured wall time per new config times
+            the configs left; current_label is the label of the next config to run (None at the end).
+        cancel: when set, no further config starts; what finished is returned.
+
+    Returns:
+        The finished records in the order of `configs`, each with `cached` True/False.
+
+    Raises:
+        Whatever `experiment.run` raises; every record finished before it is already in the store.
+    """
+    if run_id is not None and store is None:
+        raise ValueError("run_id needs a store; pass store=Store(...)")
+    unique = list({c.config_hash: c for c in configs}.values())  # equal hash = equal config; first position kept
+    order = {c.config_hash: i for i, c in enumerate(unique)}
+    done: dict[str, dict] = {}
+    pending: list[CompressionConfig] = []
+    for config in unique:
+        stored = store.get(experiment.key(config)) if store is not None else None
+        if stored is None:
+            pending.append(config)
+            continue
+        stored["cached"] = True
+        if run_id is not None:
+            store.add_to_run(run_id, stored)
+        done[config.config_hash] = stored
+        if on_record:
+            on_record(stored)
+    total = len(unique)
+    if progress:
+        progress(len(done), total, None, pending[0].label if pending else None)
+
+    def run_one(config: CompressionConfig) -> dict | None:
+        # executors that start items ahead of the caller skip them quickly once cancel is set
+        return None if _cancelled(cancel) else experiment.run(config)
+
+    start = time.perf_counter()
+    n_new = 0
+    results = (executor or SerialExecutor()).map(run_one, pending)
+    for record in results:
+        if record is None:
+            continue
+        n_new += 1
+        if store is not None:
+            store.put(record, run_id=run_id)
+        record["cached"] = False
+        done[record["config_hash"]] = record
+        if on_record:
+            on_record(record)
+        if progress:
+            left = len(pending) - n_new
+            eta = (time.perf_counter() - start) / n_new * left
+            progress(len(done), total, eta, pending[n_new].label if left and not _cancelled(cancel) else None)
+        if _cancelled(cancel):
+            break
+    return sorted(done.values(), key=lambda r: order.get(r["config_hash"], total))
+
+
+def _cancelled(cancel: threading.Event | None) -> bool:
+    return cancel is not None and cancel.is_set()

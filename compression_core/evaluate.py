@@ -1,6 +1,7 @@
 """Measuring a model: accuracy with a Wilson interval, top-5, loss, agreement, MACs/BitOps, device choice."""
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -61,6 +62,23 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
+@torch.inference_mode()
+def predict_stacked(models: list[nn.Module], x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits (K, N, classes) of K models of one architecture in ONE vectorised forward per batch.
+
+    The K weight sets are stacked (`torch.func.stack_module_state`) and the forward is `vmap`-ed over them, so
+    a small model keeps a GPU busy with K configs at once instead of K small launches each.
+    """
+    params, buffers = torch.func.stack_module_state(models)
+    skeleton = copy.deepcopy(models[0]).to("meta")
+
+    def forward(p, b, xb):
+        return torch.func.functional_call(skeleton, (p, b), (xb,))
+
+    batched = torch.vmap(forward, in_dims=(0, 0, None))
+    return torch.cat([batched(params, buffers, x[i:i + batch_size]) for i in range(0, len(x), batch_size)], dim=1)
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, reference_pred: torch.Tensor | None = None,
              batch_size: int | None = None) -> dict:
     """Accuracy (+ Wilson 95 % CI), top-5, mean loss and agreement with reference predictions.
@@ -80,7 +98,27 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, reference_pr
     t0 = time.perf_counter()
     logits = predict(model, x, batch_size)
     _sync(x.device)
-    seconds = time.perf_counter() - t0
+    return metrics(logits, y, reference_pred, time.perf_counter() - t0, batch_size)
+
+
+def evaluate_stacked(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, *,
+                     reference_pred: torch.Tensor | None = None, batch_size: int | None = None) -> list[dict]:
+    """`evaluate` for K same-architecture models at once (see `predict_stacked`).
+
+    Each dict's eval_seconds is the measured time of the shared forward divided by K, and `eval_group` = K.
+    """
+    batch_size = batch_size or DEFAULT_BATCH.get(x.device.type, 2048)
+    _sync(x.device)
+    t0 = time.perf_counter()
+    logits = predict_stacked(models, x, batch_size)
+    _sync(x.device)
+    seconds = (time.perf_counter() - t0) / len(models)
+    return [{**metrics(l, y, reference_pred, seconds, batch_size), "eval_group": len(models)} for l in logits]
+
+
+def metrics(logits: torch.Tensor, y: torch.Tensor, reference_pred: torch.Tensor | None, seconds: float,
+            batch_size: int) -> dict:
+    """The metric dict of `evaluate` from logits (N, classes) and the measured forward time."""
     pred = logits.argmax(1)
     n = len(y)
     correct = int((pred == y).sum())
@@ -101,6 +139,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, reference_pr
         "batch_size": batch_size,
         "latency_ms_per_batch": 1000 * seconds / math.ceil(n / batch_size),
         "pred": pred,
+        "eval_group": 1,
     }
 
 

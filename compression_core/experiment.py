@@ -16,11 +16,12 @@ from .compress import compress
 from .compressed import CompressedModel, compressible_layers
 from .config import CompressionConfig
 from .datasets import Dataset, stratified_indices
-from .evaluate import evaluate, layer_macs, select_device
+from .evaluate import evaluate, evaluate_stacked, layer_macs, select_device
 from .models import LoadedModel
 from .size import size_report
 
 CALIB_SIZE = 1024
+STACK_GROUP = 8  # configs per stacked forward on a GPU
 
 
 class Experiment:
@@ -106,6 +107,36 @@ class Experiment:
         metrics.pop("pred")
         return self._record(config, cm, metrics, base, compress_seconds)
 
+    def run_many(self, configs, *, group: int | None = None, cancel=None):
+        """Yield the record of each config in order; on a GPU, `group` configs share one stacked forward.
+
+        Args:
+            configs: CompressionConfigs to run.
+            group: configs evaluated per vmap-ed forward (default STACK_GROUP on cuda, 1 elsewhere). Configs with
+                activation quantization (forward hooks) always run alone.
+            cancel: a threading.Event; once set, no further group starts.
+        """
+        group = group or (STACK_GROUP if self.device.type == "cuda" else 1)
+        configs = list(configs)
+        for start in range(0, len(configs), group):
+            if cancel is not None and cancel.is_set():
+                return
+            chunk = configs[start:start + group]
+            alone = [c for c in chunk if c.act_bits < 32] if len(chunk) > 1 else chunk
+            stacked = [c for c in chunk if c not in alone]
+            if stacked:
+                t0 = time.perf_counter()
+                cms = [self.compress(c) for c in stacked]
+                compress_seconds = (time.perf_counter() - t0) / len(cms)
+                base = self._baseline_eval
+                results = evaluate_stacked([cm.model for cm in cms], self.x, self.y, reference_pred=base["pred"],
+                                           batch_size=self.batch_size)
+                for config, cm, metrics in zip(stacked, cms, results):
+                    metrics.pop("pred")
+                    yield self._record(config, cm, metrics, base, compress_seconds)
+            for config in alone:
+                yield self.run(config)
+
     def _record(self, config, cm, metrics, base, compress_seconds) -> dict:
         size = size_report(cm)
         size_by_layer = {l.name: l for l in size.layers}
@@ -157,6 +188,7 @@ class Experiment:
             "eval_seconds": metrics["eval_seconds"],
             "compress_seconds": compress_seconds,
             "batch_size": metrics["batch_size"],
+            "eval_group": metrics["eval_group"],
             "latency_ms_per_batch": metrics["latency_ms_per_batch"],
             "finetune_final_loss": cm.finetune_log[-1][1] if cm.finetune_log else None,
             "layers": layers,

@@ -179,7 +179,10 @@ def sweep(
 
     start = time.perf_counter()
     n_new = 0
-    results = (executor or SerialExecutor()).map(run_one, pending)
+    if executor is None and hasattr(experiment, "run_many"):
+        results = experiment.run_many(pending, cancel=cancel)  # groups configs per forward on a GPU
+    else:
+        results = (executor or SerialExecutor()).map(run_one, pending)
     for record in results:
         if record is None:
             continue

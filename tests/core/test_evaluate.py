@@ -89,3 +89,16 @@ def test_limit_is_a_fixed_stratified_subset():
     assert torch.bincount(a.y, minlength=10).min() >= 9
     whole = Experiment(loaded, data, limit=10_000, device="cpu")
     assert whole.limit is None and len(whole.y) == data.info.splits["test"]
+
+
+def test_stacked_forward_gives_the_same_records(digits_exp):
+    """The GPU path (K configs per vmap-ed forward) checked on the CPU: same predictions, same sizes."""
+    configs = [CompressionConfig(quant=QuantSpec(bits=b), prune=PruneSpec(s)) for b in (3, 8) for s in (0.0, 0.7)]
+    configs.append(CompressionConfig(quant=QuantSpec(bits=8), act_bits=4))  # hooks: runs alone
+    one_by_one = [digits_exp.run(c) for c in configs]
+    stacked = list(digits_exp.run_many(configs, group=5))
+    assert [r["config_hash"] for r in stacked] == [c.config_hash for c in configs]
+    assert [r["eval_group"] for r in stacked] == [4, 4, 4, 4, 1]
+    for a, b in zip(one_by_one, stacked):
+        assert (a["correct"], a["size_bytes"], a["nnz"]) == (b["correct"], b["size_bytes"], b["nnz"])
+        assert a["agreement"] == b["agreement"]

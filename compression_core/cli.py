@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, SCHEMES, SCOPES,
-                     CompressionConfig, ConfigError, LayerOverride, PruneSpec, QuantSpec)
+                     CompressionConfig, ConfigError, LayerOverride)
 
 EXIT_USER_ERROR = 2
 

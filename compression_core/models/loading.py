@@ -1,0 +1,184 @@
+"""Loading a model by name: a built-in with its shipped checkpoint, a factory, or a torchvision architecture.
+
+Shipped checkpoints live in `assets/checkpoints/` with a `manifest.json` (sha256, dataset, test accuracy, recipe,
+seed); a checkpoint whose bytes do not match its sha256 is refused.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .architectures import ARCHITECTURES
+from .weights import ModelLoadError, file_sha256, line, load_weights, read_state_dict, state_fingerprint
+
+CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "assets" / "checkpoints"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A model ready to compress. `model` is in eval mode, float32, on cpu, and shared: never modify it.
+
+    fingerprint: first 16 hex digits of the sha256 of the state dict (see `state_fingerprint`).
+    source: how to rebuild the architecture without weights (`build_architecture(source)`).
+    manifest: the shipped checkpoint's manifest entry (accuracy, n_test, recipe, seed, sha256) or None.
+    """
+
+    model: nn.Module
+    name: str
+    dataset: str | None
+    fingerprint: str
+    source: dict
+    manifest: dict | None = None
+
+
+def build_architecture(source: dict) -> nn.Module:
+    """Build an untrained model from a `source` dict (see `LoadedModel.source`).
+
+    Args:
+        source: {"kind": "builtin", "name": "lenet5", "num_classes": 10},
+            {"kind": "factory", "factory": "pkg.mod:fn", "num_classes": 10 or None} or
+            {"kind": "torchvision", "name": "resnet18", "num_classes": 10 or None}.
+
+    Returns:
+        A new nn.Module with seeded (repeatable) initial weights; the global RNG is left untouched.
+    """
+    kind, num_classes = source.get("kind"), source.get("num_classes")
+    kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if kind == "builtin":
+            if source.get("name") not in ARCHITECTURES:
+                raise ModelLoadError(f"unknown built-in model {source.get('name')!r}; use one of "
+                                     f"{', '.join(ARCHITECTURES)}")
+            model = ARCHITECTURES[source["name"]].build(int(num_classes or 10))
+        elif kind == "factory":
+            model = _call_factory(str(source.get("factory")), kwargs)
+        elif kind == "torchvision":
+            import torchvision
+
+            try:
+                model = torchvision.models.get_model(str(source.get("name")), weights=None, **kwargs)
+            except (ValueError, KeyError, TypeError) as err:
+                raise ModelLoadError(f"torchvision model {source.get('name')!r} cannot be built ({line(err)}); "
+                                     "see torchvision.models.list_models()") from None
+        else:
+            raise ModelLoadError(f"model source kind must be builtin, factory or torchvision; got {kind!r}")
+    return model.float().eval()
+
+
+def _call_factory(spec: str, kwargs: dict) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ModelLoadError(f"model factory must look like package.module:function; got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except ImportError as err:
+        raise ModelLoadError(f"cannot import {module_name!r} for model factory {spec!r}: {line(err)}") from None
+    except AttributeError:
+        raise ModelLoadError(f"module {module_name!r} has no factory {attr!r} (model {spec!r})") from None
+    try:
+        model = factory(**kwargs)
+    except Exception as err:  # user code: any failure is reported as one line
+        args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        raise ModelLoadError(f"model factory {spec}({args}) failed: {type(err).__name__}: {line(err)}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"model factory {spec} must return a torch.nn.Module; got {type(model).__name__}")
+    return model
+
+
+# ---- the shipped checkpoints ------------------------------------------------------------------------------
+
+def read_manifest(folder: Path = CHECKPOINT_DIR) -> dict[str, dict]:
+    """The checkpoint manifest of a folder: file name -> entry (model, dataset, sha256, accuracy, ...)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())["checkpoints"]
+
+
+def _checkpoint(name: str, dataset: str | None) -> tuple[Path, dict]:
+    dataset = dataset or ARCHITECTURES[name].dataset
+    entries = [e for e in read_manifest().values() if e["model"] == name]
+    entry = next((e for e in entries if e["dataset"] == dataset), None)
+    if entry is None:
+        shipped = ", ".join(e["dataset"] for e in entries) or "none"
+        raise ModelLoadError(f"no shipped checkpoint for {name} on {dataset} (shipped: {shipped}); train one with "
+                             f"`python -m compression_core train --model {name} --dataset {dataset} --out FILE` "
+                             "and pass its weights")
+    path = CHECKPOINT_DIR / entry["file"]
+    if not path.is_file() or file_sha256(path) != entry["sha256"]:
+        raise ModelLoadError(f"checkpoint {path} is missing or does not match its sha256 in {MANIFEST}; "
+                             f"retrain it with `python -m compression_core train --model {name} --dataset {dataset}`")
+    return path, entry
+
+
+def _source(name: str, num_classes: int | None) -> dict:
+    if name in ARCHITECTURES:
+        return {"kind": "builtin", "name": name, "num_classes": num_classes or 10}
+    if name.startswith("torchvision:"):
+        return {"kind": "torchvision", "name": name.partition(":")[2], "num_classes": num_classes}
+    if ":" in name:
+        return {"kind": "factory", "factory": name, "num_classes": num_classes}
+    raise ModelLoadError(f"unknown model {name!r}; use one of {', '.join(ARCHITECTURES)}, package.module:factory "
+                         "or torchvision:NAME")
+
+
+def load_model(name: str, *, dataset: str | None = None, weights: str | Path | None = None,
+               num_classes: int | None = None) -> LoadedModel:
+    """Build a model and load its weights.
+
+    Args:
+        name: a built-in name, `package.module:factory` or `torchvision:NAME`.
+        dataset: for built-ins without `weights`, whose shipped checkpoint to load (default: the architecture's own
+            dataset); otherwise recorded as the dataset the weights were trained on.
+        weights: a .safetensors / .pt / .pth state dict. Required for torchvision models; for a factory, None keeps
+            the parameters the factory returns.
+        num_classes: passed to the factory / torchvision / built-in constructor when given.
+
+    Returns:
+        A LoadedModel whose `model` is in eval mode, float32, on cpu. Never modify it.
+
+    Raises:
+        ModelLoadError: one line naming the problem (unknown name, missing or corrupt file, NaN/Inf, keys that
+            do not fit).
+    """
+    source = _source(name, num_classes)
+    manifest = None
+    if source["kind"] == "builtin" and weights is None:
+        path, manifest = _checkpoint(name, dataset)
+        if num_classes is not None and num_classes != manifest["num_classes"]:
+            raise ModelLoadError(f"num_classes {num_classes} does not match the shipped {name} checkpoint "
+                                 f"({manifest['num_classes']} classes); pass weights trained for {num_classes}")
+        source["num_classes"], dataset, weights = manifest["num_classes"], manifest["dataset"], path
+    elif source["kind"] == "torchvision" and weights is None:
+        raise ModelLoadError(f"model {name} needs a weights file (.safetensors, .pt or .pth)")
+    model = build_architecture(source)
+    if weights is not None:
+        load_weights(model, read_state_dict(weights), str(weights))
+    model = model.float().eval()
+    return LoadedModel(model=model, name=name, dataset=dataset, fingerprint=state_fingerprint(model.state_dict()),
+                       source=source, manifest=manifest)
+
+
+def list_models() -> list[dict]:
+    """The built-in models.
+
+    Returns:
+        One dict per architecture: name, datasets (with a shipped checkpoint, its own dataset first), description,
+        n_params, accuracy ({dataset: test accuracy from the manifest}).
+    """
+    manifest = read_manifest()
+    rows = []
+    for name, arch in ARCHITECTURES.items():
+        shipped = {e["dataset"]: e for e in manifest.values() if e["model"] == name}
+        datasets = sorted(shipped, key=lambda d: (d != arch.dataset, d))
+        n_params = sum(p.numel() for p in arch.build(10).parameters())
+        rows.append({"name": name, "datasets": datasets, "description": arch.description, "n_params": n_params,
+                     "accuracy": {d: shipped[d]["accuracy"] for d in datasets}})
+    return rows

@@ -1,0 +1,110 @@
+"""Shared look of every chart: the bit-width colour map, axis titles with units, and layout defaults.
+
+All chart builders (Explore, Sweep, Layers, Runs, Learn) take their colours and axis titles from here so a
+4-bit point is the same colour on every page and every axis says what it measures and in which unit.
+"""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+# One colour per weight bit-width: warm (few bits, aggressive) -> cool (many bits), fp32 grey (the reference).
+BIT_COLORS: dict[int, str] = {
+    1: "#7f1d1d",
+    2: "#dc2626",
+    3: "#f97316",
+    4: "#eab308",
+    5: "#84cc16",
+    6: "#16a34a",
+    7: "#0d9488",
+    8: "#0284c7",
+    16: "#6366f1",
+    32: "#6b7280",
+}
+FALLBACK_COLOR = "#111827"  # a bit-width outside BIT_COLORS (never produced by the engine's configs)
+
+# Method markers, shared by the charts that shape points by pruning method.
+METHOD_SYMBOLS: dict[str, str] = {
+    "none": "circle",
+    "magnitude": "diamond",
+    "random": "x",
+    "structured": "square",
+    "nm": "triangle-up",
+    "taylor": "star",
+}
+
+# Axis titles: the quantity and its unit, spelled the same everywhere.
+SIZE_AXIS = "Compressed size (KiB, log scale)"
+ACCURACY_AXIS = "Accuracy (%)"
+DROP_AXIS = "Accuracy drop vs fp32 (pts)"
+BITS_AXIS = "Weight bits"
+SPARSITY_AXIS = "Sparsity (%)"
+WEIGHT_AXIS = "Weight value"
+COUNT_AXIS = "Number of weights"
+COUNT_LOG_AXIS = "Number of weights (log scale)"
+CHANNEL_AXIS = "Output channel"
+LAYER_AXIS = "Layer"
+SETTING_AXIS = "Setting"
+
+HIGHLIGHT_COLOR = "#111827"  # outline of the current point / selected item
+REFERENCE_COLOR = "#6b7280"  # fp32 reference lines
+THRESHOLD_COLOR = "#dc2626"  # pruning threshold
+LEVEL_COLOR = "#2563eb"  # quantization levels and clip range
+BEFORE_COLOR = "#94a3b8"  # histograms: weights before compression
+AFTER_COLOR = "#2563eb"  # histograms: weights after compression
+
+
+def bit_color(bits: int | float | None) -> str:
+    """Colour of a weight bit-width (1-8, 16, 32); None or an unknown width gets a neutral dark grey."""
+    if bits is None:
+        return FALLBACK_COLOR
+    return BIT_COLORS.get(int(bits), FALLBACK_COLOR)
+
+
+def bits_label(bits: int | float) -> str:
+    """Human label of a weight bit-width: 32 -> 'fp32', 16 -> '16-bit', 4 -> '4-bit'."""
+    return "fp32" if int(bits) >= 32 else f"{int(bits)}-bit"
+
+
+def act_bits_label(bits: int) -> str:
+    """Activation bit-width label: 32 -> 'fp32 (off)', 8 -> '8-bit'."""
+    return "fp32 (off)" if int(bits) >= 32 else f"{int(bits)}-bit"
+
+
+# Display names of engine option values, for selectors and legends.
+OPTION_NAMES: dict[str, str] = {
+    "sym": "symmetric", "asym": "asymmetric", "tensor": "per tensor", "channel": "per channel",
+    "minmax": "min-max", "percentile": "percentile", "mse": "MSE search", "uniform": "uniform",
+    "kmeans": "k-means", "pow2": "power of two", "fp16": "fp16 cast", "bf16": "bf16 cast",
+    "magnitude": "magnitude", "random": "random", "structured": "structured (channels)", "nm": "N:M",
+    "taylor": "Taylor", "layer": "per layer", "global": "global", "none": "none",
+}
+
+
+def option_label(value: str) -> str:
+    """Readable name of an engine option value ('asym' -> 'asymmetric'); unknown values are returned as is."""
+    return OPTION_NAMES.get(value, value)
+
+
+def percent_label(fraction: float) -> str:
+    """0.5 -> '50 %'."""
+    return f"{100 * fraction:g} %"
+
+
+def base_layout(fig: go.Figure, *, title: str | None = None, height: int = 360, legend: bool = True) -> go.Figure:
+    """Apply the shared layout (white template, compact margins, legend on top) to `fig` and return it."""
+    fig.update_layout(
+        template="plotly_white",
+        title={"text": title, "x": 0.0, "xanchor": "left"} if title else None,
+        height=height,
+        margin={"l": 60, "r": 20, "t": 48 if title else 24, "b": 50},
+        showlegend=legend,
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1.0},
+        hoverlabel={"align": "left"},
+        font={"size": 12},
+    )
+    return fig
+
+
+def kib(n_bytes: float) -> float:
+    """Bytes -> KiB (the size unit of every chart)."""
+    return float(n_bytes) / 1024.0

@@ -1,0 +1,56 @@
+"""Learn page charts: a quantizer's transfer curve and an N:M mask pattern (toy tensors; histograms reuse layers)."""
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from .common import AFTER_COLOR, LEVEL_COLOR, REFERENCE_COLOR, THRESHOLD_COLOR, WEIGHT_AXIS, base_layout
+
+QUANTIZED_AXIS = "Quantized value ŵ"
+INPUT_COLUMN_AXIS = "Input index (groups of M)"
+OUTPUT_ROW_AXIS = "Output row"
+
+
+def transfer_curve(curve: pd.DataFrame, *, zero_point_value: float | None = None,
+                   clip: tuple[float, float] | None = None, title: str | None = None, height: int = 300) -> go.Figure:
+    """The quantize-dequantize mapping w -> ŵ as a staircase, with the identity line for reference.
+
+    Args:
+        curve: columns w (increasing inputs) and w_hat (their quantize-dequantize values).
+        zero_point_value: the float value the zero point maps to (always 0 for a grid containing 0); marked.
+        clip: (low, high) of the grid; inputs beyond saturate.
+    """
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=curve["w"], y=curve["w"], mode="lines", name="identity (no error)",
+                             line={"color": REFERENCE_COLOR, "dash": "dot", "width": 1}, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=curve["w"], y=curve["w_hat"], mode="lines", name="ŵ = s · (q − z)",
+                             line={"color": AFTER_COLOR, "width": 2, "shape": "hv"},
+                             hovertemplate="w %{x:.4g} → ŵ %{y:.4g}<extra></extra>"))
+    if zero_point_value is not None:
+        fig.add_trace(go.Scatter(x=[zero_point_value], y=[zero_point_value], mode="markers", name="zero point (q = z)",
+                                 marker={"color": THRESHOLD_COLOR, "size": 10, "symbol": "x"}))
+    if clip is not None:
+        for x in clip:
+            fig.add_vline(x=x, line={"color": LEVEL_COLOR, "dash": "dash", "width": 1})
+    base_layout(fig, title=title, height=height)
+    fig.update_xaxes(title_text=WEIGHT_AXIS + " w")
+    fig.update_yaxes(title_text=QUANTIZED_AXIS)
+    return fig
+
+
+def mask_pattern(weights: pd.DataFrame, *, m: int, title: str | None = None, height: int = 300) -> go.Figure:
+    """A small weight matrix with pruned entries left blank (NaN), group boundaries every `m` columns.
+
+    Args:
+        weights: rows x columns of kept weight values, NaN where pruned.
+        m: the group size along the columns (the M of N:M).
+    """
+    fig = go.Figure(go.Heatmap(z=weights.to_numpy(), colorscale="RdBu", zmid=0.0, xgap=1, ygap=1,
+                               colorbar={"title": {"text": WEIGHT_AXIS}},
+                               hovertemplate="row %{y}, col %{x}: %{z:.3f}<extra></extra>"))
+    for x in range(m, weights.shape[1], m):
+        fig.add_vline(x=x - 0.5, line={"color": "#111827", "width": 2})
+    base_layout(fig, title=title, height=height, legend=False)
+    fig.update_xaxes(title_text=INPUT_COLUMN_AXIS, showgrid=False)
+    fig.update_yaxes(title_text=OUTPUT_ROW_AXIS, autorange="reversed", showgrid=False)
+    return fig

@@ -1,0 +1,219 @@
+"""Sweep and Runs charts: the results table, the Pareto plot, the bits x sparsity heatmap and front overlays.
+
+Pure functions: engine records / DataFrames in, DataFrames / `go.Figure` out. Fronts come in already computed
+(`compression_core.pareto.pareto_front` + `staircase`), so every number drawn is the engine's. Traces carry
+`meta={"role": ...}` ("configs", "method", "front", "reference", "overlay-points", "overlay-front") so pages
+and tests can find them without relying on their order.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from .common import (ACCURACY_AXIS, BITS_AXIS, METHOD_SYMBOLS, REFERENCE_COLOR, SIZE_AXIS, SPARSITY_AXIS,
+                     base_layout, bit_color, bits_label, kib, option_label, percent_label)
+
+# Columns of the results table (and of its CSV), in display order; `config` is the full config as JSON.
+RESULT_COLUMNS = ("label", "bits", "quantizer", "prune_method", "sparsity", "realized_sparsity", "accuracy",
+                  "accuracy_ci_low", "accuracy_ci_high", "accuracy_drop_pts", "agreement", "size_bytes",
+                  "dense_bytes", "compression_ratio", "bits_per_weight", "n_samples", "model", "dataset", "split",
+                  "limit", "config_hash", "config")
+FRONT_COLOR = "#111827"
+# Overlay groups (runs or methods) are not bit-widths, so they get their own palette and markers.
+OVERLAY_COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2")
+OVERLAY_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "star", "x")
+
+
+def results_frame(records: list[dict]) -> pd.DataFrame:
+    """Engine records as a flat table, one row per config, columns `RESULT_COLUMNS` (numbers as the engine gave).
+
+    Args:
+        records: sweep/store records (issue #2 fields); `config` may be a dict or a JSON string.
+
+    Returns:
+        A DataFrame with exactly `RESULT_COLUMNS`; `config` is canonical JSON text; per-layer data is dropped.
+    """
+    rows = []
+    for r in records:
+        row = {c: r.get(c) for c in RESULT_COLUMNS}
+        config = r.get("config")
+        row["config"] = config if isinstance(config, str) else json.dumps(config, sort_keys=True,
+                                                                          separators=(",", ":"))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+
+def _hover_data(df: pd.DataFrame) -> list[list]:
+    """customdata per point: [config_hash, ratio, bits/weight, realised sparsity %, ci low %, ci high %]."""
+    return [[r.config_hash, r.compression_ratio, r.bits_per_weight, 100.0 * r.realized_sparsity,
+             100.0 * r.accuracy_ci_low, 100.0 * r.accuracy_ci_high] for r in df.itertuples(index=False)]
+
+
+HOVER = ("<b>%{text}</b><br>accuracy %{y:.2f} % (95 % CI %{customdata[4]:.1f}–%{customdata[5]:.1f})"
+         "<br>size %{x:,.2f} KiB · %{customdata[1]:.1f}× smaller<br>%{customdata[2]:.2f} bits/weight · "
+         "sparsity %{customdata[3]:.1f} %<extra></extra>")
+
+
+def pareto_figure(df: pd.DataFrame, *, front: tuple[list[float], list[float]] | None = None,
+                  baseline_accuracy: float | None = None, height: int = 460) -> go.Figure:
+    """Accuracy (%) vs honest size (KiB, log x): every config coloured by bits and shaped by pruning method.
+
+    Args:
+        df: `results_frame(records)` (needs label, bits, prune_method, accuracy, accuracy_ci_low/high,
+            size_bytes, compression_ratio, bits_per_weight, realized_sparsity, config_hash).
+        front: (size_bytes list, accuracy list) of the front's staircase (`compression_core.pareto.staircase`).
+        baseline_accuracy: fp32 accuracy (fraction), drawn as a dashed horizontal line across the plot.
+
+    Returns:
+        One markers trace per bit-width (role "configs", name "4-bit" ... "fp32", customdata[i][0] = the
+        point's config_hash), legend-only marker keys per method when several are present (role "method"),
+        then "Pareto front" (role "front") and "fp32 reference" (role "reference") when given.
+    """
+    fig = go.Figure()
+    for bits in sorted(df["bits"].unique()) if len(df) else []:
+        group = df[df["bits"] == bits]
+        fig.add_trace(go.Scatter(
+            x=group["size_bytes"].map(kib), y=100.0 * group["accuracy"], mode="markers", name=bits_label(bits),
+            legendgroup="bits", meta={"role": "configs", "bits": int(bits)},
+            marker={"color": bit_color(bits), "size": 11, "line": {"color": "white", "width": 1},
+                    "symbol": [METHOD_SYMBOLS.get(m, "circle") for m in group["prune_method"]]},
+            text=group["label"], customdata=_hover_data(group), hovertemplate=HOVER))
+    methods = sorted(set(df["prune_method"])) if len(df) else []
+    if len(methods) > 1:
+        for method in methods:
+            fig.add_trace(go.Scatter(
+                x=[None], y=[None], mode="markers", legendgroup="method",
+                name="no pruning" if method == "none" else option_label(method),
+                meta={"role": "method"}, marker={"color": "#9ca3af", "size": 10,
+                                                 "symbol": METHOD_SYMBOLS.get(method, "circle")}))
+    if front is not None and front[0]:
+        fig.add_trace(go.Scatter(
+            x=[kib(v) for v in front[0]], y=[100.0 * v for v in front[1]], mode="lines", name="Pareto front",
+            meta={"role": "front"}, line={"color": FRONT_COLOR, "width": 1.5}, opacity=0.7, hoverinfo="skip"))
+    if baseline_accuracy is not None and len(df):
+        sizes = df["size_bytes"].map(kib)
+        lo, hi = float(sizes.min()) / 1.5, float(sizes.max()) * 1.5  # span the points with a margin (log x)
+        fig.add_trace(go.Scatter(
+            x=[lo, hi], y=[100.0 * baseline_accuracy] * 2, mode="lines", name="fp32 reference",
+            meta={"role": "reference"}, line={"color": REFERENCE_COLOR, "dash": "dash", "width": 1},
+            hovertemplate=f"fp32 reference: {100.0 * baseline_accuracy:.2f} %<extra></extra>"))
+    return _accuracy_vs_size_layout(fig, df["size_bytes"] if len(df) else [], height)
+
+
+def log_ticks(sizes_kib: list[float]) -> list[float]:
+    """1-2-5 tick values (KiB) spanning the sizes, so a log axis reads '5, 10, 20, 50, 100' and not '2 3 4 5 6'."""
+    if not sizes_kib:
+        return []
+    lo, hi = min(sizes_kib) / 1.5, max(sizes_kib) * 1.5
+    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5)]
+    return [t for t in ticks if lo <= t <= hi]
+
+
+def _accuracy_vs_size_layout(fig: go.Figure, sizes_bytes, height: int) -> go.Figure:
+    """Shared layout of the accuracy-vs-size charts: log x with 1-2-5 ticks, legend on the right."""
+    base_layout(fig, height=height)
+    # the legend sits right of the plot, clear of Plotly's toolbar at the top right
+    fig.update_layout(legend={"orientation": "v", "x": 1.01, "xanchor": "left", "y": 1.0, "yanchor": "top",
+                              "title": {"text": ""}}, margin={"r": 20})
+    ticks = log_ticks([kib(v) for v in sizes_bytes])
+    fig.update_xaxes(title_text=SIZE_AXIS, type="log", tickvals=ticks or None, ticktext=[f"{t:g}" for t in ticks]
+                     or None)
+    fig.update_yaxes(title_text=ACCURACY_AXIS)
+    return fig
+
+
+def picked_hashes(points: list[dict]) -> list[str]:
+    """Config hashes of the points a Plotly selection event names (points without our customdata are skipped).
+
+    Args:
+        points: `event.selection.points` from `st.plotly_chart(..., on_select="rerun")` on a `pareto_figure`.
+
+    Returns:
+        The hashes in selection order, without duplicates.
+    """
+    out: list[str] = []
+    for p in points:
+        data = p.get("customdata")
+        h = data[0] if isinstance(data, (list, tuple)) and data else data
+        if isinstance(h, str) and h not in out:
+            out.append(h)
+    return out
+
+
+def bits_sparsity_heatmap(df: pd.DataFrame, *, height: int | None = None) -> go.Figure:
+    """Heatmap of accuracy (%) over weight bits (rows) x target sparsity (columns): the best config per cell.
+
+    Args:
+        df: `results_frame(records)`; when several configs share a cell (other methods or quantizers) the most
+            accurate one is shown and the hover names it and the number of configs in the cell.
+
+    Returns:
+        One `go.Heatmap`; rows from fewest bits (top) to fp32, empty cells left blank.
+    """
+    best = (df.sort_values("accuracy", ascending=False)
+            .groupby(["bits", "sparsity"], as_index=False)
+            .agg(accuracy=("accuracy", "first"), label=("label", "first"), n=("label", "size")))
+    bits = sorted(best["bits"].unique())
+    sparsities = sorted(best["sparsity"].unique())
+    cell = {(b, s): row for b, s, row in zip(best["bits"], best["sparsity"], best.itertuples(index=False))}
+    z, text, hover = [], [], []
+    for b in bits:
+        row = [cell.get((b, s)) for s in sparsities]
+        z.append([100.0 * c.accuracy if c is not None else None for c in row])
+        text.append([f"{100.0 * c.accuracy:.1f}" if c is not None else "" for c in row])
+        hover.append([f"{c.label}<br>best of {c.n} config(s)" if c is not None else "" for c in row])
+    finite = [v for r in z for v in r if v is not None and math.isfinite(v)]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[percent_label(s) for s in sparsities], y=[bits_label(b) for b in bits], text=text,
+        texttemplate="%{text}", customdata=hover, colorscale="Viridis", zmin=min(finite, default=0.0),
+        zmax=max(finite, default=100.0), colorbar={"title": {"text": ACCURACY_AXIS}}, xgap=2, ygap=2,
+        hovertemplate="%{y} · sparsity %{x}<br>accuracy %{z:.2f} %<br>%{customdata}<extra></extra>"))
+    base_layout(fig, height=height or max(240, 70 + 46 * len(bits)), legend=False)
+    fig.update_xaxes(title_text=SPARSITY_AXIS, type="category")
+    fig.update_yaxes(title_text=BITS_AXIS, type="category", autorange="reversed")
+    return fig
+
+
+def overlay_figure(groups: dict[str, pd.DataFrame], fronts: dict[str, tuple[list[float], list[float]]], *,
+                   baseline_accuracy: float | None = None, height: int = 460) -> go.Figure:
+    """Fronts of several groups (runs or methods) on one accuracy-vs-size chart, each in its own colour.
+
+    Args:
+        groups: group name -> `results_frame` of its records (drawn as faint points).
+        fronts: group name -> staircase (size_bytes list, accuracy list) of that group's front.
+        baseline_accuracy: fp32 accuracy (fraction), drawn as a dashed horizontal line.
+
+    Returns:
+        Per group a points trace (role "overlay-points") and a front trace (role "overlay-front"), then the
+        "fp32 reference" line (role "reference").
+    """
+    fig = go.Figure()
+    sizes: list[float] = []
+    for i, (name, df) in enumerate(groups.items()):
+        color, symbol = OVERLAY_COLORS[i % len(OVERLAY_COLORS)], OVERLAY_SYMBOLS[i % len(OVERLAY_SYMBOLS)]
+        sizes += df["size_bytes"].map(kib).tolist()
+        fig.add_trace(go.Scatter(
+            x=df["size_bytes"].map(kib), y=100.0 * df["accuracy"], mode="markers", name=f"{name} · configs",
+            legendgroup=name, meta={"role": "overlay-points", "group": name}, opacity=0.45,
+            marker={"color": color, "symbol": symbol, "size": 8}, text=df["label"], customdata=_hover_data(df),
+            hovertemplate=HOVER))
+        xs, ys = fronts.get(name, ([], []))
+        fig.add_trace(go.Scatter(
+            x=[kib(v) for v in xs], y=[100.0 * v for v in ys], mode="lines", name=f"{name} · front",
+            legendgroup=name, meta={"role": "overlay-front", "group": name}, line={"color": color, "width": 2.5},
+            hoverinfo="skip"))
+    if baseline_accuracy is not None and sizes:
+        fig.add_trace(go.Scatter(
+            x=[min(sizes) / 1.5, max(sizes) * 1.5], y=[100.0 * baseline_accuracy] * 2, mode="lines",
+            name="fp32 reference", meta={"role": "reference"},
+            line={"color": REFERENCE_COLOR, "dash": "dash", "width": 1},
+            hovertemplate=f"fp32 reference: {100.0 * baseline_accuracy:.2f} %<extra></extra>"))
+    _accuracy_vs_size_layout(fig, [b * 1024 for b in sizes], height)
+    # group names (run labels) are long: one legend row per entry under the plot keeps the plot wide
+    fig.update_layout(legend={"orientation": "h", "x": 0.0, "xanchor": "left", "y": -0.18, "yanchor": "top"},
+                      margin={"b": 40})
+    return fig

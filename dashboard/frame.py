@@ -1,0 +1,184 @@
+"""The frame around every page: the sidebar (model, dataset, device, live subset) and the shared selection.
+
+The sidebar's widgets are bound to the URL (`bind="query-params"`), so `?model=digits-cnn&dataset=digits&limit=500`
+reproduces a view and every change updates the address bar. Widget keys used here (and therefore URL parameter
+names): `model`, `factory`, `dataset`, `device`, `limit`; `weights` is the upload widget.
+
+Pages read what the sidebar chose with `current_selection()` (or `require_selection()`); the choice is stored
+in `st.session_state["selection"]` as a plain dict, per browser session.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import streamlit as st
+import torch
+
+from compression_core.evaluate import DeviceUnavailable, select_device
+from dashboard import services
+
+SELECTION_KEY = "selection"
+UPLOAD_NAME_KEY = "upload_name"  # {saved path: the file name the user uploaded}, to name it in messages
+CUSTOM = "custom"  # the model option "Bring your own"
+DEFAULT_MODEL = "lenet5"
+DEFAULT_DATASET = "mnist"
+DEFAULT_LIMIT = 1000
+DEVICES = ("auto", "cpu", "cuda")
+PAGE_CONFIG = {"page_title": "Compression Explorer", "page_icon": ":material/compress:", "layout": "wide",
+               "initial_sidebar_state": "expanded"}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the sidebar chose; hashable, so it keys the caches in `services`.
+
+    model: a built-in model name (e.g. "lenet5"), or for bring-your-own the factory spec ("pkg.mod:fn").
+    dataset: registry dataset name (e.g. "mnist").
+    device: the device actually used, resolved from the user's auto/cpu/cuda choice ("cpu", "cuda" or "mps").
+    limit: size of the class-stratified live evaluation subset of the test split (None = the whole split).
+    factory: the bring-your-own factory spec, None for built-ins.
+    weights_path: the uploaded weights saved to a local file (bring-your-own only), else None.
+    """
+
+    model: str = DEFAULT_MODEL
+    dataset: str = DEFAULT_DATASET
+    device: str = "cpu"
+    limit: int | None = DEFAULT_LIMIT
+    factory: str | None = None
+    weights_path: str | None = None
+
+    @property
+    def key(self) -> str:
+        """A stable string id of the selection, for per-selection data kept in session state."""
+        return "|".join(str(v) for v in dataclasses.astuple(self))
+
+    @property
+    def label(self) -> str:
+        """Short text for headers: 'lenet5 on mnist · cpu'."""
+        return f"{self.model} on {self.dataset} · {self.device}"
+
+
+def current_selection() -> Selection | None:
+    """The selection the sidebar made in this run, or None when it is incomplete or failed to load."""
+    data = st.session_state.get(SELECTION_KEY)
+    return Selection(**data) if data else None
+
+
+def require_selection() -> Selection:
+    """`current_selection()`, or an explanation and `st.stop()` when there is none (pages call this first)."""
+    selection = current_selection()
+    if selection is None:
+        st.info("Choose a model and a dataset in the sidebar to start. "
+                "Bring your own model: pick **Bring your own…**, give its factory and upload its weights.")
+        st.stop()
+    return selection
+
+
+def model_label(name: str) -> str:
+    """Model option label: the built-in name, or 'Bring your own…'."""
+    return "Bring your own…" if name == CUSTOM else name
+
+
+def _model_picker() -> tuple[str, str | None, str | None]:
+    """(model, factory, weights_path) from the model widgets; factory/weights None for built-ins."""
+    builtins = services.models()
+    names = [m["name"] for m in builtins]
+    describe = {m["name"]: m.get("description") or "" for m in builtins}
+    default = names.index(DEFAULT_MODEL) if DEFAULT_MODEL in names else 0
+    model = st.selectbox(
+        "Model", names + [CUSTOM], index=default, key="model", bind="query-params",
+        format_func=model_label,
+        help="Built-in models ship trained checkpoints; bring your own with a factory and a weights file.")
+    if model != CUSTOM:
+        if describe.get(model):
+            st.caption(describe[model])
+        return model, None, None
+    factory = st.text_input("Factory (package.module:function)", key="factory", bind="query-params",
+                            placeholder="mypkg.nets:build_model",
+                            help="An importable function that returns the untrained nn.Module.").strip()
+    upload = st.file_uploader("Weights (.safetensors, .pt, .pth)", type=["safetensors", "pt", "pth"], key="weights",
+                              help="A state dict; .pt/.pth files are read with weights_only=True, so pickles "
+                                   "that would run code are refused.")
+    if not factory:
+        st.caption("Enter the factory that builds your model.")
+    weights_path = services.save_upload(upload.name, upload.getvalue()) if upload is not None else None
+    if weights_path:
+        st.session_state[UPLOAD_NAME_KEY] = {weights_path: upload.name}
+    return factory, factory or None, weights_path
+
+
+def _dataset_picker(choices: list[dict] | None) -> str | None:
+    """The dataset selectbox over `choices` (None: the model is not ready yet, nothing to explain)."""
+    usable = [c["name"] for c in choices or [] if c["available"]]
+    if not usable:  # a keyed widget would keep its empty value once options appear, so no key here
+        st.selectbox("Dataset", [], disabled=True, placeholder="—")
+        dataset = None
+    else:
+        default = usable.index(DEFAULT_DATASET) if DEFAULT_DATASET in usable else 0
+        dataset = st.selectbox("Dataset", usable, index=default, key="dataset", bind="query-params",
+                               help="Only datasets this model can run on are listed.")
+    for c in choices or []:
+        if not c["available"]:
+            st.caption(f"{c['name']}: unavailable — {c['reason']}")
+    if choices == []:
+        st.caption("No dataset for this model: it has no shipped checkpoint yet (train one with "
+                   "`python -m compression_core train`), or it accepts none of the installed datasets.")
+    return dataset
+
+
+def _device_picker() -> str:
+    choice = st.segmented_control("Device", DEVICES, default="auto", required=True, key="device",
+                                  bind="query-params") or "auto"
+    try:
+        device = select_device(choice).type
+    except DeviceUnavailable:
+        st.warning(f"{choice} is not available on this machine; using cpu.")
+        device = "cpu"
+    cuda = "yes" if torch.cuda.is_available() else "no"
+    st.caption(f"Running on **{device}** · CUDA GPU available: {cuda}")
+    return device
+
+
+def _user_words(message: str) -> str:
+    """An engine message with the saved upload's temp path replaced by the name the user uploaded."""
+    for path, name in st.session_state.get(UPLOAD_NAME_KEY, {}).items():
+        message = message.replace(path, name)
+    return message
+
+
+def render_sidebar() -> Selection | None:
+    """Draw the sidebar, store the resulting selection in session state and return it.
+
+    Errors a user can cause (a bad upload, a factory that does not import, a dataset that is not installed)
+    show one `st.error` line in the main area; the selection is then None and the pages explain what to do.
+    """
+    selection, problem, choices = None, None, None
+    with st.sidebar:
+        try:
+            model, factory, weights_path = _model_picker()
+            if model and (factory is None or weights_path is not None):
+                choices = services.compatible_datasets(model, factory, weights_path)
+            elif factory is not None:
+                st.caption("Upload the weights file to load the model.")
+        except services.USER_ERRORS as e:
+            problem = _user_words(services.error_line(e))
+        dataset = _dataset_picker(choices)
+        device = _device_picker()
+        limit = st.number_input("Live subset (test samples)", min_value=100, max_value=10_000, value=DEFAULT_LIMIT,
+                                step=100, key="limit", bind="query-params",
+                                help="Explore evaluates this many class-stratified test samples; the same number "
+                                     "always gives the same samples.")
+        if choices and dataset:
+            try:
+                selection = Selection(model=model, dataset=dataset, device=device, limit=int(limit),
+                                      factory=factory, weights_path=weights_path)
+                base = services.baseline(selection)
+                st.caption(f"fp32 accuracy: **{100 * base['accuracy']:.2f} %** on {base['n_samples']:,} "
+                           f"test samples")
+            except services.USER_ERRORS as e:
+                selection, problem = None, _user_words(services.error_line(e))
+    if problem:
+        st.error(problem, icon=":material/error:")
+    st.session_state[SELECTION_KEY] = dataclasses.asdict(selection) if selection else None
+    return selection

@@ -1,0 +1,223 @@
+"""The dashboard's service layer: the only place with Streamlit caches, between the pages and the engine.
+
+`st.cache_resource` holds the pristine, shared objects (datasets, loaded models, `Experiment`s, compressed
+models): one copy per server process, shared by every browser session and never mutated — the engine's
+`compress` is out-of-place and the UI only reads them. `st.cache_data` holds results (records, histograms,
+sensitivity tables) keyed on the selection and the config JSON, so repeating a config is instant.
+
+Every function takes a `frame.Selection` (model, dataset, device, limit, factory, weights_path) and, where a
+config is involved, the config as canonical JSON (`CompressionConfig.to_json()`), which is also its cache key.
+User mistakes raise one of `USER_ERRORS`; pages show `error_line(e)` with `st.error` and carry on.
+"""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import pandas as pd
+import streamlit as st
+import torch
+
+from compression_core import histograms, sensitivity
+from compression_core.compressed import CompressedModel, LayerCompression
+from compression_core.config import CompressionConfig, ConfigError
+from compression_core.datasets import Dataset, DatasetUnavailable, list_datasets, load_dataset
+from compression_core.evaluate import DeviceUnavailable
+from compression_core.experiment import Experiment
+from compression_core.models import LoadedModel, ModelLoadError, list_models, load_model
+from compression_core.store import Store
+
+if TYPE_CHECKING:
+    from dashboard.frame import Selection
+
+USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable)
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "compression-explorer-uploads"
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
+def error_line(error: BaseException) -> str:
+    """The one line shown to the user for an engine error (its first line, without the traceback)."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+# ---- what can be chosen ----------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, ttl=300)
+def models() -> list[dict]:
+    """Built-in models (`compression_core.models.list_models`): name, datasets, description, n_params, accuracy."""
+    return list_models()
+
+
+@st.cache_data(show_spinner=False, ttl=300)
+def datasets() -> list[dict]:
+    """All registry datasets with `available` and, when not, the `reason` (how to get it)."""
+    return list_datasets()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def compatible_datasets(model: str, factory: str | None, weights_path: str | None) -> list[dict]:
+    """The datasets a model can run on, each `{name, available, reason}`.
+
+    Built-ins: the datasets they have checkpoints for. Bring-your-own: every installed dataset whose input
+    shape the model accepts and whose class count matches its output (one forward pass of zeros), plus the
+    datasets that are not installed, with the reason.
+    """
+    registry = {d["name"]: d for d in datasets()}
+    if factory is None:
+        wanted = next((m["datasets"] for m in models() if m["name"] == model), [])
+        return [{"name": n, "available": registry.get(n, {}).get("available", False),
+                 "reason": registry.get(n, {}).get("reason") or ""} for n in wanted]
+    net = _loaded_model(model, None, factory, weights_path).model
+    choices = []
+    for d in registry.values():
+        if not d["available"]:
+            choices.append({"name": d["name"], "available": False, "reason": d.get("reason") or ""})
+            continue
+        with torch.inference_mode():
+            try:
+                fits = tuple(net(torch.zeros(1, *d["input_shape"])).shape) == (1, d["num_classes"])
+            except (RuntimeError, ValueError, TypeError):
+                fits = False
+        if fits:
+            choices.append({"name": d["name"], "available": True, "reason": ""})
+    return choices
+
+
+def save_upload(filename: str, data: bytes) -> str:
+    """Write uploaded weights to a content-addressed temp file and return its path (same bytes -> same path).
+
+    Raises:
+        ModelLoadError: the file name does not end in .safetensors, .pt or .pth.
+    """
+    suffix = Path(filename).suffix.lower()
+    if suffix not in WEIGHT_SUFFIXES:
+        raise ModelLoadError(f"weights file {filename!r} must end in {', '.join(WEIGHT_SUFFIXES)}")
+    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    path = UPLOAD_DIR / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
+    if not path.exists():
+        path.write_bytes(data)
+    return str(path)
+
+
+# ---- pristine shared objects (cache_resource: never mutated) ---------------------------------------
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _loaded_model(model: str, dataset: str | None, factory: str | None, weights_path: str | None) -> LoadedModel:
+    if factory is None:
+        return load_model(model, dataset=dataset)
+    return load_model(factory, weights=weights_path)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _dataset(name: str) -> Dataset:
+    return load_dataset(name)
+
+
+@st.cache_resource(show_spinner="Loading the model and the evaluation data…", max_entries=8)
+def get_experiment(selection: Selection) -> Experiment:
+    """The `Experiment` for a selection: pristine model + evaluation subset on the device, shared by all sessions.
+
+    Raises:
+        ModelLoadError, DatasetUnavailable, DeviceUnavailable: one line saying what is wrong.
+    """
+    loaded = _loaded_model(selection.model, None if selection.factory else selection.dataset,
+                           selection.factory, selection.weights_path)
+    return Experiment(loaded, _dataset(selection.dataset), split="test", limit=selection.limit,
+                      device=selection.device)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def compress(selection: Selection, config_json: str) -> CompressedModel:
+    """The compressed model for a config (shared; read it, never modify it). For details and histograms."""
+    return get_experiment(selection).compress(CompressionConfig.from_json(config_json))
+
+
+@st.cache_resource(show_spinner=False)
+def store() -> Store:
+    """The result store at its default path ($COMPRESSION_EXPLORER_STORE or the user cache dir)."""
+    return Store()
+
+
+# ---- results (cache_data: keyed on selection + config) --------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=2048)
+def evaluate(selection: Selection, config_json: str) -> dict:
+    """The engine's record (issue #2 fields, plus `layers`) for one config on the selection's live subset.
+
+    Raises:
+        ConfigError: the config is invalid (e.g. 1-bit symmetric).
+    """
+    # the compressed model is cached for the histograms anyway: compress once, evaluate that
+    return get_experiment(selection).run(CompressionConfig.from_json(config_json),
+                                         compressed=compress(selection, config_json))
+
+
+def baseline(selection: Selection) -> dict:
+    """The fp32 record (bits 32, no pruning) of the selection."""
+    return evaluate(selection, CompressionConfig().to_json())
+
+
+def _layer_weight(selection: Selection, layer: str) -> torch.Tensor:
+    modules = dict(get_experiment(selection).model.named_modules())
+    if layer not in modules or not hasattr(modules[layer], "weight"):
+        raise ConfigError(f"layer {layer!r} is not a layer of {selection.model}")
+    return modules[layer].weight.detach()
+
+
+def histogram_view(before: torch.Tensor, layer: LayerCompression, bins: int = 80,
+                   hide_zeros: bool = False) -> tuple[pd.DataFrame, dict]:
+    """What a weight-histogram chart needs, from the engine's `histograms` module (not cached; pure).
+
+    Returns:
+        (frame with columns left, right, center, before, after;
+         {"levels": [...], "clip": [lo, hi] | None, "threshold": float | None, "channel": int | None,
+          "hidden_zeros_before": int, "hidden_zeros_after": int})
+    """
+    hist = histograms.weight_histograms(before, layer.weight, bins=bins, hide_zeros=hide_zeros)
+    grid = histograms.grid_levels(layer, before=before)
+    return hist.to_frame(), {
+        "levels": list(grid.levels), "clip": list(grid.clip) if grid.clip else None,
+        "threshold": grid.threshold, "channel": grid.channel,
+        "hidden_zeros_before": hist.hidden_zeros_before, "hidden_zeros_after": hist.hidden_zeros_after,
+    }
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def layer_histogram(selection: Selection, config_json: str, layer: str, bins: int = 80,
+                    hide_zeros: bool = False) -> tuple[pd.DataFrame, dict]:
+    """A layer's weight histogram before vs after compression on shared bins, and its grid (see histogram_view)."""
+    return histogram_view(_layer_weight(selection, layer), compress(selection, config_json).layers[layer],
+                          bins=bins, hide_zeros=hide_zeros)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def channel_ranges(selection: Selection, layer: str) -> pd.DataFrame:
+    """Per-output-channel min / max / absmax of a layer's original weight (columns channel, min, max, absmax)."""
+    return histograms.channel_ranges(_layer_weight(selection, layer))
+
+
+class _CachedExperiment:
+    """The selection's `Experiment` seen through the cached `evaluate`: what the engine's sweeps need."""
+
+    def __init__(self, selection: Selection) -> None:
+        self.selection = selection
+        self.experiment = get_experiment(selection)
+        self.layer_names = list(self.experiment.layer_names)
+
+    def key(self, config: CompressionConfig) -> dict:
+        return self.experiment.key(config)
+
+    def run(self, config: CompressionConfig) -> dict:
+        return evaluate(self.selection, config.to_json())
+
+
+def layer_sensitivity(selection: Selection, settings_json: list[str],
+                      progress: Callable[[int, int, float | None, str | None], None] | None = None) -> list[dict]:
+    """One layer compressed at a time over the given settings (configs as JSON): the engine's tagged records.
+
+    Each (layer, setting) probe goes through the cached `evaluate`, so a repeat is instant and probes are shared
+    with Explore and other sessions; `progress(done, total, eta_seconds, label)` is called as probes finish.
+    Each record has `layer`, `setting` (label), `setting_hash`, `accuracy_drop_pts` and the rest of a record.
+    """
+    settings = [CompressionConfig.from_json(s) for s in settings_json]
+    return sensitivity.layer_sensitivity(_CachedExperiment(selection), settings, progress=progress)

@@ -1,0 +1,187 @@
+"""Learn: the formula behind each compression method, each with a live toy plot computed by the engine itself.
+
+The toy tensor is 2,000 seeded normal weights plus a few outliers; every level, threshold and mask drawn here
+comes from `compression_core.quantize` / `compression_core.prune` / `compression_core.histograms` — the same
+code that compresses real models, nothing re-implemented in the UI.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+import torch
+
+from compression_core import prune as prune_ops
+from compression_core import quantize as quant_ops
+from compression_core.compressed import LayerCompression
+from compression_core.config import PruneSpec, QuantSpec
+from dashboard import services
+from dashboard.charts import layers as layer_charts
+from dashboard.charts import learn as learn_charts
+from dashboard.charts.common import bits_label
+
+TOY_SIZE = 2000
+OUTLIERS = (-0.42, -0.31, 0.29, 0.36, 0.47)  # a few large weights, as trained layers have
+SKEWED_OUTLIERS = (0.41, 0.48, 0.59)  # a one-sided tail: the asymmetric example
+
+
+def toy_tensor(shift: float = 0.0, outliers: tuple[float, ...] = OUTLIERS) -> torch.Tensor:
+    """(1, 2000 + outliers) float32: 2,000 seeded N(shift, 0.05²) weights plus outliers (one 'output channel')."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(TOY_SIZE, generator=gen) * 0.05 + shift
+    return torch.cat([w, torch.tensor(outliers)]).unsqueeze(0)
+
+
+def toy_layer(w: torch.Tensor, quant: QuantSpec, mask: torch.Tensor | None = None,
+              prune: PruneSpec | None = None) -> LayerCompression:
+    """Quantize (the survivors of) `w` with the engine and wrap the result like a compressed model's layer."""
+    q = quant_ops.quantize_weight(w, quant, mask)
+    return LayerCompression(name="toy", shape=tuple(w.shape), weight=q.weight, quant=quant,
+                            prune=prune or PruneSpec(), mask=mask, codes=q.codes, scale=q.scale,
+                            zero_point=q.zero_point, codebook=q.codebook)
+
+
+def plot_layer(w: torch.Tensor, layer: LayerCompression, key: str, *, hide_zeros: bool = False,
+               title: str | None = None) -> None:
+    hist, grid = services.histogram_view(w, layer, bins=90, hide_zeros=hide_zeros)
+    st.plotly_chart(layer_charts.weight_histogram(hist, grid, title=title, height=300), key=key,
+                    config={"displaylogo": False})
+
+
+def error_caption(w: torch.Tensor, layer: LayerCompression) -> None:
+    mse = float(((layer.weight - w) ** 2).mean())
+    levels = int(layer.codebook.numel()) if layer.codebook is not None else None
+    extra = f" · {levels} distinct levels" if levels is not None else ""
+    st.caption(f"Mean squared error {mse:.2e}{extra}")
+
+
+def uniform_symmetric() -> None:
+    st.latex(r"s = \frac{\max_i |w_i|}{2^{b-1}-1},\qquad q = \operatorname{clamp}\!\left(\operatorname{round}"
+             r"\!\left(\tfrac{w}{s}\right),\ -(2^{b-1}-1),\ 2^{b-1}-1\right),\qquad \hat w = s\,q")
+    st.markdown("One scale for the whole tensor, zero maps to zero, and the grid is symmetric around it. "
+                "The outliers set `max |w|`, so most weights share only a few levels at low bit-widths.")
+    bits = st.slider("Bits", 2, 8, 3, key="learn_sym_bits")
+    w = toy_tensor()
+    layer = toy_layer(w, QuantSpec(bits=bits, scheme="sym", granularity="tensor"))
+    plot_layer(w, layer, "learn_sym_hist", title=f"{bits}-bit symmetric grid: {2 ** bits - 1} levels")
+    error_caption(w, layer)
+
+
+def asymmetric() -> None:
+    st.latex(r"\begin{gathered} s = \frac{\max(w, 0) - \min(w, 0)}{2^{b}-1},\qquad z = \operatorname{round}"
+             r"\!\left(-\tfrac{\min(w, 0)}{s}\right) \\ q = \operatorname{clamp}\!\left(\operatorname{round}"
+             r"\!\left(\tfrac{w}{s}\right) + z,\ 0,\ 2^{b}-1\right),\qquad \hat w = s\,(q - z) \end{gathered}")
+    st.markdown("The integer zero point `z` shifts the grid so it covers `[min, max]` exactly; the float 0 is "
+                "still exactly representable (`q = z`). For a skewed tensor no level is wasted on values that "
+                "never occur.")
+    bits = st.slider("Bits", 1, 8, 3, key="learn_asym_bits")
+    w = toy_tensor(shift=0.05, outliers=SKEWED_OUTLIERS)
+    layer = toy_layer(w, QuantSpec(bits=bits, scheme="asym", granularity="tensor"))
+    plot_layer(w, layer, "learn_asym_hist", title=f"{bits}-bit asymmetric grid on a shifted tensor")
+    lo, hi = float(w.min()), float(w.max())
+    xs = torch.linspace(lo - 0.05, hi + 0.05, 600).unsqueeze(0)
+    qmin, qmax = quant_ops.qrange(bits, "asym")
+    curve = quant_ops.fake_quantize(xs, layer.scale, layer.zero_point, qmin, qmax)
+    frame_ = pd.DataFrame({"w": xs.flatten().tolist(), "w_hat": curve.flatten().tolist()})
+    st.plotly_chart(learn_charts.transfer_curve(frame_, zero_point_value=0.0,
+                                                clip=((qmin - int(layer.zero_point)) * float(layer.scale),
+                                                      (qmax - int(layer.zero_point)) * float(layer.scale)),
+                                                title=f"Transfer curve: s = {float(layer.scale):.4f}, "
+                                                      f"z = {int(layer.zero_point)}"),
+                    key="learn_asym_curve", config={"displaylogo": False})
+    sym_bits = max(bits, 2)
+    sym = toy_layer(w, QuantSpec(bits=sym_bits, scheme="sym", granularity="tensor"))
+    st.caption(f"Mean squared error: asymmetric {float(((layer.weight - w) ** 2).mean()):.2e} vs symmetric "
+               f"({sym_bits}-bit) {float(((sym.weight - w) ** 2).mean()):.2e}")
+
+
+def percentile_clipping() -> None:
+    st.latex(r"\begin{gathered} c = P_{p}\big(|w|\big),\qquad s = \frac{c}{2^{b-1}-1} \\ "
+             r"\hat w = s\cdot\operatorname{clamp}\!\left(\operatorname{round}\!\left(\tfrac{w}{s}\right),"
+             r"\ -(2^{b-1}-1),\ 2^{b-1}-1\right) \end{gathered}")
+    st.markdown("Clipping the range at a percentile of `|w|` gives up the few outliers (they saturate at ±c) "
+                "to get finer steps for everything else.")
+    c = st.columns(2)
+    bits = c[0].slider("Bits", 2, 8, 3, key="learn_clip_bits")
+    percentile = c[1].slider("Percentile p", 90.0, 100.0, 99.0, 0.1, key="learn_clip_percentile")
+    w = toy_tensor()
+    layer = toy_layer(w, QuantSpec(bits=bits, scheme="sym", granularity="tensor", range="percentile",
+                                   percentile=percentile))
+    plot_layer(w, layer, "learn_clip_hist", title=f"{bits}-bit grid clipped at the {percentile:g}th percentile")
+    minmax = toy_layer(w, QuantSpec(bits=bits, scheme="sym", granularity="tensor"))
+    st.caption(f"Mean squared error: clipped {float(((layer.weight - w) ** 2).mean()):.2e} vs min-max "
+               f"{float(((minmax.weight - w) ** 2).mean()):.2e}")
+
+
+def magnitude_pruning() -> None:
+    st.latex(r"k = \operatorname{round}(s\cdot n),\qquad \tau = \text{the }k\text{-th smallest }|w_i|,\qquad "
+             r"m_i = \big[\,|w_i| > \tau\,\big],\qquad \hat w = m \odot w")
+    st.markdown("Remove exactly `round(s·n)` weights with the smallest magnitude; the threshold τ is the "
+                "largest removed `|w|`. Quantizing afterwards keeps the zeros exactly zero.")
+    c = st.columns(2)
+    sparsity = c[0].slider("Sparsity s", 0.0, 0.99, 0.5, 0.01, key="learn_prune_sparsity")
+    bits = c[1].select_slider("Then quantize to", [2, 3, 4, 5, 6, 7, 8, 32], value=32, key="learn_prune_bits",
+                              format_func=bits_label)
+    w = toy_tensor()
+    prune = PruneSpec(sparsity=sparsity)
+    mask = prune_ops.magnitude_mask(w, sparsity)
+    layer = toy_layer(w, QuantSpec(bits=bits, granularity="tensor"), mask=mask, prune=prune)
+    plot_layer(w, layer, "learn_prune_hist", hide_zeros=True,
+               title=f"{int((~mask).sum()):,} of {w.numel():,} weights removed")
+
+
+def kmeans_sharing() -> None:
+    st.latex(r"\min_{c_1,\dots,c_K}\ \sum_i \min_k\, (w_i - c_k)^2,\qquad K = 2^{b},\qquad "
+             r"\hat w_i = c_{\,\arg\min_k |w_i - c_k|}")
+    st.markdown("Weight sharing (Deep Compression): 1-D k-means with centroids initialised linearly between min "
+                "and max; each weight stores only the index of its centroid, the codebook stores the values.")
+    bits = st.slider("Bits", 1, 6, 3, key="learn_kmeans_bits")
+    w = toy_tensor()
+    layer = toy_layer(w, QuantSpec(bits=bits, quantizer="kmeans"))
+    plot_layer(w, layer, "learn_kmeans_hist", title=f"k-means codebook with up to {2 ** bits} centroids")
+    error_caption(w, layer)
+
+
+def power_of_two() -> None:
+    st.latex(r"\begin{gathered} \hat w = \operatorname{sign}(w)\cdot 2^{k}\ \text{ or }\ 0 \\ "
+             r"k \in \{k_{\max} - 2^{b-1} + 2,\ \dots,\ k_{\max}\},\qquad k_{\max} = \operatorname{round}"
+             r"\big(\log_2 \max_i |w_i|\big) \end{gathered}")
+    st.markdown("Logarithmic levels: dense near zero where most weights are, sparse far out; multiplying by a "
+                "power of two is a bit shift in hardware.")
+    bits = st.slider("Bits", 1, 6, 3, key="learn_pow2_bits")
+    w = toy_tensor()
+    layer = toy_layer(w, QuantSpec(bits=bits, quantizer="pow2"))
+    plot_layer(w, layer, "learn_pow2_hist", title=f"{bits}-bit power-of-two levels")
+    error_caption(w, layer)
+
+
+def n_of_m() -> None:
+    st.latex(r"m_{g,j} = \big[\, j \in \operatorname{top}_N\{|w_{g,1}|, \dots, |w_{g,M}|\}\,\big]\quad"
+             r"\text{for every group } g \text{ of } M \text{ consecutive weights}")
+    st.markdown("Semi-structured sparsity: exactly N of every M consecutive weights survive (2:4 is what "
+                "sparse tensor cores run at full speed), so the sparsity is always 1 − N/M.")
+    pattern = st.segmented_control("N:M", ["1:4", "2:4", "3:4", "2:8", "4:8"], default="2:4", required=True,
+                                   key="learn_nm_pattern") or "2:4"
+    n, m = (int(v) for v in pattern.split(":"))
+    w = toy_tensor()[:, :128].reshape(8, 16)  # (rows, columns): groups run along the columns
+    mask = prune_ops.nm_mask(w, n, m)
+    kept = pd.DataFrame(torch.where(mask, w, torch.full_like(w, float("nan"))).tolist())
+    st.plotly_chart(learn_charts.mask_pattern(kept, m=m, title=f"{pattern}: {int(mask.sum())} of {w.numel()} kept"),
+                    key="learn_nm_pattern_chart", config={"displaylogo": False})
+
+
+SECTIONS = {
+    "Uniform symmetric": uniform_symmetric,
+    "Asymmetric & zero point": asymmetric,
+    "Percentile clipping": percentile_clipping,
+    "Magnitude pruning": magnitude_pruning,
+    "k-means sharing": kmeans_sharing,
+    "Power-of-two": power_of_two,
+    "N:M sparsity": n_of_m,
+}
+
+st.title("Learn")
+st.caption("The formulas behind each method, with a toy tensor (2,000 seeded normal weights plus a few "
+           "outliers) compressed live by the engine's own functions.")
+for tab, section in zip(st.tabs(list(SECTIONS)), SECTIONS.values()):
+    with tab:
+        section()

@@ -1,0 +1,198 @@
+"""Datasets: real counts and statistics, the user-data readers (IDX, ImageFolder) and stratified subsets."""
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from compression_core import datasets as ds
+from compression_core.datasets import DatasetUnavailable, list_datasets, load_dataset, stratified_indices
+
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def _skip_without(name: str) -> None:
+    """Skip when a Debian-packaged dataset is absent on a developer machine; in CI it must be installed."""
+    reason = ds.BUILTINS[name].missing()
+    if reason and not os.environ.get("CI"):
+        pytest.skip(reason)
+
+
+def _check_normalised(x: torch.Tensor, tol: float) -> None:
+    assert abs(float(x.mean())) < tol and abs(float(x.std()) - 1) < tol
+
+
+def test_mnist_counts_classes_and_normalisation():
+    data = load_dataset("mnist")
+    x, y = data.split("train")
+    x_test, y_test = data.split("test")
+    assert x.shape == (60000, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x_test.shape == (10000, 1, 28, 28)
+    assert torch.bincount(y_test).tolist() == MNIST_TEST_COUNTS
+    assert data.info.splits == {"train": 60000, "test": 10000}
+    assert (data.info.mean, data.info.std, data.info.num_classes) == ((0.1307,), (0.3081,), 10)
+    assert data.info.input_shape == (1, 28, 28)
+    _check_normalised(x, 0.01)
+    assert float(x.min()) == pytest.approx(-0.1307 / 0.3081, abs=1e-5)  # a zero pixel
+    assert load_dataset("mnist") is data  # loaded once per process
+
+
+def test_fashion_mnist_counts_and_normalisation():
+    _skip_without("fashion-mnist")
+    data = load_dataset("fashion-mnist")
+    x, y = data.split("train")
+    assert x.shape == (60000, 1, 28, 28)
+    assert torch.bincount(y).tolist() == [6000] * 10
+    assert torch.bincount(data.split("test")[1]).tolist() == [1000] * 10
+    assert data.info.class_names[0] == "T-shirt/top" and data.info.mean == (0.2860,)
+    _check_normalised(x, 0.01)
+
+
+def test_digits_fixed_stratified_split():
+    data = load_dataset("digits")
+    x, y = data.split("train")
+    x_test, y_test = data.split("test")
+    assert x.shape == (1500, 1, 8, 8) and x_test.shape == (297, 1, 8, 8)
+    _check_normalised(x, 1e-4)  # its own train statistics
+    # every sample of load_digits lands in exactly one split
+    from sklearn.datasets import load_digits
+
+    assert sorted(torch.cat([y, y_test]).tolist()) == sorted(load_digits().target.tolist())
+    counts = torch.bincount(y_test).tolist()
+    assert sum(counts) == 297 and max(counts) - min(counts) <= 2
+
+
+def test_mnist1d_shapes_and_global_rng_untouched():
+    np.random.seed(123)
+    expected = np.random.rand()
+    np.random.seed(123)
+    data = load_dataset("mnist1d")
+    assert np.random.rand() == expected  # the generator's reseeding is contained
+    x, y = data.split("train")
+    assert x.shape == (4000, 1, 40) and data.split("test")[0].shape == (1000, 1, 40)
+    assert set(y.tolist()) == set(range(10))
+    _check_normalised(x, 0.01)
+
+
+def test_unknown_names_and_splits_say_what_is_allowed():
+    with pytest.raises(DatasetUnavailable, match="cifar-99.*mnist"):
+        load_dataset("cifar-99")
+    with pytest.raises(DatasetUnavailable, match="'val'.*train, test"):
+        load_dataset("digits").split("val")
+    with pytest.raises(DatasetUnavailable, match="idx:PATH"):
+        load_dataset("idx:")
+
+
+def test_missing_fashion_source_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(ds, "FASHION_DIR", tmp_path)
+    with pytest.raises(DatasetUnavailable, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist")
+    row = next(r for r in list_datasets() if r["name"] == "fashion-mnist")
+    assert row["available"] is False and "dataset-fashion-mnist" in row["reason"]
+
+
+def test_list_datasets_rows():
+    rows = {r["name"]: r for r in list_datasets()}
+    assert set(rows) == {"mnist", "fashion-mnist", "digits", "mnist1d"}
+    assert rows["mnist1d"]["input_shape"] == (1, 40) and rows["digits"]["splits"] == {"train": 1500, "test": 297}
+    assert rows["mnist"]["available"] and rows["digits"]["available"] and rows["mnist1d"]["available"]
+
+
+# ---- user data ----------------------------------------------------------------------------------------
+
+def _write_idx(path, array: np.ndarray, gz: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("gz, test_prefix", [(True, "t10k"), (False, "test")])
+def test_idx_folder(tmp_path, gz, test_prefix):
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if gz else ""
+    train_x, train_y = rng.integers(0, 256, (12, 6, 5)), np.arange(12) % 3
+    test_x, test_y = rng.integers(0, 256, (4, 6, 5)), np.array([2, 1, 0, 2])
+    _write_idx(tmp_path / f"train-images-idx3-ubyte{suffix}", train_x, gz)
+    _write_idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", train_y, gz)
+    _write_idx(tmp_path / f"{test_prefix}-images-idx3-ubyte{suffix}", test_x, gz)
+    _write_idx(tmp_path / f"{test_prefix}-labels-idx1-ubyte{suffix}", test_y, gz)
+    data = load_dataset(f"idx:{tmp_path}")
+    x, y = data.split("train")
+    assert x.shape == (12, 1, 6, 5) and data.info.num_classes == 3 and data.info.splits == {"train": 12, "test": 4}
+    assert data.split("test")[1].tolist() == [2, 1, 0, 2]
+    mean, std = (train_x / 255).mean(), (train_x / 255).std(ddof=1)
+    assert data.info.mean[0] == pytest.approx(mean, abs=1e-6) and data.info.std[0] == pytest.approx(std, abs=1e-6)
+    expected = (test_x[1] / 255 - data.info.mean[0]) / data.info.std[0]
+    assert np.allclose(data.split("test")[0][1, 0].numpy(), expected, atol=1e-5)
+
+
+def test_idx_folder_errors(tmp_path):
+    with pytest.raises(DatasetUnavailable, match="does not exist"):
+        load_dataset(f"idx:{tmp_path / 'nope'}")
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 3, 3)), False)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(2), False)
+    with pytest.raises(DatasetUnavailable, match="t10k-images-idx3-ubyte.*found splits \\['train'\\]"):
+        load_dataset(f"idx:{tmp_path}")
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2, 3, 3)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(header + b"\0" * 5)  # 18 pixels promised, 5 given
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(2), False)
+    with pytest.raises(DatasetUnavailable, match="truncated or corrupt"):
+        load_dataset(f"idx:{tmp_path}")
+
+
+def _write_images(root, classes: dict[str, int], mode: str, size=(5, 4)) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(len(classes))
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            shape = (size[1], size[0]) + ((3,) if mode == "RGB" else ())
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(root / name / f"{i}.png")
+
+
+@pytest.mark.parametrize("mode, channels", [("L", 1), ("RGB", 3)])
+def test_image_folder(tmp_path, mode, channels):
+    _write_images(tmp_path / "train", {"cat": 3, "dog": 2}, mode)
+    _write_images(tmp_path / "test", {"cat": 1, "dog": 2}, mode)
+    data = load_dataset(f"imagefolder:{tmp_path}")
+    x, y = data.split("train")
+    assert x.shape == (5, channels, 4, 5) and y.tolist() == [0, 0, 0, 1, 1]
+    assert data.split("test")[1].tolist() == [0, 1, 1]
+    assert data.info.class_names == ("cat", "dog") and len(data.info.mean) == channels
+    per_channel = x.transpose(0, 1).reshape(channels, -1)
+    assert torch.allclose(per_channel.mean(1), torch.zeros(channels), atol=1e-5)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(DatasetUnavailable, match="train/ and test/"):
+        load_dataset(f"imagefolder:{tmp_path}")
+    _write_images(tmp_path / "train", {"a": 1}, "L")
+    _write_images(tmp_path / "test", {"a": 1}, "L", size=(6, 6))
+    with pytest.raises(DatasetUnavailable, match="resize all images to one size"):
+        load_dataset(f"imagefolder:{tmp_path}")
+
+
+# ---- stratified subsets -------------------------------------------------------------------------------
+
+def test_stratified_indices_largest_remainder_counts():
+    y = torch.tensor([0] * 5 + [1] * 3 + [2] * 2)
+    idx = stratified_indices(y, 4)
+    # quotas 2.0, 1.2, 0.8 -> floors 2, 1, 0; the one left goes to the largest remainder (class 2)
+    assert torch.bincount(y[idx], minlength=3).tolist() == [2, 1, 1]
+    assert idx.tolist() == sorted(set(idx.tolist()))
+
+
+def test_stratified_indices_fixed_and_proportional():
+    y = load_dataset("mnist").split("test")[1]
+    a, b = stratified_indices(y, 1000), stratified_indices(y, 1000)
+    assert torch.equal(a, b) and len(a) == 1000 and len(set(a.tolist())) == 1000
+    counts = torch.bincount(y[a]).tolist()
+    assert all(abs(c - n / 10) < 1 for c, n in zip(counts, MNIST_TEST_COUNTS))
+    assert not torch.equal(stratified_indices(y, 1000, seed=1), a)
+    assert torch.equal(stratified_indices(y, 10000), torch.arange(10000))
+    assert torch.equal(stratified_indices(y, 50000), torch.arange(10000))
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        stratified_indices(y, 0)

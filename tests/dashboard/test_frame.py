@@ -1,0 +1,108 @@
+"""The frame: every page loads, the sidebar reads the URL, and bad uploads show one error while the app lives on."""
+import io
+import os
+
+import pytest
+import torch
+from safetensors.torch import save as save_safetensors
+
+from dashboard import frame
+from tests.core.byo_model import tiny_mlp
+
+PAGES = ("explore", "sweep", "layers", "runs", "learn")
+BYO_FACTORY = "tests.core.byo_model:tiny_mlp"
+
+
+def test_every_page_loads_without_exception(make_app, no_exception):
+    at = make_app()
+    no_exception(at)
+    assert at.title[0].value == "Explore"  # the default page
+    for page in PAGES:
+        at.switch_page(f"views/{page}.py").run()
+        no_exception(at)
+        assert at.title, f"{page} drew no title"
+
+
+def test_sidebar_reads_the_url_and_stores_a_plain_selection(make_app, no_exception):
+    at = make_app(limit="200", device="cpu")
+    no_exception(at)
+    assert at.selectbox(key="model").value == "digits-cnn"
+    assert at.selectbox(key="dataset").value == "digits"
+    assert at.number_input(key="limit").value == 200
+    stored = at.session_state["selection"]
+    assert stored == {"model": "digits-cnn", "dataset": "digits", "device": "cpu", "limit": 200, "factory": None,
+                      "weights_path": None}
+    assert any("Running on **cpu**" in c.value for c in at.sidebar.caption)
+    assert any(c.value.startswith("fp32 accuracy:") for c in at.sidebar.caption)
+
+
+def test_unknown_url_values_fall_back_to_defaults(make_app, no_exception):
+    at = make_app(model="no-such-model", dataset="nope")
+    no_exception(at)
+    assert at.selectbox(key="model").value == frame.DEFAULT_MODEL
+
+
+def test_cuda_request_without_a_gpu_falls_back_to_cpu(make_app, no_exception):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    at = make_app(device="cuda")
+    no_exception(at)
+    assert any("not available" in w.value for w in at.sidebar.warning)
+    assert at.session_state["selection"]["device"] == "cpu"
+
+
+def _bring_your_own(at, filename: str, data: bytes):
+    at.selectbox(key="model").set_value(frame.CUSTOM).run()
+    at.text_input(key="factory").input(BYO_FACTORY).run()
+    at.file_uploader(key="weights").set_value((filename, data, "application/octet-stream")).run()
+    return at
+
+
+def _state_dict_bytes() -> bytes:
+    torch.manual_seed(0)
+    return save_safetensors({k: v.contiguous() for k, v in tiny_mlp().state_dict().items()})
+
+
+def test_bring_your_own_model_offers_only_compatible_datasets(make_app, no_exception, metric_value):
+    at = _bring_your_own(make_app(), "tiny.safetensors", _state_dict_bytes())
+    no_exception(at)
+    assert not at.error
+    assert at.selectbox(key="dataset").options == ["digits"]  # 64 inputs: only 8x8 digits fits
+    selection = at.session_state["selection"]
+    assert selection["model"] == BYO_FACTORY and selection["factory"] == BYO_FACTORY
+    assert os.path.isfile(selection["weights_path"])
+    assert metric_value(at, "Accuracy").endswith("%")
+
+
+def test_random_bytes_upload_shows_one_error_and_the_app_stays_usable(make_app, no_exception):
+    at = _bring_your_own(make_app(), "garbage.pt", os.urandom(4096))
+    no_exception(at)
+    assert len(at.error) == 1
+    assert "garbage.pt" in at.error[0].value and "corrupt" in at.error[0].value  # named as the user knows it
+    assert "\n" not in at.error[0].value
+    assert at.session_state["selection"] is None
+    at.selectbox(key="model").set_value("digits-cnn").run()  # still usable: back to a built-in
+    no_exception(at)
+    assert not at.error and at.session_state["selection"]["model"] == "digits-cnn"
+
+
+class _RunsCode:
+    """Unpickling this calls os.makedirs(path): a stand-in for a pickle that runs code on load."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.makedirs, (self.path,))
+
+
+def test_malicious_pickle_is_refused_without_running_it(make_app, no_exception, tmp_path):
+    marker = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    torch.save({"fc.weight": _RunsCode(str(marker))}, buffer)
+    at = _bring_your_own(make_app(), "evil.pt", buffer.getvalue())
+    no_exception(at)
+    assert len(at.error) == 1
+    assert "evil.pt" in at.error[0].value and "could run code" in at.error[0].value
+    assert not marker.exists()
+    assert at.session_state["selection"] is None

@@ -1,0 +1,142 @@
+"""Background sweep jobs: they run off the calling thread, report progress, stop on cancel, store every record."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from compression_core.config import CompressionConfig
+from compression_core.store import Store
+from compression_core.sweep import expand_grid
+from dashboard import jobs
+
+CONFIGS = expand_grid(bits=[2, 4, 8, 32], sparsity=[0.0, 0.5])  # 8 configs
+
+
+class GatedExperiment:
+    """An ExperimentLike whose run(config) waits until the test opens a gate: one gate per config, in order."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.gates = [threading.Event() for _ in CONFIGS]
+        self.started = [threading.Event() for _ in CONFIGS]
+        self.threads: list[str] = []
+        self.fail_at = fail_at
+        self._i = 0
+
+    def key(self, config: CompressionConfig) -> dict:
+        return {"model": "gated", "fingerprint": "f" * 16, "dataset": "digits", "split": "test", "limit": None,
+                "config_hash": config.config_hash}
+
+    def run(self, config: CompressionConfig) -> dict:
+        i, self._i = self._i, self._i + 1
+        self.threads.append(threading.current_thread().name)
+        self.started[i].set()
+        assert self.gates[i].wait(30), "test never opened the gate"
+        if i == self.fail_at:
+            raise RuntimeError("weights turned into NaN\nsecond line")
+        return {**self.key(config), "label": config.label, "bits": config.quant.bits, "accuracy": 0.9 - 0.01 * i,
+                "size_bytes": 100 * (i + 1)}
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    with Store(tmp_path / "runs.sqlite") as s:
+        yield s
+
+
+def test_job_runs_in_background_and_stores_every_record(store):
+    exp = GatedExperiment()
+    manager = jobs.JobManager()
+    job = manager.start(exp, CONFIGS, store, label="all", meta={"model": "gated"})
+    assert exp.started[0].wait(10)
+    status = job.status()
+    assert status.running and status.total == len(CONFIGS) and status.done == 0
+    assert exp.threads == [f"sweep-{job.id}"]  # not the caller's thread
+    exp.gates[0].set()
+    assert exp.started[1].wait(10)
+    status = job.status()
+    assert status.done == 1 and status.eta_s is not None and status.current == CONFIGS[1].label
+    assert store.count(run_id=job.id) == 1  # written as it finished, while the job still runs
+    for gate in exp.gates:
+        gate.set()
+    assert job.join(30)
+    status = job.status()
+    assert (status.state, status.done, status.total, status.error) == (jobs.DONE, 8, 8, None)
+    assert status.fraction == 1.0 and status.finished_at >= status.started_at
+    assert {r["config_hash"] for r in store.records(run_id=job.id)} == {c.config_hash for c in CONFIGS}
+    run = next(r for r in store.runs() if r["run_id"] == job.id)
+    assert (run["label"], run["meta"], run["n_records"]) == ("all", {"model": "gated"}, 8)
+    assert manager.get(job.id) is job and manager.get("nope") is None and manager.get(None) is None
+
+
+def test_cancel_stops_after_the_config_in_flight(store):
+    exp = GatedExperiment()
+    job = jobs.JobManager().start(exp, CONFIGS, store, label="cancel me")
+    exp.gates[0].set()
+    assert exp.started[1].wait(10)
+    job.cancel()
+    assert job.status().cancel_requested and job.status().running
+    exp.gates[1].set()  # the config in flight finishes and is kept
+    assert job.join(30)
+    status = job.status()
+    assert (status.state, status.done, status.total) == (jobs.CANCELLED, 2, 8)
+    assert not exp.started[2].is_set()  # nothing started after cancel
+    assert store.count(run_id=job.id) == 2
+
+
+def test_failure_is_captured_as_one_line(store):
+    exp = GatedExperiment(fail_at=1)
+    for gate in exp.gates:
+        gate.set()
+    job = jobs.JobManager().start(exp, CONFIGS, store, label="fails")
+    assert job.join(30)
+    status = job.status()
+    assert status.state == jobs.FAILED and status.done == 1
+    assert status.error == "RuntimeError: weights turned into NaN"
+    assert store.count(run_id=job.id) == 1  # what finished before the error is kept
+
+
+def test_rerun_of_same_grid_reuses_stored_records(store):
+    first = GatedExperiment()
+    for gate in first.gates:
+        gate.set()
+    assert jobs.JobManager().start(first, CONFIGS, store, label="first").join(30)
+    again = GatedExperiment()
+    job = jobs.JobManager().start(again, CONFIGS, store, label="again")
+    assert job.join(30)
+    assert again.threads == []  # nothing recomputed
+    assert job.status().done == 8 and store.count(run_id=job.id) == 8
+
+
+def test_running_limit(store):
+    exp_a, exp_b = GatedExperiment(), GatedExperiment()
+    manager = jobs.JobManager(max_running=1)
+    job = manager.start(exp_a, CONFIGS, store, label="a")
+    with pytest.raises(jobs.JobLimitError, match="limit is 1"):
+        manager.start(exp_b, CONFIGS, store, label="b")
+    job.cancel()
+    for gate in exp_a.gates:
+        gate.set()
+    assert job.join(30)
+    for gate in exp_b.gates:
+        gate.set()
+    assert manager.start(exp_b, CONFIGS[:2], store, label="b").join(30)
+
+
+def test_finished_jobs_beyond_max_kept_are_forgotten(store):
+    manager = jobs.JobManager(max_kept=2)
+    ids = []
+    for _ in range(4):
+        exp = GatedExperiment()
+        for gate in exp.gates:
+            gate.set()
+        job = manager.start(exp, CONFIGS[:1], store, label="x")
+        assert job.join(30)
+        ids.append(job.id)
+    kept = [i for i in ids if manager.get(i) is not None]
+    assert ids[-1] in kept and len(kept) <= 3  # the newest is there; older finished ones are dropped
+    assert all(store.count(run_id=i) == 1 for i in ids)  # the records stay in the store
+
+
+def test_job_manager_is_one_per_process():
+    assert jobs.job_manager() is jobs.job_manager()

@@ -63,7 +63,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if unsafe:
             raise ModelLoadError(f"refusing to load {path}: it pickles Python objects ({unsafe.group(1)}), which "
                                  "could run code; save model.state_dict() with torch.save or use .safetensors") from None
-        raise ModelLoadError(f"weights file {path} is corrupt or not a torch state dict ({line(err)})") from None
+        # torch's own text here advises weights_only=False, which is exactly what we must not do: name the cause
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n|$)", str(err))
+        cause = found.group(1) if found else line(err)
+        raise ModelLoadError(f"weights file {path} is corrupt or not a torch state dict ({cause}); "
+                             "save model.state_dict() with torch.save, or use .safetensors") from None
     if isinstance(obj, dict):
         inner = next((obj[k] for k in STATE_KEYS if isinstance(obj.get(k), dict)), obj)
         if inner and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in inner.items()):

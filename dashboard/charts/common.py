@@ -5,6 +5,8 @@ All chart builders (Explore, Sweep, Layers, Runs, Learn) take their colours and 
 """
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 
 # One colour per weight bit-width: warm (few bits, aggressive) -> cool (many bits), fp32 grey (the reference).
@@ -108,3 +110,21 @@ def base_layout(fig: go.Figure, *, title: str | None = None, height: int = 360, 
 def kib(n_bytes: float) -> float:
     """Bytes -> KiB (the size unit of every chart)."""
     return float(n_bytes) / 1024.0
+
+
+def log_ticks(sizes_kib: list[float]) -> list[float]:
+    """1-2-5 tick values (KiB) spanning the sizes, so a log axis reads '5, 10, 20, 50, 100' and not '2 3 4 5 6'."""
+    if not sizes_kib:
+        return []
+    lo, hi = min(sizes_kib) / 1.5, max(sizes_kib) * 1.5
+    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5)]
+    return [t for t in ticks if lo <= t <= hi]
+
+
+def size_axis(fig: go.Figure, sizes_bytes) -> go.Figure:
+    """Log x axis of compressed size in KiB with 1-2-5 ticks over the given sizes (bytes)."""
+    ticks = log_ticks([kib(v) for v in sizes_bytes])
+    fig.update_xaxes(title_text=SIZE_AXIS, type="log", tickvals=ticks or None,
+                     ticktext=[f"{t:g}" for t in ticks] or None)
+    return fig

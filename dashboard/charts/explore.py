@@ -4,9 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from .common import (ACCURACY_AXIS, HIGHLIGHT_COLOR, REFERENCE_COLOR, SIZE_AXIS, base_layout, bit_color,
-                     bits_label, kib)
-
+from .common import (ACCURACY_AXIS, HIGHLIGHT_COLOR, REFERENCE_COLOR, base_layout, bit_color, bits_label, kib,
+                     size_axis)
 
 
 def explored_points(points: pd.DataFrame, *, current: str | None = None, baseline_accuracy: float | None = None,
@@ -52,7 +51,7 @@ def explored_points(points: pd.DataFrame, *, current: str | None = None, baselin
         fig.add_hline(y=100.0 * baseline_accuracy, line={"color": REFERENCE_COLOR, "dash": "dash", "width": 1},
                       annotation_text="fp32", annotation_position="bottom right")
     base_layout(fig, height=height)
-    fig.update_xaxes(title_text=SIZE_AXIS, type="log")
+    size_axis(fig, points["size_bytes"].tolist() if len(points) else [])
     fig.update_yaxes(title_text=ACCURACY_AXIS, range=_accuracy_range(points, baseline_accuracy))
     return fig
 

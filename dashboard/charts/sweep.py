@@ -13,8 +13,8 @@ import math
 import pandas as pd
 import plotly.graph_objects as go
 
-from .common import (ACCURACY_AXIS, BITS_AXIS, METHOD_SYMBOLS, REFERENCE_COLOR, SIZE_AXIS, SPARSITY_AXIS,
-                     base_layout, bit_color, bits_label, kib, option_label, percent_label)
+from .common import (ACCURACY_AXIS, BITS_AXIS, METHOD_SYMBOLS, REFERENCE_COLOR, SPARSITY_AXIS,
+                     base_layout, bit_color, bits_label, kib, option_label, percent_label, size_axis)
 
 # Columns of the results table (and of its CSV), in display order; `config` is the full config as JSON.
 RESULT_COLUMNS = ("label", "bits", "quantizer", "prune_method", "sparsity", "realized_sparsity", "accuracy",
@@ -103,25 +103,13 @@ def pareto_figure(df: pd.DataFrame, *, front: tuple[list[float], list[float]] | 
     return _accuracy_vs_size_layout(fig, df["size_bytes"] if len(df) else [], height)
 
 
-def log_ticks(sizes_kib: list[float]) -> list[float]:
-    """1-2-5 tick values (KiB) spanning the sizes, so a log axis reads '5, 10, 20, 50, 100' and not '2 3 4 5 6'."""
-    if not sizes_kib:
-        return []
-    lo, hi = min(sizes_kib) / 1.5, max(sizes_kib) * 1.5
-    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-             for m in (1, 2, 5)]
-    return [t for t in ticks if lo <= t <= hi]
-
-
 def _accuracy_vs_size_layout(fig: go.Figure, sizes_bytes, height: int) -> go.Figure:
     """Shared layout of the accuracy-vs-size charts: log x with 1-2-5 ticks, legend on the right."""
     base_layout(fig, height=height)
     # the legend sits right of the plot, clear of Plotly's toolbar at the top right
     fig.update_layout(legend={"orientation": "v", "x": 1.01, "xanchor": "left", "y": 1.0, "yanchor": "top",
                               "title": {"text": ""}}, margin={"r": 20})
-    ticks = log_ticks([kib(v) for v in sizes_bytes])
-    fig.update_xaxes(title_text=SIZE_AXIS, type="log", tickvals=ticks or None, ticktext=[f"{t:g}" for t in ticks]
-                     or None)
+    size_axis(fig, sizes_bytes)
     fig.update_yaxes(title_text=ACCURACY_AXIS)
     return fig
 

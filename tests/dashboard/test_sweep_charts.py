@@ -8,7 +8,7 @@ import pytest
 from compression_core.config import CompressionConfig, PruneSpec, QuantSpec
 from compression_core.pareto import pareto_front, staircase
 from dashboard.charts import sweep as charts
-from dashboard.charts.common import METHOD_SYMBOLS, bit_color
+from dashboard.charts.common import METHOD_SYMBOLS, bit_color, log_ticks
 
 BITS = (2, 4, 8, 32)
 SPARSITIES = (0.0, 0.5, 0.9)
@@ -152,8 +152,8 @@ def test_results_frame_accepts_config_as_json_text(records):
 
 
 def test_log_ticks_are_one_two_five_within_the_data():
-    assert charts.log_ticks([4.2, 190.0]) == [5, 10, 20, 50, 100, 200]
-    assert charts.log_ticks([0.3, 0.9]) == pytest.approx([0.2, 0.5, 1.0])
-    assert charts.log_ticks([]) == []
+    assert log_ticks([4.2, 190.0]) == [5, 10, 20, 50, 100, 200]
+    assert log_ticks([0.3, 0.9]) == pytest.approx([0.2, 0.5, 1.0])
+    assert log_ticks([]) == []
     fig = charts.pareto_figure(charts.results_frame([fake_record(b, 0.0) for b in BITS]))
-    assert list(fig.layout.xaxis.tickvals) == charts.log_ticks([fake_record(b, 0.0)["size_bytes"] / 1024 for b in BITS])
+    assert list(fig.layout.xaxis.tickvals) == log_ticks([fake_record(b, 0.0)["size_bytes"] / 1024 for b in BITS])

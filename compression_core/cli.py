@@ -160,8 +160,8 @@ def _row(r: dict) -> str:
 
 
 def cmd_evaluate(args) -> None:
+    config = configs_from_args(args)  # bad settings fail before any loading
     exp = _experiment(args)
-    config = configs_from_args(args)
     if len(config) != 1:
         raise UserError("evaluate takes one value per flag; use sweep for lists")
     store = _store(args) if args.store else None
@@ -176,8 +176,8 @@ def cmd_evaluate(args) -> None:
 def cmd_sweep(args) -> None:
     from .sweep import sweep
 
-    exp = _experiment(args)
     configs = configs_from_args(args)
+    exp = _experiment(args)
 
     def progress(done, total, eta, label):
         _log(f"[{done}/{total}] eta {eta:.0f}s  {label}" if eta is not None else f"[{done}/{total}] {label}")
@@ -192,8 +192,8 @@ def cmd_sweep(args) -> None:
 def cmd_sensitivity(args) -> None:
     from .sensitivity import layer_sensitivity
 
-    exp = _experiment(args)
     settings = configs_from_args(args)
+    exp = _experiment(args)
     rows = layer_sensitivity(exp, settings, progress=lambda d, t, *_: _log(f"[{d}/{t}]"))
     _emit(args, rows, table_rows=[f"{r['layer']:<12} {r['setting']:<44} drop {r['accuracy_drop_pts']:+.2f} pt"
                                   for r in rows])
@@ -202,10 +202,10 @@ def cmd_sensitivity(args) -> None:
 def cmd_export(args) -> None:
     from .export import export
 
-    exp = _experiment(args)
     configs = configs_from_args(args)
     if len(configs) != 1:
         raise UserError("export takes one value per flag")
+    exp = _experiment(args)
     record = exp.run(configs[0])
     cm = exp.compress(configs[0])
     record["file_bytes"] = export(cm, args.out, exp.loaded.source)

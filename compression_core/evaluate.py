@@ -11,7 +11,8 @@ from torch import nn
 
 from .compressed import COMPRESSIBLE
 
-DEFAULT_BATCH = {"cpu": 2048, "cuda": 8192, "mps": 4096}
+DEFAULT_BATCH = {"cpu": 512, "cuda": 8192, "mps": 4096}
+BATCH_CANDIDATES = {"cpu": (256, 512, 1024), "cuda": (1024, 4096, 16384), "mps": (512, 2048, 8192)}
 
 
 class DeviceUnavailable(ValueError):
@@ -60,6 +61,31 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Logits for all of x, in batches; x already on the model's device."""
     return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@torch.inference_mode()
+def tune_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.memory_format, int]:
+    """The fastest (memory format, batch size) for `model` on x's device, timed on a slice of x.
+
+    channels_last is tried for image inputs (N, C, H, W): on this kind of CPU it cuts LeNet-5's forward by
+    about a third. Only the layout changes; predictions agree up to float rounding. The model is not modified
+    (each layout is timed on a copy).
+    """
+    sizes = BATCH_CANDIDATES.get(x.device.type, (DEFAULT_BATCH["cpu"],))
+    sample = x[:max(sizes)]
+    formats = [torch.contiguous_format] + ([torch.channels_last] if x.dim() == 4 else [])
+    timings = {}
+    for fmt in formats:
+        m = copy.deepcopy(model).to(memory_format=fmt)
+        xs = sample.contiguous(memory_format=fmt)
+        predict(m, xs[:min(sizes)], min(sizes))  # warm-up: allocator, kernel choice
+        for bs in sorted({min(b, len(xs)) for b in sizes}):
+            _sync(x.device)
+            t0 = time.perf_counter()
+            predict(m, xs, bs)
+            _sync(x.device)
+            timings[(fmt, bs)] = time.perf_counter() - t0
+    return min(timings, key=timings.get)
 
 
 @torch.inference_mode()

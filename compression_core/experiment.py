@@ -16,7 +16,7 @@ from .compress import compress
 from .compressed import CompressedModel, compressible_layers
 from .config import CompressionConfig
 from .datasets import Dataset, stratified_indices
-from .evaluate import evaluate, evaluate_stacked, layer_macs, select_device
+from .evaluate import evaluate, evaluate_stacked, layer_macs, select_device, tune_forward
 from .models import LoadedModel
 from .size import size_report
 
@@ -28,11 +28,12 @@ class Experiment:
     """Compress-and-evaluate loop for one (model, dataset, split, limit, device).
 
     Args:
-        loaded: the pristine model from `models.load_model`; it is only read (copied to the device if needed).
+        loaded: the pristine model from `models.load_model`; it is only read (we work on our own copy).
         dataset: from `datasets.load_dataset`.
         split: evaluation split name ("test" or "train").
         limit: evaluate a fixed class-stratified subset of this many samples (None = the whole split).
         device: auto | cpu | cuda | mps.
+        batch_size: evaluation batch; None = the fastest of a few, measured once here (`tune_forward`).
 
     Example:
         >>> exp = Experiment(load_model("digits-cnn"), load_dataset("digits"))          # doctest: +SKIP
@@ -50,17 +51,19 @@ class Experiment:
         self.dataset = dataset
         self.split = split
         self.device = select_device(device)
-        self.batch_size = batch_size
         x, y = dataset.split(split)
         if limit is not None and limit < len(y):
             idx = stratified_indices(y, limit)
             x, y = x[idx], y[idx]
         self.limit = limit if limit is not None and limit < len(dataset.split(split)[1]) else None
-        self.x, self.y = x.to(self.device), y.to(self.device)
-        # the pristine model on our device: the caller's object on cpu, our own copy elsewhere
-        base = loaded.model
-        self.model = base if self.device.type == "cpu" else copy.deepcopy(base).to(self.device)
-        self.model.eval()
+        x, self.y = x.to(self.device), y.to(self.device)
+        # our own copy of the pristine model, in the fastest measured layout and batch size for this device
+        model = copy.deepcopy(loaded.model).to(self.device).eval()
+        fmt, tuned_batch = tune_forward(model, x)
+        self.memory_format = fmt
+        self.batch_size = batch_size or tuned_batch
+        self.model = model.to(memory_format=fmt)
+        self.x = x.contiguous(memory_format=fmt)
 
     # ---- cached one-off work -------------------------------------------------------------------
     @cached_property
@@ -191,6 +194,7 @@ class Experiment:
             "sparse_macs": sparse_macs,
             "bitops": bitops,
             "device": str(self.device),
+            "memory_format": "channels_last" if self.memory_format == torch.channels_last else "contiguous",
             "eval_seconds": metrics["eval_seconds"],
             "compress_seconds": compress_seconds,
             "batch_size": metrics["batch_size"],

@@ -6,6 +6,8 @@ Every config evaluated in this browser session is kept, as plain dicts, in `st.s
 """
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import streamlit as st
 
@@ -138,6 +140,7 @@ def show_layers(selection: frame.Selection, record: dict, config_json: str) -> N
 @st.fragment
 def explore(selection: frame.Selection) -> None:
     """Controls + metrics + points + details; reruns alone when a control moves."""
+    started = time.perf_counter()
     try:
         config = controls()
         config_json = config.to_json()
@@ -145,6 +148,7 @@ def explore(selection: frame.Selection) -> None:
     except services.USER_ERRORS as e:
         st.error(services.error_line(e), icon=":material/error:")
         return
+    engine_ms = 1000 * (time.perf_counter() - started)
     st.caption(f"**{config.label}** · evaluated on {record['n_samples']:,} samples of {selection.dataset} test")
     show_metrics(record)
     points = remember(selection, record)
@@ -156,6 +160,10 @@ def explore(selection: frame.Selection) -> None:
         st.session_state[HISTORY_KEY] = history
         st.rerun(scope="fragment")
     show_layers(selection, record, config_json)
+    total_ms = 1000 * (time.perf_counter() - started)
+    st.caption(f"Server time for this update: {total_ms:,.0f} ms (compress + evaluate, or cache hit: "
+               f"{engine_ms:,.0f} ms).", help="Measured on the server around this section's rerun; "
+                                             "network and browser drawing come on top.")
 
 
 selection = frame.require_selection()

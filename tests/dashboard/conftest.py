@@ -64,7 +64,7 @@ def _metric_value(at: AppTest, label: str) -> str:
     return values[0]
 
 
-def _decode(node):
+def decode_figure(node):
     """Plotly's JSON with typed arrays ({"dtype", "bdata", "shape"}) decoded to plain nested lists."""
     if isinstance(node, dict) and "bdata" in node and "dtype" in node:
         array = np.frombuffer(base64.b64decode(node["bdata"]), dtype=np.dtype(node["dtype"]))
@@ -72,14 +72,14 @@ def _decode(node):
             array = array.reshape([int(n) for n in str(node["shape"]).split(",")])
         return array.tolist()
     if isinstance(node, dict):
-        return {k: _decode(v) for k, v in node.items()}
+        return {k: decode_figure(v) for k, v in node.items()}
     if isinstance(node, list):
-        return [_decode(v) for v in node]
+        return [decode_figure(v) for v in node]
     return node
 
 
 def _figures(at: AppTest) -> list[dict]:
-    return [_decode(json.loads(chart.proto.spec)) for chart in at.get("plotly_chart")]
+    return [decode_figure(json.loads(chart.proto.spec)) for chart in at.get("plotly_chart")]
 
 
 @pytest.fixture

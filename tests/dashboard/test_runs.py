@@ -1,10 +1,8 @@
 """Runs page (AppTest on the real app): lists the store, filters by run, overlays two fronts, packs a model."""
 from __future__ import annotations
 
-import base64
 import json
 
-import numpy as np
 import pytest
 
 from compression_core.config import CompressionConfig
@@ -15,6 +13,7 @@ from compression_core.models import load_model
 from compression_core.pareto import pareto_front, staircase
 from compression_core.store import Store
 from compression_core.sweep import expand_grid, sweep
+from tests.dashboard.conftest import decode_figure
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +32,6 @@ def table(at):
     frames = [d.value for d in at.dataframe if "compression_ratio" in d.value.columns]
     assert len(frames) == 1
     return frames[0]
-
-
-def plain(value):
-    """Figure JSON with Plotly's base64 typed arrays decoded to lists."""
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if set(value) >= {"dtype", "bdata"}:
-        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]).newbyteorder("<"))
-        return array.tolist()
-    return {k: plain(v) for k, v in value.items()}
 
 
 def option(widget, prefix: str) -> str:
@@ -82,7 +69,7 @@ def test_overlay_fronts_of_two_runs(filled, make_app, no_exception):
     second.set_value(option(second, "run B random")).run()
     no_exception(at)
     (chart,) = [c for c in at.get("plotly_chart") if c.key == "runs_overlay"]
-    data = plain(json.loads(chart.proto.spec))["data"]
+    data = decode_figure(json.loads(chart.proto.spec))["data"]
     fronts = [t for t in data if t["meta"]["role"] == "overlay-front"]
     points = [t for t in data if t["meta"]["role"] == "overlay-points"]
     assert [len(t["x"]) for t in points] == [4, 4]

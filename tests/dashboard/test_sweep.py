@@ -1,13 +1,11 @@
 """Sweep page (AppTest on the real app): launch a small digits sweep, read the Pareto figure spec, open details."""
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 from streamlit.testing.v1 import AppTest
@@ -20,6 +18,7 @@ from compression_core.store import Store
 from compression_core.sweep import expand_grid
 from dashboard import jobs
 from dashboard.frame import Selection
+from tests.dashboard.conftest import decode_figure
 
 ROOT = Path(__file__).resolve().parents[2]
 BITS = [4, 8, 32]
@@ -33,22 +32,8 @@ def chart(at, key: str):
     return charts[0]
 
 
-def plain(value):
-    """The figure JSON with Plotly's base64 typed arrays ({"dtype", "bdata"[, "shape"]}) decoded to lists."""
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if set(value) >= {"dtype", "bdata"}:
-        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]).newbyteorder("<"))
-        if value.get("shape"):
-            array = array.reshape([int(d) for d in str(value["shape"]).split(",")])
-        return array.tolist()
-    return {k: plain(v) for k, v in value.items()}
-
-
 def spec(at, key: str) -> dict:
-    return plain(json.loads(chart(at, key).proto.spec))
+    return decode_figure(json.loads(chart(at, key).proto.spec))
 
 
 def traces(at, key: str, role: str) -> list[dict]:

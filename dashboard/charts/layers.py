@@ -140,7 +140,7 @@ def histogram_grid(hists: dict[str, tuple[pd.DataFrame, dict]], *, log_y: bool =
 def sensitivity_heatmap(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     """Layer x setting heatmap of accuracy drop in points (rows: layers in model order; columns: settings).
 
-    Setting labels break at " · " onto a second line.
+    Setting labels break onto a second line at " · " and after the bit-width word ("int4 channel<br>sym minmax").
 
     Args:
         table: `compression_core.sensitivity.sensitivity_table(records)` (index layer, one column per setting).
@@ -149,7 +149,7 @@ def sensitivity_heatmap(table: pd.DataFrame, *, title: str | None = None) -> go.
     finite = [v for v in z.flatten().tolist() if math.isfinite(v)]
     top = max([1.0] + finite)  # at least 1 pt so tiny noise is not painted dark red
     fig = go.Figure(go.Heatmap(
-        z=z, x=[str(c).replace(" · ", "<br>") for c in table.columns], y=list(table.index),
+        z=z, x=[_two_lines(str(c)) for c in table.columns], y=list(table.index),
         zmin=min(0.0, min(finite, default=0.0)), zmax=top,
         colorscale="Reds", colorbar={"title": {"text": DROP_AXIS}},
         text=[[f"{v:.1f}" for v in row] for row in z.tolist()], texttemplate="%{text}",
@@ -159,6 +159,13 @@ def sensitivity_heatmap(table: pd.DataFrame, *, title: str | None = None) -> go.
     fig.update_xaxes(title_text=SETTING_AXIS, side="bottom")
     fig.update_yaxes(title_text=LAYER_AXIS, autorange="reversed")
     return fig
+
+
+def _two_lines(label: str) -> str:
+    if " · " in label:
+        return label.replace(" · ", "<br>")
+    words = label.split(" ")
+    return " ".join(words[:2]) + ("<br>" + " ".join(words[2:]) if len(words) > 2 else "")
 
 
 def channel_range_figure(ranges: pd.DataFrame, *, title: str | None = None) -> go.Figure:

@@ -139,6 +139,18 @@ def _experiment(args):
     return Experiment(loaded, dataset, split=args.split, limit=args.limit, device=args.device)
 
 
+def _stage_progress():
+    """Progress of slow compression stages (fine-tuning) on stderr, every 10 %."""
+    shown = set()
+
+    def report(stage: str, fraction: float) -> None:
+        tenth = int(fraction * 10)
+        if (stage, tenth) not in shown:
+            shown.add((stage, tenth))
+            _log(f"{stage}: {fraction:.0%}")
+    return report
+
+
 def _store(args):
     from .store import Store
     return Store(args.store)
@@ -167,7 +179,7 @@ def cmd_evaluate(args) -> None:
     store = _store(args) if args.store else None
     record = store.get(exp.key(config[0])) if store else None
     if record is None:
-        record = exp.run(config[0])
+        record = exp.run(config[0], progress=_stage_progress())
         if store:
             store.put(record)
     _emit(args, record)

@@ -179,22 +179,35 @@ def _linear_part(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # ---- fine-tuning -------------------------------------------------------------------------------
 
 def _finetune(cm: CompressedModel, modules, calib, steps: int, seed: int, progress) -> list[tuple[int, float]]:
-    """Train the compressed model for `steps` SGD steps with masks fixed, then re-quantize the weights.
+    """Quantization-aware fine-tuning: `steps` Adam steps with masks fixed, then the final re-quantization.
 
-    Gradients of pruned weights are zeroed so pruned weights stay exactly zero; after training the float
-    weights are re-quantized with each layer's spec so the stored codes describe the final model.
+    The float weights are the master copy; each step runs forward and backward through their quantized version
+    and applies the gradient to the floats (straight-through estimator), so training sees the grid it will be
+    stored on. Gradients of pruned weights are zeroed, so pruned weights stay exactly zero; skipped layers do
+    not move. At the end the float weights are re-quantized with each layer's spec, so the stored codes
+    describe the final model.
     """
     model = cm.model
     x, y = calib
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam([p for p in model.parameters() if p.is_floating_point()], lr=FINETUNE_LR)
+    quantized = [name for name, layer in cm.layers.items() if not layer.skipped and layer.quant.enabled]
     log = []
     model.train()
     for step in range(steps):
         idx = torch.randint(len(x), (min(FINETUNE_BATCH, len(x)),), generator=gen).to(x.device)
+        masters = {}
+        with torch.no_grad():
+            for name in quantized:
+                w, layer = modules[name].weight, cm.layers[name]
+                masters[name] = w.detach().clone()
+                w.copy_(quant_ops.quantize_weight(masters[name], layer.quant, layer.mask).weight)
         loss = F.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        with torch.no_grad():
+            for name, master in masters.items():  # straight-through: the step moves the float weights
+                modules[name].weight.copy_(master)
         for name, layer in cm.layers.items():
             if layer.mask is not None:
                 modules[name].weight.grad.mul_(layer.mask)

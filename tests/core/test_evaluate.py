@@ -102,3 +102,12 @@ def test_stacked_forward_gives_the_same_records(digits_exp):
     for a, b in zip(one_by_one, stacked):
         assert (a["correct"], a["size_bytes"], a["nnz"]) == (b["correct"], b["size_bytes"], b["nnz"])
         assert a["agreement"] == b["agreement"]
+
+
+def test_finetuning_recovers_accuracy_lost_to_pruning(digits_exp):
+    pruned = CompressionConfig(quant=QuantSpec(bits=8), prune=PruneSpec(0.8))
+    tuned = CompressionConfig(quant=QuantSpec(bits=8), prune=PruneSpec(0.8), finetune_steps=150)
+    before, after = digits_exp.run(pruned), digits_exp.run(tuned)
+    assert after["accuracy"] >= before["accuracy"] + 0.10  # measured here: about +0.25
+    assert after["realized_sparsity"] == before["realized_sparsity"]
+    assert after["finetune_final_loss"] is not None

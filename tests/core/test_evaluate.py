@@ -108,6 +108,6 @@ def test_finetuning_recovers_accuracy_lost_to_pruning(digits_exp):
     pruned = CompressionConfig(quant=QuantSpec(bits=8), prune=PruneSpec(0.8))
     tuned = CompressionConfig(quant=QuantSpec(bits=8), prune=PruneSpec(0.8), finetune_steps=150)
     before, after = digits_exp.run(pruned), digits_exp.run(tuned)
-    assert after["accuracy"] >= before["accuracy"] + 0.10  # measured here: about +0.25
+    assert after["accuracy"] >= before["accuracy"] + 0.10  # measured here: 0.645 -> 0.855
     assert after["realized_sparsity"] == before["realized_sparsity"]
     assert after["finetune_final_loss"] is not None

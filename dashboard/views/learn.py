@@ -129,16 +129,21 @@ def magnitude_pruning() -> None:
                title=f"{int((~mask).sum()):,} of {w.numel():,} weights removed")
 
 
+def codebook_demo(quantizer: str, title) -> None:
+    """A bits slider driving a codebook quantizer (kmeans / pow2) on the toy tensor; `title(bits)` names the plot."""
+    bits = st.slider("Bits", 1, 6, 3, key=f"learn_{quantizer}_bits")
+    w = toy_tensor()
+    layer = toy_layer(w, QuantSpec(bits=bits, quantizer=quantizer))
+    plot_layer(w, layer, f"learn_{quantizer}_hist", title=title(bits))
+    error_caption(w, layer)
+
+
 def kmeans_sharing() -> None:
     st.latex(r"\min_{c_1,\dots,c_K}\ \sum_i \min_k\, (w_i - c_k)^2,\qquad K = 2^{b},\qquad "
              r"\hat w_i = c_{\,\arg\min_k |w_i - c_k|}")
     st.markdown("Weight sharing (Deep Compression): 1-D k-means with centroids initialised linearly between min "
                 "and max; each weight stores only the index of its centroid, the codebook stores the values.")
-    bits = st.slider("Bits", 1, 6, 3, key="learn_kmeans_bits")
-    w = toy_tensor()
-    layer = toy_layer(w, QuantSpec(bits=bits, quantizer="kmeans"))
-    plot_layer(w, layer, "learn_kmeans_hist", title=f"k-means codebook with up to {2 ** bits} centroids")
-    error_caption(w, layer)
+    codebook_demo("kmeans", lambda bits: f"k-means codebook with up to {2 ** bits} centroids")
 
 
 def power_of_two() -> None:
@@ -147,11 +152,7 @@ def power_of_two() -> None:
              r"\big(\log_2 \max_i |w_i|\big) \end{gathered}")
     st.markdown("Logarithmic levels: dense near zero where most weights are, sparse far out; multiplying by a "
                 "power of two is a bit shift in hardware.")
-    bits = st.slider("Bits", 1, 6, 3, key="learn_pow2_bits")
-    w = toy_tensor()
-    layer = toy_layer(w, QuantSpec(bits=bits, quantizer="pow2"))
-    plot_layer(w, layer, "learn_pow2_hist", title=f"{bits}-bit power-of-two levels")
-    error_caption(w, layer)
+    codebook_demo("pow2", lambda bits: f"{bits}-bit power-of-two levels")
 
 
 def n_of_m() -> None:

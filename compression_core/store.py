@@ -106,6 +106,18 @@ def _row_record(record_json: str, created_at: float) -> dict:
     return record
 
 
+def _retry_locked(operation, timeout_s: float):
+    """Run `operation`, retrying while SQLite says the database is locked, for at most `timeout_s` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return operation()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class Store:
     """SQLite store of evaluation records; safe to share between threads and processes.
 
@@ -124,11 +136,13 @@ class Store:
         # isolation_level=None: we issue BEGIN ourselves, so write transactions take the lock up front
         self._conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
         self._conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-        self._conn.execute("PRAGMA journal_mode = WAL")
+        # switching a new file to WAL needs an exclusive lock, and SQLite answers "locked" at once (no busy
+        # handler) when another process is opening the same new file: retry until the timeout
+        _retry_locked(lambda: self._conn.execute("PRAGMA journal_mode = WAL"), timeout_s)
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.execute("PRAGMA foreign_keys = ON")
         with self._lock:
-            self._conn.executescript(_SCHEMA)  # idempotent; each statement commits on its own
+            _retry_locked(lambda: self._conn.executescript(_SCHEMA), timeout_s)  # idempotent
 
     # ---- plumbing ---------------------------------------------------------------------------------
     @contextmanager

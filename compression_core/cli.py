@@ -218,8 +218,8 @@ def cmd_export(args) -> None:
     if len(configs) != 1:
         raise UserError("export takes one value per flag")
     exp = _experiment(args)
-    record = exp.run(configs[0])
-    cm = exp.compress(configs[0])
+    cm = exp.compress(configs[0], progress=_stage_progress())
+    record = exp.run(configs[0], compressed=cm)
     record["file_bytes"] = export(cm, args.out, exp.loaded.source)
     record["file"] = str(args.out)
     _emit(args, record, table_rows=[_row(record), f"wrote {args.out}: {record['file_bytes']} bytes "

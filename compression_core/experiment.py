@@ -96,9 +96,8 @@ class Experiment:
                 "split": self.split, "limit": self.limit, "config_hash": config.config_hash}
 
     def compress(self, config: CompressionConfig, progress=None) -> CompressedModel:
-        needs_calib = (config.act_bits < 32 or config.bias_correction or config.finetune_steps > 0
-                       or any(config.for_layer(n)[1].method == "taylor" for n in self.layer_names))
-        return compress(self.model, config, calib=self.calib if needs_calib else None, progress=progress)
+        """`compress()` on our pristine model; the calibration batch is used only by configs that need it."""
+        return compress(self.model, config, calib=self.calib, progress=progress)
 
     def run(self, config: CompressionConfig, progress=None, compressed: CompressedModel | None = None) -> dict:
         """Compress with `config`, evaluate on the split and return the record (see issue #2 for fields).

@@ -145,7 +145,7 @@ def _open_error(path: Path, error: Exception) -> StoreError:
     shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:60]}…{str(path)[-40:]}"
     fix = f"give another path with --store or ${ENV_VAR}"
     text = str(error).lower()
-    if path.is_dir():
+    if os.path.isdir(path):  # never raises, even for a too-long path
         why = f"is a directory; {fix}, e.g. {shown}/runs.sqlite"
     elif "not a database" in text:
         why = f"is not a SQLite file; {fix}, or move the file away"

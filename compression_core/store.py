@@ -354,11 +354,21 @@ class Store:
 
     def runs(self) -> list[dict]:
         """All runs, newest first: run_id, label, created_at, meta, n_records."""
+        return self._runs()
+
+    def _runs(self, run_id: str | None = None) -> list[dict]:
+        where, params = ("WHERE r.run_id = ?", (run_id,)) if run_id is not None else ("", ())
         rows = self._query(
             "SELECT r.run_id, r.label, r.created_at, r.meta, COUNT(m.run_id) FROM runs r "
-            "LEFT JOIN run_members m ON m.run_id = r.run_id GROUP BY r.run_id ORDER BY r.created_at DESC")
+            f"LEFT JOIN run_members m ON m.run_id = r.run_id {where} GROUP BY r.run_id ORDER BY r.created_at DESC",
+            params)
         return [{"run_id": i, "label": l, "created_at": t, "meta": json.loads(meta), "n_records": n}
                 for i, l, t, meta, n in rows]
+
+    def run(self, run_id: str) -> dict | None:
+        """The run `run_id` as in `runs()` (run_id, label, created_at, meta, n_records), or None if unknown."""
+        found = self._runs(run_id)
+        return found[0] if found else None
 
     def run_ids(self, key: dict) -> list[str]:
         """Ids of the runs the record with `key` belongs to, oldest run first."""

@@ -150,6 +150,12 @@ class Job:
         self._finish(CANCELLED if self._cancel.is_set() else DONE)
 
 
+def _grid(run: dict | None) -> list[dict] | None:
+    """The config dicts a dashboard run was launched with (its meta `configs`), or None for other runs."""
+    configs = run["meta"].get("configs") if run else None
+    return configs if isinstance(configs, list) else None  # a CLI run keeps only the count there
+
+
 class JobManager:
     """The registry: job id -> Job, guarded by a lock; at most `max_running` jobs run at once, and per owner
     `max_per_owner` at once and `max_configs_per_hour` new configs per hour."""
@@ -197,10 +203,10 @@ class JobManager:
             JobLimitError: a limit would be exceeded, or the run is running already.
             ValueError: the run is unknown or holds no grid to resume.
         """
-        run = store.run(run_id)
-        if run is None or "configs" not in run["meta"]:
+        grid = _grid(store.run(run_id))
+        if grid is None:
             raise ValueError(f"run {run_id!r} has no stored grid to resume; launch the sweep again")
-        configs = [CompressionConfig.from_dict(d) for d in run["meta"]["configs"]]
+        configs = [CompressionConfig.from_dict(d) for d in grid]
         new = sum(store.get(experiment.key(c)) is None for c in configs)
         with self._lock:
             current = self._jobs.get(run_id)
@@ -216,7 +222,7 @@ class JobManager:
         if job is not None and job.status().running:
             return None
         run = store.run(run_id)
-        n = len(run["meta"].get("configs", [])) if run else 0
+        n = len(_grid(run) or [])
         return (run["n_records"], n) if run and run["n_records"] < n else None
 
     def cancel(self, job_id: str | None, token: str | None) -> bool:

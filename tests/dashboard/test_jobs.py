@@ -204,8 +204,11 @@ def test_interrupted_run_resumes_under_the_same_id(store):
     assert resumed.status().done == 8 and resumed.status().total == 8
     assert [r["run_id"] for r in store.runs()] == [job.id] and store.count(run_id=job.id) == 8
     assert new_server.interrupted(store, job.id) is None
-    with pytest.raises(ValueError, match="no stored grid"):
-        new_server.resume(again, store, store.new_run("cli sweep"))
+    for meta in ({}, {"argv": ["sweep"], "configs": 12}):  # runs the CLI made keep no grid
+        cli_run = store.new_run("cli sweep", meta)
+        assert new_server.interrupted(store, cli_run) is None
+        with pytest.raises(ValueError, match="no stored grid"):
+            new_server.resume(again, store, cli_run)
 
 
 def test_a_running_sweep_is_not_resumed_twice(store):

@@ -2,6 +2,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
+# The dashboard listens on this machine only. Sharing it on a network is explicit: `make run HOST=0.0.0.0`
+# (only a make command-line setting counts; a HOST in the environment, e.g. zsh's host name, is ignored).
+ifneq ($(origin HOST),command line)
+HOST := 127.0.0.1
+endif
 
 .PHONY: run test venv system-deps cli-demo bench
 
@@ -13,7 +18,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 venv: $(VENV)/.installed
 
 run: venv
-	$(PY) -m streamlit run dashboard/app.py --server.port $(PORT) --server.headless true
+	$(PY) -m streamlit run dashboard/app.py --server.address $(HOST) --server.port $(PORT) --server.headless true
 
 system-deps:
 	bash scripts/system-deps.sh

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import socket
 import threading
 import time
 import uuid
@@ -31,8 +32,11 @@ KEY_FIELDS = ("fingerprint", "dataset", "split", "limit", "config_hash")
 FULL_SPLIT = -1  # stored in the `limit_n` column when the whole split was evaluated (limit None)
 
 
+CLAIM_TTL_S = 60.0  # a claim not renewed for this long is free again (its owner stopped heartbeating)
+
+
 class StoreError(ValueError):
-    """A record or key lacks a field the store needs; the message names it."""
+    """The store file cannot be used, or a record or key lacks a field; the one-line message says which."""
 
 
 class _Any:
@@ -73,6 +77,16 @@ CREATE TABLE IF NOT EXISTS run_members (
     added_at    REAL NOT NULL,
     PRIMARY KEY (run_id, fingerprint, dataset, split, limit_n, config_hash)
 );
+CREATE TABLE IF NOT EXISTS claims (
+    fingerprint TEXT NOT NULL,
+    dataset     TEXT NOT NULL,
+    split       TEXT NOT NULL,
+    limit_n     INTEGER NOT NULL,
+    config_hash TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    expires_at  REAL NOT NULL,
+    PRIMARY KEY (fingerprint, dataset, split, limit_n, config_hash)
+);
 """
 _KEY_COLS = "fingerprint, dataset, split, limit_n, config_hash"
 
@@ -106,6 +120,44 @@ def _row_record(record_json: str, created_at: float) -> dict:
     return record
 
 
+def new_owner() -> str:
+    """A claim owner id, 'host:pid:random': unique per sweep; its pid lets this host spot a dead owner at once."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_alive(owner: str) -> bool:
+    """False when `owner` names a process of this host that no longer exists; True otherwise (or unknown)."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine: only the claim's expiry can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _open_error(path: Path, error: Exception) -> StoreError:
+    """One line naming the store file, what is wrong with it and what to do."""
+    shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:60]}…{str(path)[-40:]}"
+    fix = f"give another path with --store or ${ENV_VAR}"
+    text = str(error).lower()
+    if os.path.isdir(path):  # never raises, even for a too-long path
+        why = f"is a directory; {fix}, e.g. {shown}/runs.sqlite"
+    elif "not a database" in text:
+        why = f"is not a SQLite file; {fix}, or move the file away"
+    elif "readonly" in text or isinstance(error, PermissionError):
+        why = f"cannot be written (read-only); make it writable or {fix}"
+    elif isinstance(error, OSError) and error.strerror:
+        why = f"cannot be created ({error.strerror.lower()}); {fix}"
+    else:
+        why = f"cannot be opened ({text}: too long a path, a missing folder or no permission); {fix}"
+    return StoreError(f"result store {shown} {why}")
+
+
 def _retry_locked(operation, timeout_s: float):
     """Run `operation`, retrying while SQLite says the database is locked, for at most `timeout_s` seconds."""
     deadline = time.monotonic() + timeout_s
@@ -131,10 +183,22 @@ class Store:
 
     def __init__(self, path: str | os.PathLike | None = None, *, timeout_s: float = 30.0) -> None:
         self.path = Path(path).expanduser() if path is not None else default_store_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        # isolation_level=None: we issue BEGIN ourselves, so write transactions take the lock up front
-        self._conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN ourselves, so write transactions take the lock up front
+            self._conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None,
+                                         check_same_thread=False)
+        except (OSError, sqlite3.Error) as e:
+            raise _open_error(self.path, e) from None
+        try:
+            self._setup(timeout_s)
+        except sqlite3.Error as e:
+            self._conn.close()
+            raise _open_error(self.path, e) from None
+
+    def _setup(self, timeout_s: float) -> None:
+        """Busy timeout, WAL, foreign keys and the schema on a fresh connection."""
         self._conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
         # switching a new file to WAL needs an exclusive lock, and SQLite answers "locked" at once (no busy
         # handler) when another process is opening the same new file: retry until the timeout
@@ -142,7 +206,14 @@ class Store:
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.execute("PRAGMA foreign_keys = ON")
         with self._lock:
-            _retry_locked(lambda: self._conn.executescript(_SCHEMA), timeout_s)  # idempotent
+            try:
+                _retry_locked(lambda: self._conn.executescript(_SCHEMA), timeout_s)  # idempotent
+            except sqlite3.OperationalError as e:
+                # a read-only store that already has its records stays readable; each write then fails alone
+                has_records = self._conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'").fetchone()
+                if "readonly" not in str(e) or not has_records:
+                    raise
 
     # ---- plumbing ---------------------------------------------------------------------------------
     @contextmanager
@@ -190,6 +261,7 @@ class Store:
                 f"INSERT OR REPLACE INTO records ({_KEY_COLS}, model, created_at, record) VALUES (?,?,?,?,?,?,?,?)",
                 key + (str(record["model"]), now, json.dumps(body, sort_keys=True)),
             )
+            c.execute(f"DELETE FROM claims WHERE ({_KEY_COLS}) = (?,?,?,?,?)", key)  # computed: nobody holds it
             if run_id is not None:
                 self._add_member(c, run_id, key, now)
 
@@ -282,11 +354,21 @@ class Store:
 
     def runs(self) -> list[dict]:
         """All runs, newest first: run_id, label, created_at, meta, n_records."""
+        return self._runs()
+
+    def _runs(self, run_id: str | None = None) -> list[dict]:
+        where, params = ("WHERE r.run_id = ?", (run_id,)) if run_id is not None else ("", ())
         rows = self._query(
             "SELECT r.run_id, r.label, r.created_at, r.meta, COUNT(m.run_id) FROM runs r "
-            "LEFT JOIN run_members m ON m.run_id = r.run_id GROUP BY r.run_id ORDER BY r.created_at DESC")
+            f"LEFT JOIN run_members m ON m.run_id = r.run_id {where} GROUP BY r.run_id ORDER BY r.created_at DESC",
+            params)
         return [{"run_id": i, "label": l, "created_at": t, "meta": json.loads(meta), "n_records": n}
                 for i, l, t, meta, n in rows]
+
+    def run(self, run_id: str) -> dict | None:
+        """The run `run_id` as in `runs()` (run_id, label, created_at, meta, n_records), or None if unknown."""
+        found = self._runs(run_id)
+        return found[0] if found else None
 
     def run_ids(self, key: dict) -> list[str]:
         """Ids of the runs the record with `key` belongs to, oldest run first."""
@@ -302,3 +384,46 @@ class Store:
             c.execute("DELETE FROM run_members WHERE run_id = ?", (run_id,))
             return c.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)).rowcount > 0
 
+
+    # ---- claims: which process computes a config ----------------------------------------------------
+    def claim(self, key: dict, owner: str, ttl_s: float = CLAIM_TTL_S) -> bool:
+        """Reserve the config of `key` for `owner` unless it is stored or held by another live owner.
+
+        Args:
+            key: a key or record dict (fingerprint, dataset, split, limit, config_hash).
+            owner: who computes it, from `new_owner()`.
+            ttl_s: the claim lapses this many seconds from now unless renewed (`renew_claims`).
+
+        Returns:
+            True when `owner` now holds the claim (renewed if it already did); False when the record is stored or
+            another owner holds an unexpired claim and its process is not known to be dead.
+        """
+        k = _key_tuple(key)
+        now = time.time()
+        with self._write() as c:
+            if c.execute(f"SELECT 1 FROM records WHERE ({_KEY_COLS}) = (?,?,?,?,?)", k).fetchone():
+                return False
+            row = c.execute(f"SELECT owner, expires_at FROM claims WHERE ({_KEY_COLS}) = (?,?,?,?,?)", k).fetchone()
+            if row and row[0] != owner and row[1] > now and _owner_alive(row[0]):
+                return False
+            c.execute(f"INSERT OR REPLACE INTO claims ({_KEY_COLS}, owner, expires_at) VALUES (?,?,?,?,?,?,?)",
+                      k + (owner, now + ttl_s))
+            return True
+
+    def claim_owner(self, key: dict) -> str | None:
+        """The owner holding a live claim on `key`, or None (no claim, expired, or its process died)."""
+        rows = self._query(f"SELECT owner, expires_at FROM claims WHERE ({_KEY_COLS}) = (?,?,?,?,?)",
+                           _key_tuple(key))
+        if not rows or rows[0][1] <= time.time() or not _owner_alive(rows[0][0]):
+            return None
+        return rows[0][0]
+
+    def renew_claims(self, owner: str, ttl_s: float = CLAIM_TTL_S) -> int:
+        """Push the expiry of every claim of `owner` to `ttl_s` from now (its heartbeat). Returns how many."""
+        with self._write() as c:
+            return c.execute("UPDATE claims SET expires_at = ? WHERE owner = ?", (time.time() + ttl_s, owner)).rowcount
+
+    def release_claims(self, owner: str) -> int:
+        """Drop every claim of `owner` (its sweep ended). Returns how many there were."""
+        with self._write() as c:
+            return c.execute("DELETE FROM claims WHERE owner = ?", (owner,)).rowcount

@@ -6,6 +6,10 @@ finishes (a crash loses at most the config in flight), streams records to `on_re
 an ETA measured on this run, and stops between configs when `cancel` is set. Running the same sweep again
 resumes it: stored configs come back marked `cached: True` and are not recomputed.
 
+Several processes may sweep overlapping grids into one store: each config is *claimed* in the store before it
+runs (`Store.claim`), so it is computed once; a process that finds a config claimed by another live process
+waits for its record instead. A store that cannot be written costs one warning, never a computed record.
+
 Example:
     >>> configs = expand_grid(CompressionConfig(), bits=[2, 4, 8, 32], sparsity=[0, 0.5, 0.9])
     >>> records = sweep(Experiment(load_model("digits-cnn"), load_dataset("digits")), configs,
@@ -14,14 +18,19 @@ Example:
 from __future__ import annotations
 
 import itertools
+import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from .config import CompressionConfig, ConfigError
-from .store import Store
+from .store import CLAIM_TTL_S, Store, new_owner
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -45,6 +54,9 @@ GRID_FIELDS: dict[str, tuple[str, str]] = {
     "index_bits": ("config", "index_bits"),
     "seed": ("config", "seed"),
 }
+
+CLAIM_BATCH = 8  # configs claimed (and handed to the executor / run_many) at a time; other processes take the rest
+POLL_S = 0.5  # how often a sweep looks for the records of configs another process is computing
 
 ProgressFn = Callable[[int, int, "float | None", "str | None"], None]  # (done, total, eta_seconds, current_label)
 
@@ -121,6 +133,69 @@ def expand_grid(base: CompressionConfig | None = None, **lists: Any) -> list[Com
 
 
 # ---- running -------------------------------------------------------------------------------------
+class _Book:
+    """The sweep's side of the store: reads, writes and claims; a failed write is one warning, then no more writes.
+
+    Without a store every config counts as claimed, so the sweep simply computes everything.
+    """
+
+    def __init__(self, store: Store | None, run_id: str | None, warn: Callable[[str], None]) -> None:
+        self.store, self.run_id, self._warn = store, run_id, warn
+        self.writable = store is not None
+        self.owner = new_owner()
+
+    def _write(self, operation: Callable[[], Any], fallback: Any = None) -> Any:
+        if not self.writable:
+            return fallback
+        try:
+            return operation()
+        except (sqlite3.Error, OSError) as e:
+            self.writable = False
+            line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self._warn(f"warning: the result store {self.store.path} cannot be written ({line}); this sweep's "
+                       f"results are still returned but not stored")
+            return fallback
+
+    def get(self, experiment: ExperimentLike, config: CompressionConfig) -> dict | None:
+        return self.store.get(experiment.key(config)) if self.store is not None else None
+
+    def put(self, record: dict) -> None:
+        self._write(lambda: self.store.put(record, run_id=self.run_id))
+
+    def join_run(self, record: dict) -> None:
+        if self.run_id is not None:
+            self._write(lambda: self.store.add_to_run(self.run_id, record))
+
+    def claim(self, experiment: ExperimentLike, config: CompressionConfig) -> bool:
+        """Whether this sweep should compute `config` now (claimed, or no usable store to claim in)."""
+        return self._write(lambda: self.store.claim(experiment.key(config), self.owner), fallback=True)
+
+    def held_by_other(self, experiment: ExperimentLike, config: CompressionConfig) -> bool:
+        owner = self.store.claim_owner(experiment.key(config)) if self.writable else None
+        return owner is not None and owner != self.owner
+
+    @contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        """Renew this sweep's claims every third of their lifetime while the body runs; release them after."""
+        if not self.writable:
+            yield
+            return
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(CLAIM_TTL_S / 3):
+                self._write(lambda: self.store.renew_claims(self.owner))
+
+        thread = threading.Thread(target=beat, name=f"claims-{self.owner}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            self._write(lambda: self.store.release_claims(self.owner))
+
+
 def sweep(
     experiment: ExperimentLike,
     configs: Sequence[CompressionConfig],
@@ -131,6 +206,7 @@ def sweep(
     on_record: Callable[[dict], None] | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Evaluate `configs` on `experiment`, reusing and filling `store`.
 
@@ -138,7 +214,8 @@ def sweep(
         experiment: an `Experiment` (anything with `key(config)` and `run(config)`).
         configs: what to evaluate; duplicates (same config hash) are run once.
         store: records already there are returned with `cached: True` and not recomputed; new ones are put
-            as soon as each finishes.
+            as soon as each finishes. Configs are claimed in it `CLAIM_BATCH` at a time; a config another live
+            process has claimed is not computed here: its record is awaited and returned with `cached: True`.
         run_id: a run from `store.new_run(label)`; every record of this sweep (cached or new) joins it.
         executor: how configs are run; default `SerialExecutor()`.
         on_record: called with each record (cached ones first, then new ones as they finish).
@@ -146,6 +223,8 @@ def sweep(
             records (eta None), then after each new record; eta is measured wall time per new config times
             the configs left; current_label is the label of the next config to run (None at the end).
         cancel: when set, no further config starts; what finished is returned.
+        on_warning: called once with one line if the store cannot be written (default: logged as a warning);
+            the sweep then goes on without the store and still returns every record.
 
     Returns:
         The finished records in the order of `configs`, each with `cached` True/False.
@@ -157,50 +236,96 @@ def sweep(
         raise ValueError("run_id needs a store; pass store=Store(...)")
     unique = list({c.config_hash: c for c in configs}.values())  # equal hash = equal config; first position kept
     order = {c.config_hash: i for i, c in enumerate(unique)}
+    book = _Book(store, run_id, on_warning or log.warning)
     done: dict[str, dict] = {}
     pending: list[CompressionConfig] = []
+
+    def take_stored(record: dict) -> None:
+        record["cached"] = True
+        book.join_run(record)
+        done[record["config_hash"]] = record
+        if on_record:
+            on_record(record)
+
     for config in unique:
-        stored = store.get(experiment.key(config)) if store is not None else None
+        stored = book.get(experiment, config)
         if stored is None:
             pending.append(config)
-            continue
-        stored["cached"] = True
-        if run_id is not None:
-            store.add_to_run(run_id, stored)
-        done[config.config_hash] = stored
-        if on_record:
-            on_record(stored)
-    total = len(unique)
+        else:
+            take_stored(stored)
     if progress:
-        progress(len(done), total, None, pending[0].label if pending else None)
+        progress(len(done), len(unique), None, pending[0].label if pending else None)
+    with book.heartbeat():
+        _run_pending(experiment, pending, book, done, take_stored, executor=executor, on_record=on_record,
+                     progress=progress, total=len(unique), cancel=cancel)
+    return sorted(done.values(), key=lambda r: order.get(r["config_hash"], len(unique)))
+
+
+def _run_pending(experiment: ExperimentLike, pending: list[CompressionConfig], book: _Book, done: dict[str, dict],
+                 take_stored: Callable[[dict], None], *, executor: Executor | None,
+                 on_record: Callable[[dict], None] | None, progress: ProgressFn | None, total: int,
+                 cancel: threading.Event | None) -> None:
+    """Claim, compute and store the pending configs in batches; collect the ones other processes compute."""
+    start, n_new = time.perf_counter(), 0
+    batch = CLAIM_BATCH if book.writable else max(1, len(pending))
+    others: set[str] = set()  # config hashes claimed by another live process
+
+    def report() -> None:
+        if progress:
+            nxt = next((c for c in pending if c.config_hash not in done), None)
+            eta = (time.perf_counter() - start) / n_new * (total - len(done)) if n_new else None
+            progress(len(done), total, eta, nxt.label if nxt is not None and not _cancelled(cancel) else None)
 
     def run_one(config: CompressionConfig) -> dict | None:
         # executors that start items ahead of the caller skip them quickly once cancel is set
         return None if _cancelled(cancel) else experiment.run(config)
 
-    start = time.perf_counter()
-    n_new = 0
-    if executor is None and hasattr(experiment, "run_many"):
-        results = experiment.run_many(pending, cancel=cancel)  # groups configs per forward on a GPU
-    else:
-        results = (executor or SerialExecutor()).map(run_one, pending)
-    for record in results:
-        if record is None:
+    while not _cancelled(cancel):
+        for config in [c for c in pending if c.config_hash in others]:
+            stored = book.get(experiment, config)
+            if stored is not None:
+                others.discard(config.config_hash)
+                take_stored(stored)
+                report()
+        mine = []
+        for config in pending:
+            if len(mine) == batch:
+                break
+            h = config.config_hash
+            if h in done or (h in others and book.held_by_other(experiment, config)):
+                continue
+            if book.claim(experiment, config):
+                others.discard(h)
+                mine.append(config)
+                continue
+            stored = book.get(experiment, config)  # claim refused: stored meanwhile, or computed elsewhere now
+            if stored is None:
+                others.add(h)
+            else:
+                others.discard(h)
+                take_stored(stored)
+                report()
+        if not mine:
+            if not others:
+                return
+            time.sleep(POLL_S)
             continue
-        n_new += 1
-        if store is not None:
-            store.put(record, run_id=run_id)
-        record["cached"] = False
-        done[record["config_hash"]] = record
-        if on_record:
-            on_record(record)
-        if progress:
-            left = len(pending) - n_new
-            eta = (time.perf_counter() - start) / n_new * left
-            progress(len(done), total, eta, pending[n_new].label if left and not _cancelled(cancel) else None)
-        if _cancelled(cancel):
-            break
-    return sorted(done.values(), key=lambda r: order.get(r["config_hash"], total))
+        if executor is None and hasattr(experiment, "run_many"):
+            results = experiment.run_many(mine, cancel=cancel)  # groups configs per forward on a GPU
+        else:
+            results = (executor or SerialExecutor()).map(run_one, mine)
+        for record in results:
+            if record is None:
+                continue
+            n_new += 1
+            book.put(record)
+            record["cached"] = False
+            done[record["config_hash"]] = record
+            if on_record:
+                on_record(record)
+            report()
+            if _cancelled(cancel):
+                return
 
 
 def _cancelled(cancel: threading.Event | None) -> bool:

@@ -2,7 +2,11 @@
 
 Run with `.venv/bin/python -m streamlit run dashboard/app.py` from anywhere; the repository root is put on
 `sys.path` so `compression_core` and `dashboard` import regardless of the working directory.
+
+A page that fails shows one line; the traceback goes to the server log only (with `client.showErrorDetails =
+"none"` in .streamlit/config.toml for anything raised outside `page.run()`, such as a polling fragment).
 """
+import logging
 import sys
 from pathlib import Path
 
@@ -15,6 +19,8 @@ import streamlit as st  # noqa: E402
 from dashboard import frame  # noqa: E402
 
 PAGES = Path(__file__).resolve().parent / "views"  # not "pages/": that name would switch on legacy routing
+PAGE_FAILED = "This page hit an unexpected error; the details are in the server log. Reload the page to try again."
+log = logging.getLogger("dashboard")
 
 st.set_page_config(**frame.PAGE_CONFIG)
 page = st.navigation([
@@ -25,4 +31,8 @@ page = st.navigation([
     st.Page(PAGES / "learn.py", title="Learn", icon=":material/school:", url_path="learn"),
 ])
 frame.render_sidebar()
-page.run()
+try:
+    page.run()
+except Exception:  # noqa: BLE001 - the error boundary: st.stop / st.rerun are BaseExceptions and pass through
+    log.exception("page %r failed", page.title)
+    st.error(PAGE_FAILED, icon=":material/error:")

@@ -19,7 +19,8 @@ from compression_core.evaluate import DeviceUnavailable, select_device
 from dashboard import services
 
 SELECTION_KEY = "selection"
-UPLOAD_NAME_KEY = "upload_name"  # {saved path: the file name the user uploaded}, to name it in messages
+UPLOAD_NAME_KEY = "upload_name"  # {weights content id: the file name the user uploaded}, to name it in messages
+UPLOADS_KEY = "uploads"  # {weights content id: bytes} uploaded by this session, for its quota
 CUSTOM = "custom"  # the model option "Bring your own"
 DEFAULT_MODEL = "lenet5"
 DEFAULT_DATASET = "mnist"
@@ -38,7 +39,7 @@ class Selection:
     device: the device actually used, resolved from the user's auto/cpu/cuda choice ("cpu", "cuda" or "mps").
     limit: size of the class-stratified live evaluation subset of the test split (None = the whole split).
     factory: the bring-your-own factory spec, None for built-ins.
-    weights_path: the uploaded weights saved to a local file (bring-your-own only), else None.
+    weights_id: content id of the uploaded weights (sha256 prefix + suffix; bring-your-own only), else None.
     """
 
     model: str = DEFAULT_MODEL
@@ -46,7 +47,7 @@ class Selection:
     device: str = "cpu"
     limit: int | None = DEFAULT_LIMIT
     factory: str | None = None
-    weights_path: str | None = None
+    weights_id: str | None = None
 
     @property
     def key(self) -> str:
@@ -81,7 +82,7 @@ def model_label(name: str) -> str:
 
 
 def _model_picker() -> tuple[str, str | None, str | None]:
-    """(model, factory, weights_path) from the model widgets; factory/weights None for built-ins."""
+    """(model, factory, weights_id) from the model widgets; factory/weights None for built-ins."""
     builtins = services.models()
     names = [m["name"] for m in builtins]
     describe = {m["name"]: m.get("description") or "" for m in builtins}
@@ -102,10 +103,12 @@ def _model_picker() -> tuple[str, str | None, str | None]:
                                    "that would run code are refused.")
     if not factory:
         st.caption("Enter the factory that builds your model.")
-    weights_path = services.save_upload(upload.name, upload.getvalue()) if upload is not None else None
-    if weights_path:
-        st.session_state[UPLOAD_NAME_KEY] = {weights_path: upload.name}
-    return factory, factory or None, weights_path
+    weights_id = None
+    if upload is not None:
+        session_uploads = st.session_state.setdefault(UPLOADS_KEY, {})
+        weights_id = services.save_upload(upload.name, upload.getvalue(), session_uploads)
+        st.session_state[UPLOAD_NAME_KEY] = {weights_id: upload.name}
+    return factory, factory or None, weights_id
 
 
 def _dataset_picker(choices: list[dict] | None) -> str | None:
@@ -141,9 +144,9 @@ def _device_picker() -> str:
 
 
 def _user_words(message: str) -> str:
-    """An engine message with the saved upload's temp path replaced by the name the user uploaded."""
-    for path, name in st.session_state.get(UPLOAD_NAME_KEY, {}).items():
-        message = message.replace(path, name)
+    """An engine message with the upload's content id replaced by the name the user uploaded."""
+    for weights_id, name in st.session_state.get(UPLOAD_NAME_KEY, {}).items():
+        message = message.replace(weights_id, name)
     return message
 
 
@@ -156,9 +159,9 @@ def render_sidebar() -> Selection | None:
     selection, problem, choices = None, None, None
     with st.sidebar:
         try:
-            model, factory, weights_path = _model_picker()
-            if model and (factory is None or weights_path is not None):
-                choices = services.compatible_datasets(model, factory, weights_path)
+            model, factory, weights_id = _model_picker()
+            if model and (factory is None or weights_id is not None):
+                choices = services.compatible_datasets(model, factory, weights_id)
             elif factory is not None:
                 st.caption("Upload the weights file to load the model.")
         except services.USER_ERRORS as e:
@@ -172,7 +175,7 @@ def render_sidebar() -> Selection | None:
         if choices and dataset:
             try:
                 selection = Selection(model=model, dataset=dataset, device=device, limit=int(limit),
-                                      factory=factory, weights_path=weights_path)
+                                      factory=factory, weights_id=weights_id)
                 base = services.baseline(selection)
                 st.caption(f"fp32 accuracy: **{100 * base['accuracy']:.2f} %** on {base['n_samples']:,} "
                            f"test samples")

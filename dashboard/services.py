@@ -5,7 +5,7 @@ models): one copy per server process, shared by every browser session and never 
 `compress` is out-of-place and the UI only reads them. `st.cache_data` holds results (records, histograms,
 sensitivity tables) keyed on the selection and the config JSON, so repeating a config is instant.
 
-Every function takes a `frame.Selection` (model, dataset, device, limit, factory, weights_path) and, where a
+Every function takes a `frame.Selection` (model, dataset, device, limit, factory, weights_id) and, where a
 config is involved, the config as canonical JSON (`CompressionConfig.to_json()`), which is also its cache key.
 User mistakes raise one of `USER_ERRORS`; pages show `error_line(e)` with `st.error` and carry on.
 """
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -27,14 +29,17 @@ from compression_core.datasets import Dataset, DatasetUnavailable, list_datasets
 from compression_core.evaluate import DeviceUnavailable
 from compression_core.experiment import Experiment
 from compression_core.models import LoadedModel, ModelLoadError, list_models, load_model
-from compression_core.store import Store
+from compression_core.store import Store, StoreError
 
 if TYPE_CHECKING:
     from dashboard.frame import Selection
 
-USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable)
-UPLOAD_DIR = Path(tempfile.gettempdir()) / "compression-explorer-uploads"
+USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable, StoreError)
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "compression-explorer-uploads"  # files live here only while loading
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+MAX_UPLOADS_PER_SESSION = 8  # distinct weight files one browser session may upload
+MAX_UPLOAD_BYTES_PER_SESSION = 1 << 30  # 1 GiB in all (one file is capped by server.maxUploadSize)
+MAX_HELD_UPLOADS = 4  # uploads held in memory, waiting to be loaded, for the whole server
 
 
 def error_line(error: BaseException) -> str:
@@ -57,7 +62,7 @@ def datasets() -> list[dict]:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def compatible_datasets(model: str, factory: str | None, weights_path: str | None) -> list[dict]:
+def compatible_datasets(model: str, factory: str | None, weights_id: str | None) -> list[dict]:
     """The datasets a model can run on, each `{name, available, reason}`.
 
     Built-ins: the datasets they have checkpoints for. Bring-your-own: every installed dataset whose input
@@ -69,7 +74,7 @@ def compatible_datasets(model: str, factory: str | None, weights_path: str | Non
         wanted = next((m["datasets"] for m in models() if m["name"] == model), [])
         return [{"name": n, "available": registry.get(n, {}).get("available", False),
                  "reason": registry.get(n, {}).get("reason") or ""} for n in wanted]
-    net = _loaded_model(model, None, factory, weights_path).model
+    net = _loaded_model(model, None, factory, weights_id).model
     choices = []
     for d in registry.values():
         if not d["available"]:
@@ -85,28 +90,87 @@ def compatible_datasets(model: str, factory: str | None, weights_path: str | Non
     return choices
 
 
-def save_upload(filename: str, data: bytes) -> str:
-    """Write uploaded weights to a content-addressed temp file and return its path (same bytes -> same path).
+class _HeldUploads:
+    """Uploaded weights waiting to be loaded, in memory by content id (name, bytes): the newest few only."""
+
+    def __init__(self, max_held: int = MAX_HELD_UPLOADS) -> None:
+        self._files: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_held = max_held
+
+    def put(self, weights_id: str, name: str, data: bytes) -> None:
+        with self._lock:
+            self._files[weights_id] = (name, data)
+            self._files.move_to_end(weights_id)
+            while len(self._files) > self.max_held:
+                self._files.popitem(last=False)
+
+    def take(self, weights_id: str) -> tuple[str, bytes] | None:
+        with self._lock:
+            return self._files.pop(weights_id, None)
+
+
+@st.cache_resource(show_spinner=False)
+def _held_uploads() -> _HeldUploads:
+    return _HeldUploads()
+
+
+def save_upload(filename: str, data: bytes, session_uploads: dict[str, int]) -> str:
+    """Hold uploaded weights in memory for loading and return their content id (same bytes -> same id).
+
+    Nothing is written to disk here; the bytes reach a private temp file only while the model loads.
+
+    Args:
+        filename: the name the user uploaded, e.g. "net.safetensors".
+        data: the file's bytes.
+        session_uploads: this session's uploads so far, {content id: bytes} (session state); updated.
 
     Raises:
-        ModelLoadError: the file name does not end in .safetensors, .pt or .pth.
+        ModelLoadError: the name does not end in .safetensors, .pt or .pth, or the session's upload quota
+            (MAX_UPLOADS_PER_SESSION files, MAX_UPLOAD_BYTES_PER_SESSION bytes) would be exceeded.
     """
     suffix = Path(filename).suffix.lower()
     if suffix not in WEIGHT_SUFFIXES:
         raise ModelLoadError(f"weights file {filename!r} must end in {', '.join(WEIGHT_SUFFIXES)}")
+    weights_id = f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
+    if weights_id not in session_uploads:
+        if len(session_uploads) >= MAX_UPLOADS_PER_SESSION:
+            raise ModelLoadError(f"this session has uploaded {len(session_uploads)} weight files, the limit is "
+                                 f"{MAX_UPLOADS_PER_SESSION}; reload the page to start a new session")
+        used = sum(session_uploads.values())
+        if used + len(data) > MAX_UPLOAD_BYTES_PER_SESSION:
+            raise ModelLoadError(f"{filename} ({len(data) / 2**20:.1f} MiB) would take this session's uploads past "
+                                 f"{MAX_UPLOAD_BYTES_PER_SESSION / 2**20:.0f} MiB ({used / 2**20:.1f} MiB used); "
+                                 f"reload the page to start a new session")
+        session_uploads[weights_id] = len(data)
+    _held_uploads().put(weights_id, filename, data)
+    return weights_id
+
+
+def _load_upload(factory: str, weights_id: str) -> LoadedModel:
+    """Build `factory` with the held upload `weights_id`, through a temp file deleted as soon as it is read."""
+    held = _held_uploads().take(weights_id)
+    if held is None:
+        raise ModelLoadError(f"the uploaded weights {weights_id} are no longer held by the server; upload the "
+                             f"file again")
+    name, data = held
     UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    path = UPLOAD_DIR / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
-    if not path.exists():
+    with tempfile.TemporaryDirectory(dir=UPLOAD_DIR) as folder:  # private to this load; removed, even on error
+        path = Path(folder) / f"weights{Path(weights_id).suffix}"
         path.write_bytes(data)
-    return str(path)
+        try:
+            return load_model(factory, weights=str(path))
+        except ModelLoadError as e:  # name the file as the user knows it, not by its temp path
+            raise ModelLoadError(str(e).replace(str(path), name)) from None
 
 
 # ---- pristine shared objects (cache_resource: never mutated) ---------------------------------------
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _loaded_model(model: str, dataset: str | None, factory: str | None, weights_path: str | None) -> LoadedModel:
+def _loaded_model(model: str, dataset: str | None, factory: str | None, weights_id: str | None) -> LoadedModel:
+    """A built-in model, or a bring-your-own one keyed on its weights' content id (the model is kept, not a file)."""
     if factory is None:
         return load_model(model, dataset=dataset)
-    return load_model(factory, weights=weights_path)
+    return _load_upload(factory, weights_id)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -122,7 +186,7 @@ def get_experiment(selection: Selection) -> Experiment:
         ModelLoadError, DatasetUnavailable, DeviceUnavailable: one line saying what is wrong.
     """
     loaded = _loaded_model(selection.model, None if selection.factory else selection.dataset,
-                           selection.factory, selection.weights_path)
+                           selection.factory, selection.weights_id)
     return Experiment(loaded, _dataset(selection.dataset), split="test", limit=selection.limit,
                       device=selection.device)
 
@@ -135,7 +199,11 @@ def compress(selection: Selection, config_json: str) -> CompressedModel:
 
 @st.cache_resource(show_spinner=False)
 def store() -> Store:
-    """The result store at its default path ($COMPRESSION_EXPLORER_STORE or the user cache dir)."""
+    """The result store at its default path ($COMPRESSION_EXPLORER_STORE or the user cache dir).
+
+    Raises:
+        StoreError: the file cannot be used (a directory, not SQLite, ...); one line saying what to do.
+    """
     return Store()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -190,9 +191,13 @@ def show_export(records: list[dict]) -> None:
 
 
 st.title("Runs")
-store = services.store()
+try:
+    store = services.store()
+    all_records = store.records()
+except (*services.USER_ERRORS, sqlite3.DatabaseError) as e:  # e.g. the store file was replaced by another file
+    st.error(f"The result store cannot be read: {services.error_line(e)}", icon=":material/error:")
+    st.stop()
 st.caption(f"Every result in the store ({store.path}), from sweeps here and from `python -m compression_core`.")
-all_records = store.records()
 if not all_records:
     st.info("No results stored yet — launch a sweep on the Sweep page.", icon=":material/history:")
     st.stop()

@@ -5,10 +5,15 @@ thread and writes each record to the store. This session's sweep is found again 
 `st.session_state["sweep_run"]` and in the URL (`?sweep_run=<id>`), so a reload re-attaches. A fragment polls
 the job once a second while it runs; the charts read the run's records from the store, so they fill in as
 configs finish.
+
+Only the session that launched a sweep holds its cancel token (session state, never the URL); another session
+sees the progress and can cancel only with that key. A sweep the server never finished shows
+"interrupted at k / n" and a Resume button that continues the same run.
 """
 from __future__ import annotations
 
 import dataclasses
+import secrets
 
 import streamlit as st
 
@@ -22,6 +27,8 @@ from dashboard.charts import sweep as sweep_charts
 from dashboard.charts.common import bits_label, option_label, percent_label
 
 RUN_KEY = "sweep_run"  # session state and URL parameter: the run id (= job id) this session is watching
+TOKENS_KEY = "sweep_tokens"  # session state only: {run id: cancel token} of the sweeps this session started
+OWNER_KEY = "sweep_owner"  # session state only: a random id of this browser session, for the sweep quotas
 BIT_CHOICES = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, "fp16", "bf16")
 GRID_QUANTIZERS = ("uniform", "kmeans", "pow2")
 MAX_CONFIGS = 400
@@ -98,6 +105,16 @@ def sweep_form(selection: frame.Selection) -> dict | None:
             "scope": scope, "full": subset == "full"}
 
 
+def _owner() -> str:
+    """This browser session's id for the per-session sweep quotas."""
+    return st.session_state.setdefault(OWNER_KEY, secrets.token_hex(8))
+
+
+def _remember(job: jobs.Job) -> None:
+    """Keep the job's cancel token in this session only."""
+    st.session_state[TOKENS_KEY] = {**st.session_state.get(TOKENS_KEY, {}), job.id: job.token}
+
+
 def launch(selection: frame.Selection, form: dict) -> str | None:
     """Start the sweep the form asked for; returns its run id, or None after explaining what is wrong."""
     if not form["bits"] or not form["quantizers"] or not form["methods"]:
@@ -125,16 +142,18 @@ def launch(selection: frame.Selection, form: dict) -> str | None:
             "dataset": selection.dataset, "fingerprint": experiment.loaded.fingerprint,
             "limit": experiment.limit, "grid": grid, "n_configs": len(configs)}
     try:
-        job = jobs.job_manager().start(experiment, configs, services.store(), label=label, meta=meta)
+        job = jobs.job_manager().start(experiment, configs, services.store(), label=label, meta=meta,
+                                       owner=_owner())
     except jobs.JobLimitError as e:
         st.error(str(e), icon=":material/hourglass_top:")
         return None
+    _remember(job)
     return job.id
 
 
 def _same_model(a: dict, selection: frame.Selection) -> bool:
-    return (a.get("model"), a.get("dataset"), a.get("factory"), a.get("weights_path")) == (
-        selection.model, selection.dataset, selection.factory, selection.weights_path)
+    return (a.get("model"), a.get("dataset"), a.get("factory"), a.get("weights_id")) == (
+        selection.model, selection.dataset, selection.factory, selection.weights_id)
 
 
 def attached_run(selection: frame.Selection) -> tuple[str, frame.Selection] | None:
@@ -164,11 +183,26 @@ def _duration(seconds: float | None) -> str:
     return f"about {seconds} s left" if seconds < 90 else f"about {seconds // 60} min {seconds % 60:02d} s left"
 
 
+def _cancel_with_key(job: jobs.Job, where) -> None:
+    """For a session that did not start the job: cancel only with the key the starting session shows."""
+    with where.popover("Cancel…", icon=":material/stop:"):
+        key = st.text_input("Cancel key", type="password", key="sweep_cancel_key",
+                            help="Shown to the session that launched this sweep.")
+        if st.button("Cancel this sweep", key="sweep_cancel_with_key"):
+            if jobs.job_manager().cancel(job.id, key):
+                _remember(job)
+            else:
+                st.error("That cancel key does not belong to this sweep.", icon=":material/error:")
+
+
 def show_progress(job: jobs.Job) -> None:
-    """Progress bar, 'n / N configs, ETA', the config in flight, and the Cancel button."""
+    """Progress bar, 'n / N configs, ETA', the config in flight, and Cancel (for the session holding the token)."""
+    token = st.session_state.get(TOKENS_KEY, {}).get(job.id)
     c = st.columns([6, 1], vertical_alignment="bottom")
-    if c[1].button("Cancel", key="sweep_cancel", icon=":material/stop:", disabled=job.status().cancel_requested):
-        job.cancel()
+    if token is None:
+        _cancel_with_key(job, c[1])
+    elif c[1].button("Cancel", key="sweep_cancel", icon=":material/stop:", disabled=job.status().cancel_requested):
+        jobs.job_manager().cancel(job.id, token)
     status = job.status()
     text = f"{status.done} / {status.total} configs · {_duration(status.eta_s)}"
     if status.cancel_requested:
@@ -176,6 +210,36 @@ def show_progress(job: jobs.Job) -> None:
     elif status.current:
         text += f" · now: {status.current}"
     c[0].progress(status.fraction, text=text)
+    if token is None:
+        st.caption("Started in another session: only that session, or whoever has its cancel key, can cancel it.")
+    else:
+        st.caption(f"Cancel key, to cancel from another tab or after a reload: `{token}`")
+    if status.warning:
+        st.warning(status.warning, icon=":material/warning:")
+
+
+def offer_resume(run_selection: frame.Selection, run_id: str, status: jobs.JobStatus | None) -> None:
+    """'Interrupted at k / n' and a Resume button that continues this run id, when the run stopped short."""
+    stopped = jobs.job_manager().interrupted(services.store(), run_id)
+    if stopped is None:
+        return
+    k, n = stopped
+    c = st.columns([6, 1], vertical_alignment="center")
+    if status is None:  # no job of this server: it stopped while the sweep ran
+        c[0].warning(f"This sweep was interrupted at {k} / {n} configs (the server stopped). Resume computes only "
+                     f"the {n - k} missing ones, in the same run.", icon=":material/running_with_errors:")
+    else:
+        c[0].caption(f"{k} / {n} configs are done; Resume computes the {n - k} missing ones in the same run.")
+    if not c[1].button("Resume", key="sweep_resume", icon=":material/play_arrow:"):
+        return
+    try:
+        job = jobs.job_manager().resume(services.get_experiment(run_selection), services.store(), run_id,
+                                        owner=_owner())
+    except (jobs.JobLimitError, ValueError, *services.USER_ERRORS) as e:
+        st.error(services.error_line(e), icon=":material/error:")
+        return
+    _remember(job)
+    st.rerun()
 
 
 def show_outcome(status: jobs.JobStatus) -> None:
@@ -188,6 +252,8 @@ def show_outcome(status: jobs.JobStatus) -> None:
     else:
         seconds = (status.finished_at or status.started_at) - status.started_at
         st.success(f"Sweep finished: {status.total} configs in {seconds:.0f} s.", icon=":material/check_circle:")
+    if status.warning:
+        st.warning(status.warning, icon=":material/warning:")
 
 
 def show_details(run_selection: frame.Selection, picked: list[dict]) -> None:
@@ -261,8 +327,10 @@ def results_panel(run_selection: frame.Selection, run_id: str, polling: bool) ->
         show_progress(job)
     elif polling:
         st.rerun()  # the job ended since the last poll: redraw the page without the timer
-    elif status is not None:
-        show_outcome(status)
+    else:
+        if status is not None:
+            show_outcome(status)
+        offer_resume(run_selection, run_id, status)
     records = services.store().records(run_id=run_id)
     if not records:
         st.info("Waiting for the first config to finish…" if status is not None and status.running
@@ -273,6 +341,11 @@ def results_panel(run_selection: frame.Selection, run_id: str, polling: bool) ->
 
 selection = frame.require_selection()
 st.title("Sweep")
+try:
+    services.store()
+except services.USER_ERRORS as e:
+    st.error(f"Sweeps need the result store: {services.error_line(e)}", icon=":material/error:")
+    st.stop()
 st.caption(f"{selection.label} — evaluate a grid of configs and find the best accuracy for each size.")
 submitted = sweep_form(selection)
 if submitted is not None:

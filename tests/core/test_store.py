@@ -1,4 +1,6 @@
-"""Store: round trip, WAL on disk, key semantics (limit None vs N), runs, threads and processes."""
+"""Store: round trip, WAL on disk, key semantics (limit None vs N), runs, threads and processes, open errors, claims."""
+import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -7,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from compression_core.store import ANY, Store, StoreError, default_store_path
+from compression_core.store import ANY, Store, StoreError, default_store_path, new_owner
 
 
 def rec(h: str, *, model="m", fp="f" * 16, dataset="digits", split="test", limit=None, acc=0.5, **extra) -> dict:
@@ -147,3 +149,75 @@ def test_two_processes_write_concurrently(tmp_path):
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     with Store(path) as s:
         assert s.count() == 120
+
+
+# ---- unusable files: one StoreError line naming the path and what to do ---------------------------
+def _one_line(error: pytest.ExceptionInfo) -> str:
+    text = str(error.value)
+    assert "\n" not in text and "Traceback" not in text
+    return text
+
+
+def test_directory_as_store_is_one_line(tmp_path):
+    with pytest.raises(StoreError) as e:
+        Store(tmp_path)
+    assert _one_line(e) == (f"result store {tmp_path} is a directory; give another path with --store or "
+                            f"$COMPRESSION_EXPLORER_STORE, e.g. {tmp_path}/runs.sqlite")
+
+
+def test_file_that_is_not_sqlite_is_one_line_and_left_alone(tmp_path):
+    junk = tmp_path / "notes.txt"
+    junk.write_bytes(b"these are my notes, not a database\n" * 50)
+    before = junk.read_bytes()
+    with pytest.raises(StoreError) as e:
+        Store(junk)
+    assert _one_line(e).startswith(f"result store {junk} is not a SQLite file;")
+    assert junk.read_bytes() == before
+
+
+def test_too_long_or_impossible_paths_are_one_line(tmp_path):
+    with pytest.raises(StoreError) as e:
+        Store(tmp_path / ("x" * 5000) / "runs.sqlite")
+    line = _one_line(e)
+    assert "cannot be created (file name too long)" in line and len(line) < 300
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(StoreError, match="cannot be created") as e:
+        Store(tmp_path / "file" / "runs.sqlite")
+    _one_line(e)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
+def test_read_only_store_stays_readable(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    with Store(path) as s:
+        s.put(rec("h1"))
+    path.chmod(0o444)
+    with Store(path) as s:
+        assert s.get(rec("h1"))["config_hash"] == "h1"
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            s.put(rec("h2"))
+
+
+# ---- claims ---------------------------------------------------------------------------------------
+def test_claim_is_exclusive_until_released_or_stored(store):
+    me, other = new_owner(), new_owner()
+    assert store.claim(rec("h1"), me) and store.claim(rec("h1"), me)  # re-claiming renews
+    assert not store.claim(rec("h1"), other)
+    assert store.claim_owner(rec("h1")) == me and store.claim_owner(rec("h2")) is None
+    assert store.renew_claims(me) == 1 and store.release_claims(me) == 1
+    assert store.claim(rec("h1"), other) and store.claim_owner(rec("h1")) == other
+    store.put(rec("h1"))  # computed: the claim goes, and nobody may claim a stored config
+    assert store.claim_owner(rec("h1")) is None and not store.claim(rec("h1"), me)
+
+
+def test_expired_claim_and_dead_owner_are_free(store):
+    holder = new_owner()
+    assert store.claim(rec("h1"), holder, ttl_s=0.0)
+    assert store.claim_owner(rec("h1")) is None and store.claim(rec("h1"), new_owner())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_owner = f"{socket.gethostname()}:{int(dead.stdout)}:deadbeef"  # that process has exited
+    assert store.claim(rec("h2"), dead_owner, ttl_s=3600)
+    assert store.claim_owner(rec("h2")) is None  # not alive, although its claim has an hour left
+    assert store.claim(rec("h2"), holder)
+    far = f"elsewhere.example:{os.getpid()}:cafe"  # another machine: only the expiry counts
+    assert store.claim(rec("h3"), far, ttl_s=3600) and not store.claim(rec("h3"), holder)

@@ -1,5 +1,6 @@
-"""Sweep: grid expansion, streaming into the store, progress, cancel, and resume after a real SIGKILL."""
+"""Sweep: grid expansion, streaming into the store, progress, cancel, resume after a real SIGKILL, claims, store failures."""
 import json
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from compression_core.config import CompressionConfig, ConfigError, LayerOverride, PruneSpec, QuantSpec
-from compression_core.store import Store
+from compression_core.store import Store, new_owner
 from compression_core.sweep import SerialExecutor, expand_grid, sweep
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -201,3 +202,84 @@ def test_cli_sweep_survives_sigkill(tmp_path):
     assert {h: after[h] for h in before} == before  # stored configs were not recomputed ...
     assert {r["config_hash"] for r in records if r["cached"]} == set(before)  # ... but returned from the store
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in records)
+
+
+# ---- nothing computed is lost: a store that cannot be written ---------------------------------------
+def test_store_write_failure_returns_every_record_and_warns_once(tmp_path):
+    path = tmp_path / "s.sqlite"
+    Store(path).close()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock for longer than our timeout
+    try:
+        store = Store(path, timeout_s=0.2)
+        warnings, exp = [], FakeExperiment()
+        records = sweep(exp, grid(), store=store, on_warning=warnings.append)
+    finally:
+        blocker.execute("ROLLBACK")
+    assert len(records) == 12 and len(exp.calls) == 12 and not any(r["cached"] for r in records)
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"warning: the result store {path} cannot be written (database is locked);")
+    assert store.count() == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
+def test_read_only_store_returns_records_and_warns_once(tmp_path):
+    path = tmp_path / "s.sqlite"
+    Store(path).close()
+    path.chmod(0o444)
+    warnings = []
+    records = sweep(FakeExperiment(), grid(), store=Store(path), on_warning=warnings.append)
+    assert len(records) == 12 and len(warnings) == 1 and "cannot be written" in warnings[0]
+
+
+# ---- concurrency: claims in the store --------------------------------------------------------------
+def test_config_claimed_by_a_live_owner_is_awaited_not_recomputed(tmp_path, monkeypatch):
+    monkeypatch.setattr("compression_core.sweep.POLL_S", 0.01)
+    store = Store(tmp_path / "s.sqlite")
+    configs = grid()[:3]
+    exp = FakeExperiment()
+    other = new_owner()
+    assert store.claim(exp.key(configs[1]), other)  # another process is computing config 1
+    finisher = threading.Timer(0.3, lambda: store.put(FakeExperiment().run(configs[1])))
+    finisher.start()
+    records = sweep(exp, configs, store=store)
+    finisher.join()
+    assert exp.calls == [configs[0].config_hash, configs[2].config_hash]
+    assert [r["config_hash"] for r in records] == [c.config_hash for c in configs]
+    assert [r["cached"] for r in records] == [False, True, False]
+    assert store.claim_owner(exp.key(configs[0])) is None  # this sweep's claims are released
+
+
+class SlowExperiment(FakeExperiment):
+    def run(self, config):
+        time.sleep(0.05)
+        return super().run(config)
+
+
+def _sweep_process(path: str, lo: int, hi: int, barrier, results) -> None:
+    configs = expand_grid(CompressionConfig(), bits=[2, 3, 4, 5, 6, 8], sparsity=[0, 0.5, 0.9])[lo:hi]
+    exp = SlowExperiment()
+    barrier.wait(60)
+    records = sweep(exp, configs, store=Store(path))
+    results.put((lo, exp.calls, [r["config_hash"] for r in records]))
+
+
+def test_two_processes_with_overlapping_grids_compute_each_config_once(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    Store(path).close()
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_sweep_process, args=(path, lo, lo + 12, barrier, results)) for lo in (0, 6)]
+    for p in procs:
+        p.start()
+    out = {lo: (calls, hashes) for lo, calls, hashes in (results.get(timeout=120) for _ in procs)}
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    every = [c.config_hash for c in expand_grid(CompressionConfig(), bits=[2, 3, 4, 5, 6, 8], sparsity=[0, 0.5, 0.9])]
+    calls = out[0][0] + out[6][0]
+    assert sorted(calls) == sorted(every)  # 18 configs, each computed exactly once across both processes
+    assert out[0][0] and out[6][0]  # both did part of the work
+    assert out[0][1] == every[:12] and out[6][1] == every[6:]  # each got its whole grid back
+    with Store(path) as s:
+        assert s.count() == 18

@@ -1,4 +1,5 @@
-"""The frame: every page loads, the sidebar reads the URL, and bad uploads show one error while the app lives on."""
+"""The frame: every page loads, the sidebar reads the URL, bad uploads show one error while the app lives on,
+uploaded files leave no trace on disk, and a session's uploads are capped."""
 import io
 import os
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
-from dashboard import frame
+from dashboard import frame, services
 from tests.core.byo_model import tiny_mlp
 
 PAGES = ("explore", "sweep", "layers", "runs", "learn")
@@ -31,7 +32,7 @@ def test_sidebar_reads_the_url_and_stores_a_plain_selection(make_app, no_excepti
     assert at.number_input(key="limit").value == 200
     stored = at.session_state["selection"]
     assert stored == {"model": "digits-cnn", "dataset": "digits", "device": "cpu", "limit": 200, "factory": None,
-                      "weights_path": None}
+                      "weights_id": None}
     assert any("Running on **cpu**" in c.value for c in at.sidebar.caption)
     assert any(c.value.startswith("fp32 accuracy:") for c in at.sidebar.caption)
 
@@ -58,8 +59,8 @@ def _bring_your_own(at, filename: str, data: bytes):
     return at
 
 
-def _state_dict_bytes() -> bytes:
-    torch.manual_seed(0)
+def _state_dict_bytes(seed: int = 0) -> bytes:
+    torch.manual_seed(seed)
     return save_safetensors({k: v.contiguous() for k, v in tiny_mlp().state_dict().items()})
 
 
@@ -70,7 +71,7 @@ def test_bring_your_own_model_offers_only_compatible_datasets(make_app, no_excep
     assert at.selectbox(key="dataset").options == ["digits"]  # 64 inputs: only 8x8 digits fits
     selection = at.session_state["selection"]
     assert selection["model"] == BYO_FACTORY and selection["factory"] == BYO_FACTORY
-    assert os.path.isfile(selection["weights_path"])
+    assert selection["weights_id"].endswith(".safetensors") and len(selection["weights_id"]) == 24 + 12
     assert metric_value(at, "Accuracy").endswith("%")
 
 
@@ -106,3 +107,65 @@ def test_malicious_pickle_is_refused_without_running_it(make_app, no_exception, 
     assert "evil.pt" in at.error[0].value and "could run code" in at.error[0].value
     assert not marker.exists()
     assert at.session_state["selection"] is None
+
+
+@pytest.fixture
+def loaded_files(monkeypatch, tmp_path):
+    """Uploads go to a private folder; returns the list of (path, existed, size) load_model was given."""
+    monkeypatch.setattr(services, "UPLOAD_DIR", tmp_path / "uploads")
+    seen = []
+    real = services.load_model
+
+    def spy(spec, **kwargs):
+        path = kwargs.get("weights")
+        if path is not None:
+            seen.append((path, os.path.isfile(path), os.path.getsize(path)))
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(services, "load_model", spy)
+    return seen
+
+
+def _files_under(folder) -> list:
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+def test_uploaded_weights_are_deleted_once_loaded(make_app, no_exception, metric_value, loaded_files, tmp_path):
+    data = _state_dict_bytes(seed=11)  # bytes no other test uploads, so the model cache cannot answer
+    at = _bring_your_own(make_app(), "mine.safetensors", data)
+    no_exception(at)
+    assert not at.error and metric_value(at, "Accuracy").endswith("%")
+    ((path, existed, size),) = loaded_files  # loaded once, from a real file of the uploaded size
+    assert existed and size == len(data)
+    assert not os.path.exists(path) and _files_under(tmp_path / "uploads") == []
+    at.number_input(key="limit").set_value(300).run()
+    no_exception(at)
+    assert len(loaded_files) == 1 and not at.error  # the cached model serves the rerun; no file reappears
+    assert _files_under(tmp_path / "uploads") == []
+
+
+def test_refused_pickle_is_deleted_at_once(make_app, no_exception, loaded_files, tmp_path):
+    buffer = io.BytesIO()
+    torch.save({"fc.weight": _RunsCode(str(tmp_path / "pwned"))}, buffer)
+    at = _bring_your_own(make_app(), "evil2.pt", buffer.getvalue())
+    no_exception(at)
+    assert len(at.error) == 1 and "evil2.pt" in at.error[0].value and "could run code" in at.error[0].value
+    assert loaded_files and all(existed for _, existed, _ in loaded_files)
+    assert not any(os.path.exists(path) for path, _, _ in loaded_files)
+    assert _files_under(tmp_path / "uploads") == [] and not (tmp_path / "pwned").exists()
+
+
+def test_upload_quota_per_session_names_the_limit(monkeypatch):
+    monkeypatch.setattr(services, "MAX_UPLOADS_PER_SESSION", 2)
+    monkeypatch.setattr(services, "MAX_UPLOAD_BYTES_PER_SESSION", 100)
+    mine: dict = {}
+    first = services.save_upload("a.pt", b"x" * 40, mine)
+    assert services.save_upload("a.pt", b"x" * 40, mine) == first  # the same file again costs nothing
+    with pytest.raises(services.ModelLoadError, match=r"c.pt \(0.0 MiB\) would take this session's uploads past"):
+        services.save_upload("c.pt", b"y" * 61, mine)
+    services.save_upload("b.pt", b"z" * 60, mine)
+    with pytest.raises(services.ModelLoadError, match="has uploaded 2 weight files, the limit is 2"):
+        services.save_upload("d.pt", b"w", mine)
+    assert services.save_upload("d.pt", b"w", {}) != first  # another session has its own quota
+    with pytest.raises(services.ModelLoadError, match="must end in .safetensors, .pt, .pth"):
+        services.save_upload("notes.txt", b"w", {})

@@ -1,4 +1,4 @@
-"""Background sweep jobs: they run off the calling thread, report progress, stop on cancel, store every record."""
+"""Background sweep jobs: off the calling thread, progress, cancel by token only, quotas, resume, every record stored."""
 from __future__ import annotations
 
 import threading
@@ -65,7 +65,8 @@ def test_job_runs_in_background_and_stores_every_record(store):
     assert status.fraction == 1.0 and status.finished_at >= status.started_at
     assert {r["config_hash"] for r in store.records(run_id=job.id)} == {c.config_hash for c in CONFIGS}
     run = next(r for r in store.runs() if r["run_id"] == job.id)
-    assert (run["label"], run["meta"], run["n_records"]) == ("all", {"model": "gated"}, 8)
+    assert (run["label"], run["meta"]["model"], run["n_records"]) == ("all", "gated", 8)
+    assert [CompressionConfig.from_dict(d) for d in run["meta"]["configs"]] == CONFIGS  # the grid, to resume from
     assert manager.get(job.id) is job and manager.get("nope") is None and manager.get(None) is None
 
 
@@ -74,7 +75,8 @@ def test_cancel_stops_after_the_config_in_flight(store):
     job = jobs.JobManager().start(exp, CONFIGS, store, label="cancel me")
     exp.gates[0].set()
     assert exp.started[1].wait(10)
-    job.cancel()
+    assert not job.cancel(None) and not job.cancel("guess") and not job.status().cancel_requested
+    assert job.cancel(job.token)
     assert job.status().cancel_requested and job.status().running
     exp.gates[1].set()  # the config in flight finishes and is kept
     assert job.join(30)
@@ -114,7 +116,7 @@ def test_running_limit(store):
     job = manager.start(exp_a, CONFIGS, store, label="a")
     with pytest.raises(jobs.JobLimitError, match="limit is 1"):
         manager.start(exp_b, CONFIGS, store, label="b")
-    job.cancel()
+    assert job.cancel(job.token)
     for gate in exp_a.gates:
         gate.set()
     assert job.join(30)
@@ -140,3 +142,81 @@ def test_finished_jobs_beyond_max_kept_are_forgotten(store):
 
 def test_job_manager_is_one_per_process():
     assert jobs.job_manager() is jobs.job_manager()
+
+
+def open_all(exp: GatedExperiment) -> GatedExperiment:
+    for gate in exp.gates:
+        gate.set()
+    return exp
+
+
+def test_only_the_token_cancels_through_the_manager(store):
+    exp = GatedExperiment()
+    manager = jobs.JobManager()
+    job = manager.start(exp, CONFIGS, store, label="mine", owner="session-a")
+    assert len(job.token) >= 20 and job.token not in job.id
+    assert not manager.cancel(job.id, None) and not manager.cancel(job.id, "")
+    assert not manager.cancel(job.id, job.id)  # knowing the run id (the URL) is not enough
+    assert not manager.cancel("unknown", job.token)
+    assert not job.status().cancel_requested
+    assert manager.cancel(job.id, job.token) and job.status().cancel_requested
+    open_all(exp)
+    assert job.join(30) and job.status().state == jobs.CANCELLED
+    assert not manager.cancel(job.id, job.token)  # nothing left to cancel
+
+
+def test_session_quotas_name_their_limit(store):
+    manager = jobs.JobManager(max_running=4, max_configs_per_hour=10)
+    first = GatedExperiment()
+    job = manager.start(first, CONFIGS, store, label="a1", owner="a")
+    with pytest.raises(jobs.JobLimitError, match=r"you already have 1 sweep running \(the limit is 1 per session\)"):
+        manager.start(GatedExperiment(), CONFIGS, store, label="a2", owner="a")
+    other = manager.start(open_all(GatedExperiment()), expand_grid(bits=7), store, label="b", owner="b")  # a session
+    assert other.join(30)
+    open_all(first)
+    assert job.join(30)
+    more = expand_grid(bits=[3, 5, 6], sparsity=[0.0, 0.9])  # 6 configs not in the store; 8 + 6 > 10
+    with pytest.raises(jobs.JobLimitError, match=r"needs 6 new configs .* started 8 in the last hour "
+                                                  r"\(the limit is 10 per hour\)"):
+        manager.start(GatedExperiment(), more, store, label="a3", owner="a")
+    again = manager.start(GatedExperiment(), CONFIGS, store, label="a4", owner="a")  # all stored: costs nothing
+    assert again.join(30) and again.status().done == 8
+
+
+def test_interrupted_run_resumes_under_the_same_id(store):
+    exp = GatedExperiment()
+    old_server = jobs.JobManager()
+    job = old_server.start(exp, CONFIGS, store, label="grid", owner="a")
+    for i in range(3):
+        exp.gates[i].set()
+    assert exp.started[3].wait(10)
+    assert job.cancel(job.token)
+    exp.gates[3].set()
+    assert job.join(30) and store.count(run_id=job.id) == 4
+
+    new_server = jobs.JobManager()  # the server restarted: no job, only the store
+    assert new_server.get(job.id) is None
+    assert new_server.interrupted(store, job.id) == (4, 8)
+    again = open_all(GatedExperiment())
+    resumed = new_server.resume(again, store, job.id, owner="b")
+    assert resumed.id == job.id and resumed.join(30)
+    assert len(again.threads) == 4  # only the 4 missing configs ran
+    assert resumed.status().done == 8 and resumed.status().total == 8
+    assert [r["run_id"] for r in store.runs()] == [job.id] and store.count(run_id=job.id) == 8
+    assert new_server.interrupted(store, job.id) is None
+    for meta in ({}, {"argv": ["sweep"], "configs": 12}):  # runs the CLI made keep no grid
+        cli_run = store.new_run("cli sweep", meta)
+        assert new_server.interrupted(store, cli_run) is None
+        with pytest.raises(ValueError, match="no stored grid"):
+            new_server.resume(again, store, cli_run)
+
+
+def test_a_running_sweep_is_not_resumed_twice(store):
+    exp = GatedExperiment()
+    manager = jobs.JobManager()
+    job = manager.start(exp, CONFIGS, store, label="grid", owner="a")
+    assert manager.interrupted(store, job.id) is None  # running, not interrupted
+    with pytest.raises(jobs.JobLimitError, match="already running"):
+        manager.resume(GatedExperiment(), store, job.id, owner="b")
+    open_all(exp)
+    assert job.join(30)

@@ -15,7 +15,7 @@ from compression_core.experiment import Experiment
 from compression_core.models import load_model
 from compression_core.pareto import pareto_front, staircase
 from compression_core.store import Store
-from compression_core.sweep import expand_grid
+from compression_core.sweep import expand_grid, sweep
 from dashboard import jobs
 from dashboard.frame import Selection
 from tests.dashboard.conftest import decode_figure
@@ -206,19 +206,28 @@ def test_progress_and_cancel_on_the_page(make_app, no_exception):
     real = Experiment(load_model("digits-cnn"), load_dataset("digits"), limit=selection.limit, device="cpu")
     configs = expand_grid(bits=[3, 5, 6, 7], sparsity=[0.0, 0.2])
     gated = GatedExperiment(real, len(configs))
-    job = jobs.job_manager().start(gated, configs, Store(), label="gated",
+    job = jobs.job_manager().start(gated, configs, Store(), label="gated", owner="someone else",
                                    meta={"selection": dataclasses.asdict(selection)})
     gated.gates[0].set()
     assert gated.started[1].wait(60)
 
-    at = make_app("sweep", sweep_run=job.id)  # a reload of the page while the job runs
+    at = make_app("sweep", sweep_run=job.id)  # another session, or a reload: it has the run id, not the token
     no_exception(at)
     (bar,) = at.get("progress")
     assert f"1 / {len(configs)} configs" in bar.proto.text
     assert bar.proto.value == round(100 / len(configs))
     assert sum(len(t["x"]) for t in traces(at, "sweep_pareto", "configs")) == 1  # the finished config streams in
+    assert not [b for b in at.button if b.key == "sweep_cancel"]  # the run id alone cannot cancel
+    assert any("only that session, or whoever has its cancel key" in c.value for c in at.caption)
 
-    at.button(key="sweep_cancel").click().run()
+    at.text_input(key="sweep_cancel_key").input(job.id).run()  # guessing with the run id
+    at.button(key="sweep_cancel_with_key").click().run()
+    no_exception(at)
+    assert any("does not belong to this sweep" in e.value for e in at.error)
+    assert not job.status().cancel_requested
+
+    at.text_input(key="sweep_cancel_key").input(job.token).run()  # the key the starting session was shown
+    at.button(key="sweep_cancel_with_key").click().run()
     no_exception(at)
     assert job.status().cancel_requested
     gated.gates[1].set()
@@ -227,3 +236,41 @@ def test_progress_and_cancel_on_the_page(make_app, no_exception):
     assert not at.get("progress")
     assert any("Cancelled after 2 of" in w.value for w in at.warning)
     assert sum(len(t["x"]) for t in traces(at, "sweep_pareto", "configs")) == 2
+
+
+def test_launching_session_holds_the_token(make_app, no_exception):
+    at = launch(make_app("sweep"), bits=[3], span=(0.0, 0.0))
+    no_exception(at)
+    run_id = at.session_state["sweep_run"]
+    job = jobs.job_manager().get(run_id)
+    assert at.session_state["sweep_tokens"] == {run_id: job.token}  # in session state only
+    assert job.token not in str(at.query_params) and job.owner == at.session_state["sweep_owner"]
+    assert job.join(120)
+
+
+def test_interrupted_sweep_resumes_the_same_run(make_app, no_exception):
+    selection = Selection(model="digits-cnn", dataset="digits", device="cpu", limit=1000)
+    real = Experiment(load_model("digits-cnn"), load_dataset("digits"), limit=selection.limit, device="cpu")
+    configs = expand_grid(bits=[3, 5], sparsity=[0.0, 0.3])
+    store = Store()
+    label = "interrupted digits sweep"
+    run_id = store.new_run(label, {"selection": dataclasses.asdict(selection),
+                                   "configs": [c.to_dict() for c in configs]})
+    sweep(real, configs[:2], store=store, run_id=run_id)  # then the server died: no job, 2 of 4 stored
+    before = {r["config_hash"]: r["created_at"] for r in store.records(run_id=run_id)}
+
+    at = make_app("sweep", sweep_run=run_id)
+    no_exception(at)
+    assert any("interrupted at 2 / 4 configs" in w.value for w in at.warning)
+    at.button(key="sweep_resume").click().run()
+    no_exception(at)
+    job = jobs.job_manager().get(run_id)
+    assert job is not None and job.id == run_id and job.join(120)
+    at.run()
+    no_exception(at)
+    assert not any("interrupted" in w.value for w in at.warning)
+    assert [r["label"] for r in store.runs()].count(label) == 1  # one run, not a second with the same label
+    assert store.count(run_id=run_id) == 4
+    after = {r["config_hash"]: r["created_at"] for r in store.records(run_id=run_id)}
+    assert {h: after[h] for h in before} == before  # the stored configs were not recomputed
+    assert sum(len(t["x"]) for t in traces(at, "sweep_pareto", "configs")) == 4

@@ -5,6 +5,11 @@ and a killed writer loses at most the transaction in flight. Records are kept as
 produced. Sweeps group their records into *runs* (a run id + a label); a record can belong to several runs
 (a resumed or repeated sweep reuses stored records), which is what lets the Runs page overlay two runs.
 
+Versions. Each record carries the `engine_version` that computed it (also a column); `get` serves only records
+of this engine's version, so an upgrade recomputes instead of reusing old numbers (older records stay listed).
+The file's schema version is `PRAGMA user_version` (0 with tables = version 1, before versioning); opening an
+older store migrates it in place, and a store written by a newer build is opened read-only and never rewritten.
+
 Example:
     >>> store = Store(tmp_path / "runs.sqlite")
     >>> store.put(record)                      # upsert by key
@@ -21,14 +26,20 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import platformdirs
 
+from ._version import __version__
+from .record import RECORD_FIELDS
+
 ENV_VAR = "COMPRESSION_EXPLORER_STORE"
 KEY_FIELDS = ("fingerprint", "dataset", "split", "limit", "config_hash")
 FULL_SPLIT = -1  # stored in the `limit_n` column when the whole split was evaluated (limit None)
+SCHEMA_VERSION = 2  # the `PRAGMA user_version` this build reads and writes
+UNKNOWN_ENGINE = "unknown"  # engine_version of records stored before records carried one
+TRANSIENT_FIELDS = tuple(f.name for f in RECORD_FIELDS if f.added_by)  # added after the run; not stored
 
 
 class StoreError(ValueError):
@@ -44,6 +55,7 @@ class _Any:
 
 ANY = _Any()
 
+# Version 1's tables, created on every open (idempotent). Existing tables change only through _MIGRATIONS.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     fingerprint TEXT NOT NULL,
@@ -74,7 +86,15 @@ CREATE TABLE IF NOT EXISTS run_members (
     PRIMARY KEY (run_id, fingerprint, dataset, split, limit_n, config_hash)
 );
 """
+# (version, statements): each entry upgrades a store of the version before it; applied in order, in one transaction
+_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (2, (f"ALTER TABLE records ADD COLUMN engine_version TEXT NOT NULL DEFAULT '{UNKNOWN_ENGINE}'",
+         "UPDATE records SET engine_version = "
+         f"COALESCE(CAST(json_extract(record, '$.engine_version') AS TEXT), '{UNKNOWN_ENGINE}')",
+         "CREATE INDEX IF NOT EXISTS records_by_engine ON records (engine_version)")),
+)
 _KEY_COLS = "fingerprint, dataset, split, limit_n, config_hash"
+_HIT = f"({_KEY_COLS}) = (?,?,?,?,?) AND engine_version = ?"  # a cache hit: same key, this engine's version
 
 
 def _cols(alias: str) -> str:
@@ -100,10 +120,31 @@ def _key_tuple(key: dict) -> tuple:
             FULL_SPLIT if limit is None else int(limit), str(key["config_hash"]))
 
 
-def _row_record(record_json: str, created_at: float) -> dict:
+def _row_record(record_json: str, created_at: float, engine_version: str) -> dict:
     record = json.loads(record_json)
     record["created_at"] = created_at
+    record["engine_version"] = engine_version  # the column: 'unknown' for records stored before versions
     return record
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    """The store's schema version; 0 (never set) means version 1, from before the schema was versioned."""
+    return max(conn.execute("PRAGMA user_version").fetchone()[0], 1)
+
+
+def _newer_schema(path: Path) -> str | None:
+    """The one-line refusal when the file at `path` has a schema newer than this build's, else None.
+
+    Read through a read-only connection, so a newer store is not touched.
+    """
+    if not path.exists():
+        return None
+    with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        version = _schema_version(conn)
+    if version <= SCHEMA_VERSION:
+        return None
+    return (f"store {path} was written by a newer Compression Explorer (schema {version}; this build reads "
+            f"≤ {SCHEMA_VERSION}); upgrade or use another --store")
 
 
 def _retry_locked(operation, timeout_s: float):
@@ -127,12 +168,19 @@ class Store:
     One connection is shared by all threads of a process behind a lock (SQLite calls are short); other
     processes are coordinated by SQLite itself (WAL, `busy_timeout`, `BEGIN IMMEDIATE` for writes).
     Records returned by the store carry an extra `created_at` (Unix seconds of the last `put`).
+    `read_only` is the one-line refusal when the file's schema is newer than this build (reads work, every
+    write raises StoreError with it), else None.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, timeout_s: float = 30.0) -> None:
         self.path = Path(path).expanduser() if path is not None else default_store_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self.read_only = _newer_schema(self.path)
+        if self.read_only:
+            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout_s,
+                                         isolation_level=None, check_same_thread=False)
+            return
         # isolation_level=None: we issue BEGIN ourselves, so write transactions take the lock up front
         self._conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
         self._conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
@@ -143,11 +191,26 @@ class Store:
         self._conn.execute("PRAGMA foreign_keys = ON")
         with self._lock:
             _retry_locked(lambda: self._conn.executescript(_SCHEMA), timeout_s)  # idempotent
+            if _schema_version(self._conn) < SCHEMA_VERSION:
+                _retry_locked(self._migrate, timeout_s)
 
     # ---- plumbing ---------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        """Upgrade an older store to SCHEMA_VERSION in place; one transaction, so concurrent openers wait."""
+        with self._write() as c:
+            version = _schema_version(c)  # read again under the write lock: another process may have migrated
+            for target, statements in _MIGRATIONS:
+                if version < target <= SCHEMA_VERSION:
+                    for sql in statements:
+                        c.execute(sql)
+            if version < SCHEMA_VERSION:
+                c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE write transaction under the thread lock: committed on success, rolled back on error."""
+        if self.read_only:
+            raise StoreError(self.read_only)
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -176,31 +239,36 @@ class Store:
         """Insert or replace `record` (keyed by its fingerprint/dataset/split/limit/config_hash).
 
         Args:
-            record: an engine record; must contain the key fields and `model`. A `cached` or `created_at`
-                field is not stored.
+            record: an engine record; must contain the key fields and `model`. Fields added after the run
+                (`cached`, `created_at`: `record.TRANSIENT_FIELDS`) are not stored; a record without
+                `engine_version` is stored as 'unknown' and is then never a cache hit.
             run_id: also add the record to this run (see `new_run`).
         """
         key = _key_tuple(record)
         if "model" not in record:
             raise StoreError("record lacks field model")
-        body = {k: v for k, v in record.items() if k not in ("cached", "created_at")}
+        body = {k: v for k, v in record.items() if k not in TRANSIENT_FIELDS}
+        engine = str(record.get("engine_version", UNKNOWN_ENGINE))
         now = time.time()
         with self._write() as c:
             c.execute(
-                f"INSERT OR REPLACE INTO records ({_KEY_COLS}, model, created_at, record) VALUES (?,?,?,?,?,?,?,?)",
-                key + (str(record["model"]), now, json.dumps(body, sort_keys=True)),
+                f"INSERT OR REPLACE INTO records ({_KEY_COLS}, model, created_at, engine_version, record) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                key + (str(record["model"]), now, engine, json.dumps(body, sort_keys=True)),
             )
             if run_id is not None:
                 self._add_member(c, run_id, key, now)
 
     def get(self, key: dict) -> dict | None:
-        """The stored record for `key` (a dict with fingerprint, dataset, split, limit, config_hash) or None."""
-        rows = self._query(
-            f"SELECT record, created_at FROM records WHERE ({_KEY_COLS}) = (?,?,?,?,?)", _key_tuple(key))
+        """The cache lookup: the stored record for `key` (a dict with fingerprint, dataset, split, limit,
+        config_hash) computed by this engine version, or None (a record of another version is not a hit)."""
+        rows = self._query(f"SELECT record, created_at, engine_version FROM records WHERE {_HIT}",
+                           _key_tuple(key) + (__version__,))
         return _row_record(*rows[0]) if rows else None
 
     def __contains__(self, key: dict) -> bool:
-        return bool(self._query(f"SELECT 1 FROM records WHERE ({_KEY_COLS}) = (?,?,?,?,?)", _key_tuple(key)))
+        """Whether `get(key)` finds a record."""
+        return bool(self._query(f"SELECT 1 FROM records WHERE {_HIT}", _key_tuple(key) + (__version__,)))
 
     def delete(self, key: dict) -> bool:
         """Remove the record for `key` (and its run memberships). Returns whether a row existed."""
@@ -227,7 +295,7 @@ class Store:
 
     def records(self, model: str | None = None, dataset: str | None = None, split: str | None = None,
                 limit=ANY, *, fingerprint: str | None = None, run_id: str | None = None) -> list[dict]:
-        """Stored records, oldest first, filtered by any of the arguments.
+        """Stored records of any engine version (each carries its `engine_version`), oldest first, filtered.
 
         Args:
             model, dataset, split, fingerprint: exact matches; None = any.
@@ -235,8 +303,8 @@ class Store:
             run_id: only records that belong to this run.
         """
         where, params = self._where(model, dataset, split, limit, fingerprint, run_id)
-        rows = self._query(f"SELECT r.record, r.created_at FROM records r {where} ORDER BY r.created_at, r.rowid",
-                           params)
+        rows = self._query(f"SELECT r.record, r.created_at, r.engine_version FROM records r {where} "
+                           "ORDER BY r.created_at, r.rowid", params)
         return [_row_record(*row) for row in rows]
 
     def keys(self, model: str | None = None, dataset: str | None = None, split: str | None = None,

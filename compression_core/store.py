@@ -26,19 +26,18 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import platformdirs
 
 from ._version import __version__
 from .record import RECORD_FIELDS
+from .store_schema import SCHEMA_VERSION, UNKNOWN_ENGINE, migrate, newer_schema, read_only_uri, schema_version
 
 ENV_VAR = "COMPRESSION_EXPLORER_STORE"
 KEY_FIELDS = ("fingerprint", "dataset", "split", "limit", "config_hash")
 FULL_SPLIT = -1  # stored in the `limit_n` column when the whole split was evaluated (limit None)
-SCHEMA_VERSION = 2  # the `PRAGMA user_version` this build reads and writes
-UNKNOWN_ENGINE = "unknown"  # engine_version of records stored before records carried one
 TRANSIENT_FIELDS = tuple(f.name for f in RECORD_FIELDS if f.added_by)  # added after the run; not stored
 
 
@@ -55,7 +54,7 @@ class _Any:
 
 ANY = _Any()
 
-# Version 1's tables, created on every open (idempotent). Existing tables change only through _MIGRATIONS.
+# Version 1's tables, created on every open (idempotent); changes to existing tables go in store_schema.MIGRATIONS
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     fingerprint TEXT NOT NULL,
@@ -86,13 +85,6 @@ CREATE TABLE IF NOT EXISTS run_members (
     PRIMARY KEY (run_id, fingerprint, dataset, split, limit_n, config_hash)
 );
 """
-# (version, statements): each entry upgrades a store of the version before it; applied in order, in one transaction
-_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (2, (f"ALTER TABLE records ADD COLUMN engine_version TEXT NOT NULL DEFAULT '{UNKNOWN_ENGINE}'",
-         "UPDATE records SET engine_version = "
-         f"COALESCE(CAST(json_extract(record, '$.engine_version') AS TEXT), '{UNKNOWN_ENGINE}')",
-         "CREATE INDEX IF NOT EXISTS records_by_engine ON records (engine_version)")),
-)
 _KEY_COLS = "fingerprint, dataset, split, limit_n, config_hash"
 _HIT = f"({_KEY_COLS}) = (?,?,?,?,?) AND engine_version = ?"  # a cache hit: same key, this engine's version
 
@@ -127,26 +119,6 @@ def _row_record(record_json: str, created_at: float, engine_version: str) -> dic
     return record
 
 
-def _schema_version(conn: sqlite3.Connection) -> int:
-    """The store's schema version; 0 (never set) means version 1, from before the schema was versioned."""
-    return max(conn.execute("PRAGMA user_version").fetchone()[0], 1)
-
-
-def _newer_schema(path: Path) -> str | None:
-    """The one-line refusal when the file at `path` has a schema newer than this build's, else None.
-
-    Read through a read-only connection, so a newer store is not touched.
-    """
-    if not path.exists():
-        return None
-    with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-        version = _schema_version(conn)
-    if version <= SCHEMA_VERSION:
-        return None
-    return (f"store {path} was written by a newer Compression Explorer (schema {version}; this build reads "
-            f"≤ {SCHEMA_VERSION}); upgrade or use another --store")
-
-
 def _retry_locked(operation, timeout_s: float):
     """Run `operation`, retrying while SQLite says the database is locked, for at most `timeout_s` seconds."""
     deadline = time.monotonic() + timeout_s
@@ -176,9 +148,9 @@ class Store:
         self.path = Path(path).expanduser() if path is not None else default_store_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self.read_only = _newer_schema(self.path)
+        self.read_only = newer_schema(self.path)
         if self.read_only:
-            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout_s,
+            self._conn = sqlite3.connect(read_only_uri(self.path), uri=True, timeout=timeout_s,
                                          isolation_level=None, check_same_thread=False)
             return
         # isolation_level=None: we issue BEGIN ourselves, so write transactions take the lock up front
@@ -191,20 +163,14 @@ class Store:
         self._conn.execute("PRAGMA foreign_keys = ON")
         with self._lock:
             _retry_locked(lambda: self._conn.executescript(_SCHEMA), timeout_s)  # idempotent
-            if _schema_version(self._conn) < SCHEMA_VERSION:
+            if schema_version(self._conn) < SCHEMA_VERSION:
                 _retry_locked(self._migrate, timeout_s)
 
     # ---- plumbing ---------------------------------------------------------------------------------
     def _migrate(self) -> None:
-        """Upgrade an older store to SCHEMA_VERSION in place; one transaction, so concurrent openers wait."""
+        """Upgrade an older store in place, in one write transaction, so concurrent openers migrate it once."""
         with self._write() as c:
-            version = _schema_version(c)  # read again under the write lock: another process may have migrated
-            for target, statements in _MIGRATIONS:
-                if version < target <= SCHEMA_VERSION:
-                    for sql in statements:
-                        c.execute(sql)
-            if version < SCHEMA_VERSION:
-                c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            migrate(c)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

@@ -39,7 +39,8 @@ class FakeExperiment:
         bits, s = config.quant.bits, config.prune.target_sparsity
         acc = round(0.98 - 0.3 / bits - 0.2 * s ** 3, 6)
         return {**self.key(config), "engine_version": __version__, "config": config.to_dict(), "label": config.label,
-                "bits": bits, "sparsity": s, "accuracy": acc, "accuracy_drop_pts": round(100 * (0.98 - 0.3 / 32 - acc), 6),
+                "bits": bits, "sparsity": s, "accuracy": acc,
+                "accuracy_drop_pts": round(100 * (0.98 - 0.3 / 32 - acc), 6),
                 "size_bytes": int(1000 * bits / 32 * (1 - s)) + 10, "layers": []}
 
 

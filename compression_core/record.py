@@ -151,14 +151,14 @@ RECORD_FIELDS: tuple[Field, ...] = (
     Field("loss", float, "nats", "mean cross-entropy over the evaluated samples"),
     Field("baseline_accuracy", float, FRACTION, "top-1 accuracy of the uncompressed fp32 model on the same "
           "samples"),
-    Field("accuracy_drop_pts", float, "percentage points", "100 x (baseline_accuracy - accuracy); positive = "
+    Field("accuracy_drop_pts", float, "percentage points", "100 × (baseline_accuracy - accuracy); positive = "
           "worse than fp32"),
     Field("agreement", float, FRACTION, "fraction of samples whose top-1 prediction equals the fp32 model's"),
     # ---- size
     Field("dense_bytes", int, "bytes", "the uncompressed model: every float tensor at 32 bits"),
     Field("size_bytes", int, "bytes", "honest compressed size: values, sparse index, quantization metadata and "
           "every other tensor (size.py; the exported file matches it)"),
-    Field("compression_ratio", float, "ratio (x)", "dense size / compressed size, in bits"),
+    Field("compression_ratio", float, "ratio (×)", "dense size / compressed size, in bits"),
     Field("bits_per_weight", float, "bits", "stored bits of the compressible layers (values + index + metadata) "
           "per weight"),
     Field("realized_sparsity", float, FRACTION, "fraction of the compressible layers' weights that are pruned"),
@@ -168,7 +168,7 @@ RECORD_FIELDS: tuple[Field, ...] = (
     # ---- compute
     Field("macs", int, "MACs per sample", "multiply-accumulates of the compressible layers, dense"),
     Field("sparse_macs", int, "MACs per sample", "multiply-accumulates that touch a kept weight"),
-    Field("bitops", int, "bit operations per sample", "sum over layers of dense MACs x weight value bits x "
+    Field("bitops", int, "bit operations per sample", "sum over layers of dense MACs × weight value bits × "
           "activation bits"),
     # ---- how it was measured
     Field("device", str, NO_UNIT, "torch device that evaluated, e.g. `cpu`, `cuda:0`"),

@@ -3,8 +3,8 @@
 `Record` (one config on one evaluation set) and `LayerRow` (one compressible layer of it) are TypedDicts, so
 records stay plain dicts that serialise to JSON as they are. `RECORD_FIELDS` and `LAYER_FIELDS` are the single
 source of truth for the field names, their types, units and meaning: readers take their field lists from there
-(`TABLE_COLUMNS` for CSV / table columns, the store's transient fields), the tests check that the TypedDicts and
-`Experiment.run` agree with them, and docs/ENGINE_API.md carries `fields_markdown(...)` of both tables.
+(`TABLE_COLUMNS` and `table_row` for CSV and table rows, the store's transient fields), the tests check that
+the TypedDicts and `Experiment.run` agree with them, and docs/ENGINE_API.md carries `fields_markdown(...)`.
 
 Example:
     >>> [f.unit for f in RECORD_FIELDS if f.name in ("accuracy", "accuracy_drop_pts", "size_bytes")]
@@ -13,6 +13,8 @@ Example:
     False
 """
 # no `from __future__ import annotations`: TypedDict must see NotRequired[...] as a type, not a string (3.11)
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
@@ -192,6 +194,14 @@ RECORD_FIELDS: tuple[Field, ...] = (
 # Fields that fit one cell of a table or CSV, in record order: the computed ones except the per-layer rows
 # (`config` goes in as JSON text).
 TABLE_COLUMNS: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS if not f.added_by and f.name != "layers")
+
+
+def table_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One row of a results table or CSV: `record`'s TABLE_COLUMNS (None where absent), `config` as canonical JSON."""
+    row = {c: record.get(c) for c in TABLE_COLUMNS}
+    config = record.get("config")
+    row["config"] = config if isinstance(config, str) else json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return row
 
 
 def computed_fields(fields: tuple[Field, ...] = RECORD_FIELDS) -> tuple[str, ...]:

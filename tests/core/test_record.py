@@ -1,4 +1,7 @@
 """The record's field table is the one source: TypedDicts, Experiment.run, the store and the docs agree with it."""
+import csv
+import io
+import json
 import types
 import typing
 from pathlib import Path
@@ -89,3 +92,22 @@ def test_engine_api_doc_lists_every_field_with_its_unit():
     assert fields_markdown(RECORD_FIELDS) in doc and fields_markdown(LAYER_FIELDS) in doc
     for f in RECORD_FIELDS + LAYER_FIELDS:
         assert f"| `{f.name}` |" in doc
+
+
+def test_cli_csv_has_the_table_columns_and_the_json_values(tmp_path, capsys):
+    from compression_core import cli
+
+    argv = ["evaluate", "--model", "digits-cnn", "--dataset", "digits", "--limit", "100", "--bits", "4",
+            "--sparsity", "0.5", "--store", str(tmp_path / "s.sqlite")]
+    assert cli.main([*argv, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert cli.main([*argv, "--csv"]) == 0  # the same record, now from the store
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 1 and list(rows[0]) == list(TABLE_COLUMNS)
+    row = rows[0]
+    assert row["engine_version"] == __version__ and row["limit"] == "100"
+    assert json.loads(row["config"]) == record["config"]
+    for name in ("accuracy", "size_bytes", "bits_per_weight", "accuracy_drop_pts", "realized_sparsity"):
+        assert float(row[name]) == record[name]
+    assert row["compress_seconds"] == str(record["compress_seconds"])
+    assert record["finetune_final_loss"] is None and row["finetune_final_loss"] == ""  # unknown stays empty

@@ -40,12 +40,16 @@ def schema_version(conn: sqlite3.Connection) -> int:
 def newer_schema(path: Path) -> str | None:
     """The one-line refusal when the file at `path` has a schema newer than this build's, else None.
 
-    Read through a read-only connection, so a newer store is not touched.
+    Read through a read-only connection, so a newer store is not touched. A file SQLite cannot read gives None
+    too: opening it for writing then fails with the error that says what is wrong.
     """
     if not path.exists():
         return None
-    with closing(sqlite3.connect(read_only_uri(path), uri=True)) as conn:
-        version = schema_version(conn)
+    try:
+        with closing(sqlite3.connect(read_only_uri(path), uri=True)) as conn:
+            version = schema_version(conn)
+    except sqlite3.DatabaseError:
+        return None
     if version <= SCHEMA_VERSION:
         return None
     return (f"store {path} was written by a newer Compression Explorer (schema {version}; this build reads "

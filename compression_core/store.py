@@ -206,7 +206,7 @@ class Store:
 
         Args:
             record: an engine record; must contain the key fields and `model`. Fields added after the run
-                (`cached`, `created_at`: `record.TRANSIENT_FIELDS`) are not stored; a record without
+                (`TRANSIENT_FIELDS`: `cached`, `created_at`) are not stored; a record without
                 `engine_version` is stored as 'unknown' and is then never a cache hit.
             run_id: also add the record to this run (see `new_run`).
         """
@@ -226,8 +226,13 @@ class Store:
                 self._add_member(c, run_id, key, now)
 
     def get(self, key: dict) -> dict | None:
-        """The cache lookup: the stored record for `key` (a dict with fingerprint, dataset, split, limit,
-        config_hash) computed by this engine version, or None (a record of another version is not a hit)."""
+        """The cache lookup: the record stored for `key` by this engine version, or None.
+
+        Args:
+            key: a dict with fingerprint, dataset, split, limit, config_hash (a record will do).
+
+        A record computed by another engine version is not a hit; it stays listed by `records()`.
+        """
         rows = self._query(f"SELECT record, created_at, engine_version FROM records WHERE {_HIT}",
                            _key_tuple(key) + (__version__,))
         return _row_record(*rows[0]) if rows else None

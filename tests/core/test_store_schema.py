@@ -2,7 +2,10 @@
 written by a newer build is read-only and left byte for byte as it was."""
 import json
 import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +171,27 @@ def test_cli_refuses_a_newer_store_in_one_line(tmp_path, capsys):
     assert rc == 2 and err[-1].startswith(f"error: store {path} was written by a newer Compression Explorer")
     assert "Traceback" not in "\n".join(err)
     assert path.read_bytes() == before
+
+
+OPENER = """
+import sys
+from compression_core._version import __version__
+from compression_core.store import Store
+s = Store(sys.argv[1])
+for i in range(20):
+    s.put({"model": "fake", "fingerprint": "f", "dataset": "toy", "split": "test", "limit": None,
+           "config_hash": sys.argv[2] + str(i), "engine_version": __version__, "accuracy": 0.5})
+"""
+
+
+def test_two_processes_opening_one_old_store_migrate_it_once(tmp_path):
+    path = tmp_path / "v1.sqlite"
+    write_v1_store(path)
+    root = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(path), tag], cwd=root, stderr=subprocess.PIPE)
+             for tag in ("p", "q")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0], [p.stderr.read().decode()[-800:] for p in procs]
+    with Store(path) as store:
+        assert store.count() == 42
+        versions = [r["engine_version"] for r in store.records()]
+        assert sorted(set(versions)) == sorted({__version__, "unknown", "0.1.0"}) and versions.count(__version__) == 40

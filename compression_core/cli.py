@@ -6,6 +6,7 @@ stderr saying what was wrong and what is allowed; never a traceback.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from dataclasses import replace
@@ -156,12 +157,24 @@ def _store(args):
     return Store(args.store)
 
 
-def _emit(args, payload, table_rows=None) -> None:
+def _emit(args, payload, table_rows=None, lead=()) -> None:
+    """--json: the payload as JSON; --csv: records as CSV (`lead` columns first); else the text `table_rows`."""
     if args.json:
         print(json.dumps(payload, indent=None, default=str))
+    elif getattr(args, "csv", False):
+        _write_csv(payload if isinstance(payload, list) else [payload], lead)
     else:
         for row in table_rows if table_rows is not None else [payload]:
             print(row if isinstance(row, str) else _row(row))
+
+
+def _write_csv(records: list[dict], lead: tuple[str, ...]) -> None:
+    """One CSV row per record on stdout: `lead` columns, then `record.TABLE_COLUMNS` (config as JSON text)."""
+    from .record import TABLE_COLUMNS, table_row
+
+    writer = csv.DictWriter(sys.stdout, fieldnames=[*lead, *TABLE_COLUMNS], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({**{c: r.get(c) for c in lead}, **table_row(r)} for r in records)
 
 
 def _row(r: dict) -> str:
@@ -208,7 +221,7 @@ def cmd_sensitivity(args) -> None:
     exp = _experiment(args)
     rows = layer_sensitivity(exp, settings, progress=lambda d, t, *_: _log(f"[{d}/{t}]"))
     _emit(args, rows, table_rows=[f"{r['layer']:<12} {r['setting']:<44} drop {r['accuracy_drop_pts']:+.2f} pt"
-                                  for r in rows])
+                                  for r in rows], lead=("layer", "setting", "setting_hash"))
 
 
 def cmd_export(args) -> None:
@@ -223,7 +236,8 @@ def cmd_export(args) -> None:
     record["file_bytes"] = export(cm, args.out, exp.loaded.source)
     record["file"] = str(args.out)
     _emit(args, record, table_rows=[_row(record), f"wrote {args.out}: {record['file_bytes']} bytes "
-                                                  f"(reported size {record['size_bytes']} bytes)"])
+                                                  f"(reported size {record['size_bytes']} bytes)"],
+          lead=("file", "file_bytes"))
 
 
 def cmd_train(args) -> None:
@@ -264,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--split", default="test")
             p.add_argument("--limit", type=int, default=None, help="class-stratified subset of N samples")
             p.add_argument("--store", default=None, help="SQLite store path (default: user cache dir)")
+            p.add_argument("--csv", action="store_true", help="records as CSV on stdout (columns: the record "
+                                                              "fields of docs/ENGINE_API.md but layers)")
             add_config_flags(p)
 
     for name, fn, help_ in [("evaluate", cmd_evaluate, "compress with one config and evaluate"),

@@ -2,7 +2,7 @@
 
 Holds the pristine model (never mutated), the evaluation tensors on the device (moved once), a calibration
 batch from the train split, the fp32 baseline predictions and the dense MAC counts; `run(config)` returns the
-flat record that the CLI prints, the store keeps and the dashboard plots.
+flat record (`record.Record`) that the CLI prints, the store keeps and the dashboard plots.
 """
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from functools import cached_property
 
 import torch
 
+from ._version import __version__
 from .compress import compress
 from .compressed import CompressedModel, compressible_layers
 from .config import CompressionConfig
 from .datasets import Dataset, stratified_indices
 from .evaluate import evaluate, evaluate_stacked, layer_macs, select_device, tune_forward
 from .models import LoadedModel
+from .record import LayerRow, Record
 from .size import size_report
 
 CALIB_SIZE = 1024
@@ -86,7 +88,7 @@ class Experiment:
         return evaluate(self.model, self.x, self.y, batch_size=self.batch_size)
 
     @cached_property
-    def baseline(self) -> dict:
+    def baseline(self) -> Record:
         """The fp32 record (bits 32, sparsity 0) that drops and agreement are measured against."""
         return self.run(CompressionConfig())
 
@@ -99,8 +101,8 @@ class Experiment:
         """`compress()` on our pristine model; the calibration batch is used only by configs that need it."""
         return compress(self.model, config, calib=self.calib, progress=progress)
 
-    def run(self, config: CompressionConfig, progress=None, compressed: CompressedModel | None = None) -> dict:
-        """Compress with `config`, evaluate on the split and return the record (see issue #2 for fields).
+    def run(self, config: CompressionConfig, progress=None, compressed: CompressedModel | None = None) -> Record:
+        """Compress with `config`, evaluate on the split and return the record (fields: `record.RECORD_FIELDS`).
 
         `compressed`: the result of `self.compress(config)` when the caller already has it (compress_seconds
         is then None: it was not measured here).
@@ -145,10 +147,11 @@ class Experiment:
             for config in alone:
                 yield self.run(config)
 
-    def _record(self, config, cm, metrics, base, compress_seconds) -> dict:
+    def _record(self, config, cm, metrics, base, compress_seconds) -> Record:
         size = size_report(cm)
         size_by_layer = {l.name: l for l in size.layers}
-        layers, bitops, sparse_macs = [], 0, 0
+        layers: list[LayerRow] = []
+        bitops = sparse_macs = 0
         for name, lc in cm.layers.items():
             ls = size_by_layer[name]
             act = config.act_bits if name in cm.act_qparams else 32
@@ -164,6 +167,7 @@ class Experiment:
         dense_macs = sum(self.macs.values())
         return {
             **self.key(config),
+            "engine_version": __version__,
             "config": config.to_dict(),
             "label": config.label,
             "bits": config.quant.bits,

@@ -5,6 +5,11 @@ and a killed writer loses at most the transaction in flight. Records are kept as
 produced. Sweeps group their records into *runs* (a run id + a label); a record can belong to several runs
 (a resumed or repeated sweep reuses stored records), which is what lets the Runs page overlay two runs.
 
+Versions. Each record carries the `engine_version` that computed it (also a column); `get` serves only records
+of this engine's version, so an upgrade recomputes instead of reusing old numbers (older records stay listed).
+The file's schema version is `PRAGMA user_version` (0 with tables = version 1, before versioning); opening an
+older store migrates it in place, and a store written by a newer build is opened read-only and never rewritten.
+
 Example:
     >>> store = Store(tmp_path / "runs.sqlite")
     >>> store.put(record)                      # upsert by key
@@ -27,9 +32,14 @@ from pathlib import Path
 
 import platformdirs
 
+from ._version import __version__
+from .record import RECORD_FIELDS
+from .store_schema import SCHEMA_VERSION, UNKNOWN_ENGINE, migrate, newer_schema, read_only_uri, schema_version
+
 ENV_VAR = "COMPRESSION_EXPLORER_STORE"
 KEY_FIELDS = ("fingerprint", "dataset", "split", "limit", "config_hash")
 FULL_SPLIT = -1  # stored in the `limit_n` column when the whole split was evaluated (limit None)
+TRANSIENT_FIELDS = tuple(f.name for f in RECORD_FIELDS if f.added_by)  # added after the run; not stored
 
 
 CLAIM_TTL_S = 60.0  # a claim not renewed for this long is free again (its owner stopped heartbeating)
@@ -48,6 +58,7 @@ class _Any:
 
 ANY = _Any()
 
+# Version 1's tables, created on every open (idempotent); changes to existing tables go in store_schema.MIGRATIONS
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     fingerprint TEXT NOT NULL,
@@ -89,6 +100,7 @@ CREATE TABLE IF NOT EXISTS claims (
 );
 """
 _KEY_COLS = "fingerprint, dataset, split, limit_n, config_hash"
+_HIT = f"({_KEY_COLS}) = (?,?,?,?,?) AND engine_version = ?"  # a cache hit: same key, this engine's version
 
 
 def _cols(alias: str) -> str:
@@ -114,9 +126,10 @@ def _key_tuple(key: dict) -> tuple:
             FULL_SPLIT if limit is None else int(limit), str(key["config_hash"]))
 
 
-def _row_record(record_json: str, created_at: float) -> dict:
+def _row_record(record_json: str, created_at: float, engine_version: str) -> dict:
     record = json.loads(record_json)
     record["created_at"] = created_at
+    record["engine_version"] = engine_version  # the column: 'unknown' for records stored before versions
     return record
 
 
@@ -179,6 +192,8 @@ class Store:
     One connection is shared by all threads of a process behind a lock (SQLite calls are short); other
     processes are coordinated by SQLite itself (WAL, `busy_timeout`, `BEGIN IMMEDIATE` for writes).
     Records returned by the store carry an extra `created_at` (Unix seconds of the last `put`).
+    `read_only` is the one-line refusal when the file's schema is newer than this build (reads work, every
+    write raises StoreError with it), else None.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, timeout_s: float = 30.0) -> None:
@@ -186,6 +201,11 @@ class Store:
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.read_only = newer_schema(self.path)
+            if self.read_only:  # a newer build's store: read it, never write or migrate it
+                self._conn = sqlite3.connect(read_only_uri(self.path), uri=True, timeout=timeout_s,
+                                             isolation_level=None, check_same_thread=False)
+                return
             # isolation_level=None: we issue BEGIN ourselves, so write transactions take the lock up front
             self._conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None,
                                          check_same_thread=False)
@@ -198,7 +218,7 @@ class Store:
             raise _open_error(self.path, e) from None
 
     def _setup(self, timeout_s: float) -> None:
-        """Busy timeout, WAL, foreign keys and the schema on a fresh connection."""
+        """Busy timeout, WAL, foreign keys, the schema and its migrations on a fresh connection."""
         self._conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
         # switching a new file to WAL needs an exclusive lock, and SQLite answers "locked" at once (no busy
         # handler) when another process is opening the same new file: retry until the timeout
@@ -208,6 +228,8 @@ class Store:
         with self._lock:
             try:
                 _retry_locked(lambda: self._conn.executescript(_SCHEMA), timeout_s)  # idempotent
+                if schema_version(self._conn) < SCHEMA_VERSION:
+                    _retry_locked(self._migrate, timeout_s)
             except sqlite3.OperationalError as e:
                 # a read-only store that already has its records stays readable; each write then fails alone
                 has_records = self._conn.execute(
@@ -216,9 +238,16 @@ class Store:
                     raise
 
     # ---- plumbing ---------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        """Upgrade an older store in place, in one write transaction, so concurrent openers migrate it once."""
+        with self._write() as c:
+            migrate(c)
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE write transaction under the thread lock: committed on success, rolled back on error."""
+        if self.read_only:
+            raise StoreError(self.read_only)
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -247,32 +276,42 @@ class Store:
         """Insert or replace `record` (keyed by its fingerprint/dataset/split/limit/config_hash).
 
         Args:
-            record: an engine record; must contain the key fields and `model`. A `cached` or `created_at`
-                field is not stored.
+            record: an engine record; must contain the key fields and `model`. Fields added after the run
+                (`TRANSIENT_FIELDS`: `cached`, `created_at`) are not stored; a record without
+                `engine_version` is stored as 'unknown' and is then never a cache hit.
             run_id: also add the record to this run (see `new_run`).
         """
         key = _key_tuple(record)
         if "model" not in record:
             raise StoreError("record lacks field model")
-        body = {k: v for k, v in record.items() if k not in ("cached", "created_at")}
+        body = {k: v for k, v in record.items() if k not in TRANSIENT_FIELDS}
+        engine = str(record.get("engine_version", UNKNOWN_ENGINE))
         now = time.time()
         with self._write() as c:
             c.execute(
-                f"INSERT OR REPLACE INTO records ({_KEY_COLS}, model, created_at, record) VALUES (?,?,?,?,?,?,?,?)",
-                key + (str(record["model"]), now, json.dumps(body, sort_keys=True)),
+                f"INSERT OR REPLACE INTO records ({_KEY_COLS}, model, created_at, engine_version, record) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                key + (str(record["model"]), now, engine, json.dumps(body, sort_keys=True)),
             )
             c.execute(f"DELETE FROM claims WHERE ({_KEY_COLS}) = (?,?,?,?,?)", key)  # computed: nobody holds it
             if run_id is not None:
                 self._add_member(c, run_id, key, now)
 
     def get(self, key: dict) -> dict | None:
-        """The stored record for `key` (a dict with fingerprint, dataset, split, limit, config_hash) or None."""
-        rows = self._query(
-            f"SELECT record, created_at FROM records WHERE ({_KEY_COLS}) = (?,?,?,?,?)", _key_tuple(key))
+        """The cache lookup: the record stored for `key` by this engine version, or None.
+
+        Args:
+            key: a dict with fingerprint, dataset, split, limit, config_hash (a record will do).
+
+        A record computed by another engine version is not a hit; it stays listed by `records()`.
+        """
+        rows = self._query(f"SELECT record, created_at, engine_version FROM records WHERE {_HIT}",
+                           _key_tuple(key) + (__version__,))
         return _row_record(*rows[0]) if rows else None
 
     def __contains__(self, key: dict) -> bool:
-        return bool(self._query(f"SELECT 1 FROM records WHERE ({_KEY_COLS}) = (?,?,?,?,?)", _key_tuple(key)))
+        """Whether `get(key)` finds a record."""
+        return bool(self._query(f"SELECT 1 FROM records WHERE {_HIT}", _key_tuple(key) + (__version__,)))
 
     def delete(self, key: dict) -> bool:
         """Remove the record for `key` (and its run memberships). Returns whether a row existed."""
@@ -299,7 +338,7 @@ class Store:
 
     def records(self, model: str | None = None, dataset: str | None = None, split: str | None = None,
                 limit=ANY, *, fingerprint: str | None = None, run_id: str | None = None) -> list[dict]:
-        """Stored records, oldest first, filtered by any of the arguments.
+        """Stored records of any engine version (each carries its `engine_version`), oldest first, filtered.
 
         Args:
             model, dataset, split, fingerprint: exact matches; None = any.
@@ -307,8 +346,8 @@ class Store:
             run_id: only records that belong to this run.
         """
         where, params = self._where(model, dataset, split, limit, fingerprint, run_id)
-        rows = self._query(f"SELECT r.record, r.created_at FROM records r {where} ORDER BY r.created_at, r.rowid",
-                           params)
+        rows = self._query(f"SELECT r.record, r.created_at, r.engine_version FROM records r {where} "
+                           "ORDER BY r.created_at, r.rowid", params)
         return [_row_record(*row) for row in rows]
 
     def keys(self, model: str | None = None, dataset: str | None = None, split: str | None = None,
@@ -387,7 +426,7 @@ class Store:
 
     # ---- claims: which process computes a config ----------------------------------------------------
     def claim(self, key: dict, owner: str, ttl_s: float = CLAIM_TTL_S) -> bool:
-        """Reserve the config of `key` for `owner` unless it is stored or held by another live owner.
+        """Reserve the config of `key` for `owner` unless this engine's record is stored or another live owner holds it.
 
         Args:
             key: a key or record dict (fingerprint, dataset, split, limit, config_hash).
@@ -401,8 +440,8 @@ class Store:
         k = _key_tuple(key)
         now = time.time()
         with self._write() as c:
-            if c.execute(f"SELECT 1 FROM records WHERE ({_KEY_COLS}) = (?,?,?,?,?)", k).fetchone():
-                return False
+            if c.execute(f"SELECT 1 FROM records WHERE {_HIT}", k + (__version__,)).fetchone():
+                return False  # this engine already has it; a record of another engine version is recomputed
             row = c.execute(f"SELECT owner, expires_at FROM claims WHERE ({_KEY_COLS}) = (?,?,?,?,?)", k).fetchone()
             if row and row[0] != owner and row[1] > now and _owner_alive(row[0]):
                 return False

@@ -28,7 +28,7 @@ from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from .config import CompressionConfig, ConfigError
-from .store import CLAIM_TTL_S, Store, new_owner
+from .store import CLAIM_TTL_S, Store, StoreError, new_owner
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class _Book:
             return fallback
         try:
             return operation()
-        except (sqlite3.Error, OSError) as e:
+        except (sqlite3.Error, OSError, StoreError) as e:
             self.writable = False
             line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             self._warn(f"warning: the result store {self.store.path} cannot be written ({line}); this sweep's "

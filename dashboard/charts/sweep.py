@@ -7,20 +7,19 @@ and tests can find them without relying on their order.
 """
 from __future__ import annotations
 
-import json
 import math
 
 import pandas as pd
 import plotly.graph_objects as go
 
+from compression_core.record import TABLE_COLUMNS, table_row
+
 from .common import (ACCURACY_AXIS, BITS_AXIS, METHOD_SYMBOLS, REFERENCE_COLOR, SPARSITY_AXIS,
                      base_layout, bit_color, bits_label, kib, option_label, percent_label, size_axis)
 
-# Columns of the results table (and of its CSV), in display order; `config` is the full config as JSON.
-RESULT_COLUMNS = ("label", "bits", "quantizer", "prune_method", "sparsity", "realized_sparsity", "accuracy",
-                  "accuracy_ci_low", "accuracy_ci_high", "accuracy_drop_pts", "agreement", "size_bytes",
-                  "dense_bytes", "compression_ratio", "bits_per_weight", "n_samples", "model", "dataset", "split",
-                  "limit", "config_hash", "config")
+# Columns of the results table (and of its CSV): every record field that fits one cell, in the order of
+# `record.RECORD_FIELDS`; `config` is the full config as JSON.
+RESULT_COLUMNS = TABLE_COLUMNS
 FRONT_COLOR = "#111827"
 # Overlay groups (runs or methods) are not bit-widths, so they get their own palette and markers.
 OVERLAY_COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2")
@@ -31,19 +30,12 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
     """Engine records as a flat table, one row per config, columns `RESULT_COLUMNS` (numbers as the engine gave).
 
     Args:
-        records: sweep/store records (issue #2 fields); `config` may be a dict or a JSON string.
+        records: sweep/store records (`compression_core.record.Record`); `config` may be a dict or JSON text.
 
     Returns:
         A DataFrame with exactly `RESULT_COLUMNS`; `config` is canonical JSON text; per-layer data is dropped.
     """
-    rows = []
-    for r in records:
-        row = {c: r.get(c) for c in RESULT_COLUMNS}
-        config = r.get("config")
-        row["config"] = config if isinstance(config, str) else json.dumps(config, sort_keys=True,
-                                                                          separators=(",", ":"))
-        rows.append(row)
-    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    return pd.DataFrame([table_row(r) for r in records], columns=list(RESULT_COLUMNS))
 
 
 def _hover_data(df: pd.DataFrame) -> list[list]:

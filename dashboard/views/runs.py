@@ -73,8 +73,8 @@ def show_table(records: list[dict]) -> None:
     show = df.assign(accuracy=100 * df["accuracy"], size_kib=df["size_bytes"] / 1024,
                      limit=[_eval_set(r["limit"]) for r in records])
     st.dataframe(show[["model", "dataset", "limit", "label", "accuracy", "size_kib", "compression_ratio",
-                       "bits_per_weight"]], hide_index=True, key="runs_table", column_config={
-        "model": "Model", "dataset": "Dataset", "limit": "Evaluated on",
+                       "bits_per_weight", "engine_version"]], hide_index=True, key="runs_table", column_config={
+        "model": "Model", "dataset": "Dataset", "limit": "Evaluated on", "engine_version": "Engine",
         "label": st.column_config.TextColumn("Config", width="large"),
         "accuracy": st.column_config.NumberColumn("Accuracy (%)", format="%.2f"),
         "size_kib": st.column_config.NumberColumn("Size (KiB)", format="%.2f"),

@@ -147,6 +147,9 @@ def launch(selection: frame.Selection, form: dict) -> str | None:
     except jobs.JobLimitError as e:
         st.error(str(e), icon=":material/hourglass_top:")
         return None
+    except services.StoreError as e:  # e.g. a store written by a newer version: readable, never written
+        st.error(services.error_line(e), icon=":material/error:")
+        return None
     _remember(job)
     return job.id
 

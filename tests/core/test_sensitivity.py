@@ -3,6 +3,7 @@ import threading
 
 import pytest
 
+from compression_core._version import __version__
 from compression_core.config import CompressionConfig, ConfigError, LayerOverride, PruneSpec, QuantSpec
 from compression_core.sensitivity import as_config, layer_sensitivity, only_layer, sensitivity_table
 from compression_core.store import Store
@@ -33,8 +34,8 @@ class LayerFake:
             quant, prune, skip = config.for_layer(name)
             if not skip:
                 drop += FRAGILITY[name] * ((1 / quant.bits if quant.enabled else 0) + prune.target_sparsity)
-        return {**self.key(config), "config": config.to_dict(), "accuracy": 0.98 - drop / 100,
-                "accuracy_drop_pts": drop}
+        return {**self.key(config), "engine_version": __version__, "config": config.to_dict(),
+                "accuracy": 0.98 - drop / 100, "accuracy_drop_pts": drop}
 
 
 SETTINGS = [QuantSpec(bits=2), (QuantSpec(bits=4), PruneSpec(sparsity=0.5)), CompressionConfig(act_bits=8)]

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from compression_core._version import __version__
 from compression_core.store import ANY, Store, StoreError, default_store_path, new_owner
 
 
 def rec(h: str, *, model="m", fp="f" * 16, dataset="digits", split="test", limit=None, acc=0.5, **extra) -> dict:
     return {"model": model, "fingerprint": fp, "dataset": dataset, "split": split, "limit": limit,
-            "config_hash": h, "accuracy": acc, "layers": [{"name": "fc", "shape": [3, 4]}], **extra}
+            "config_hash": h, "engine_version": __version__, "accuracy": acc,
+            "layers": [{"name": "fc", "shape": [3, 4]}], **extra}
 
 
 @pytest.fixture

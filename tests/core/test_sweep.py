@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from compression_core._version import __version__
 from compression_core.config import CompressionConfig, ConfigError, LayerOverride, PruneSpec, QuantSpec
 from compression_core.store import Store, new_owner
 from compression_core.sweep import SerialExecutor, expand_grid, sweep
@@ -38,8 +39,9 @@ class FakeExperiment:
             self.on_run(len(self.calls))
         bits, s = config.quant.bits, config.prune.target_sparsity
         acc = round(0.98 - 0.3 / bits - 0.2 * s ** 3, 6)
-        return {**self.key(config), "config": config.to_dict(), "label": config.label, "bits": bits, "sparsity": s,
-                "accuracy": acc, "accuracy_drop_pts": round(100 * (0.98 - 0.3 / 32 - acc), 6),
+        return {**self.key(config), "engine_version": __version__, "config": config.to_dict(), "label": config.label,
+                "bits": bits, "sparsity": s, "accuracy": acc,
+                "accuracy_drop_pts": round(100 * (0.98 - 0.3 / 32 - acc), 6),
                 "size_bytes": int(1000 * bits / 32 * (1 - s)) + 10, "layers": []}
 
 

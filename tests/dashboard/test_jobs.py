@@ -5,6 +5,7 @@ import threading
 
 import pytest
 
+from compression_core._version import __version__
 from compression_core.config import CompressionConfig
 from compression_core.store import Store
 from compression_core.sweep import expand_grid
@@ -34,8 +35,8 @@ class GatedExperiment:
         assert self.gates[i].wait(30), "test never opened the gate"
         if i == self.fail_at:
             raise RuntimeError("weights turned into NaN\nsecond line")
-        return {**self.key(config), "label": config.label, "bits": config.quant.bits, "accuracy": 0.9 - 0.01 * i,
-                "size_bytes": 100 * (i + 1)}
+        return {**self.key(config), "engine_version": __version__, "label": config.label, "bits": config.quant.bits,
+                "accuracy": 0.9 - 0.01 * i, "size_bytes": 100 * (i + 1)}
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from compression_core._version import __version__
 from compression_core.config import CompressionConfig
 from compression_core.datasets import load_dataset
 from compression_core.experiment import Experiment
@@ -44,6 +45,7 @@ def test_runs_page_lists_every_record(filled, make_app, no_exception):
     no_exception(at)
     assert at.title[0].value == "Runs"
     assert len(table(at)) == store.count()
+    assert set(table(at)["engine_version"]) == {__version__}  # which engine computed each row
     assert any(f"{store.count()} of {store.count()} records" in c.value for c in at.caption)
     labels = [d.proto.label for d in at.get("download_button")]
     assert "Download CSV" in labels and "Download JSON (with per-layer data)" in labels

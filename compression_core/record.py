@@ -1,0 +1,224 @@
+"""The record: what one compress-and-evaluate run produced; the CLI prints it, the store keeps it, pages show it.
+
+`Record` (one config on one evaluation set) and `LayerRow` (one compressible layer of it) are TypedDicts, so
+records stay plain dicts that serialise to JSON as they are. `RECORD_FIELDS` and `LAYER_FIELDS` are the single
+source of truth for the field names, their types, units and meaning: readers take their field lists from there
+(`TABLE_COLUMNS` and `table_row` for CSV and table rows, the store's transient fields), the tests check that
+the TypedDicts and `Experiment.run` agree with them, and docs/ENGINE_API.md carries `fields_markdown(...)`.
+
+Example:
+    >>> [f.unit for f in RECORD_FIELDS if f.name in ("accuracy", "accuracy_drop_pts", "size_bytes")]
+    ['fraction 0-1', 'percentage points', 'bytes']
+    >>> "layers" in TABLE_COLUMNS
+    False
+"""
+# no `from __future__ import annotations`: TypedDict must see NotRequired[...] as a type, not a string (3.11)
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NotRequired, TypedDict
+
+FRACTION = "fraction 0-1"
+NO_UNIT = ""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a record or layer row.
+
+    name: the dict key. type: its Python type (as in the TypedDict). unit: e.g. "fraction 0-1", "bytes",
+    "seconds", "percentage points"; "" for names, labels and flags. doc: what it is, in one sentence.
+    added_by: "" when `Experiment.run` writes it; otherwise the part that adds it later ("store", "sweep") —
+    such fields are not part of the computed result and the store does not keep them inside the record.
+    """
+
+    name: str
+    type: Any
+    unit: str
+    doc: str
+    added_by: str = ""
+
+
+class LayerRow(TypedDict):
+    """One compressible layer of a record; field docs and units in `LAYER_FIELDS`."""
+
+    name: str
+    shape: list[int]
+    bits: int
+    quantizer: str
+    sparsity: float
+    n: int
+    nnz: int
+    index_format: str
+    size_bits: int
+    macs: int
+    skipped: bool
+
+
+class Record(TypedDict):
+    """One config evaluated on one (model, dataset, split, limit); field docs and units in `RECORD_FIELDS`."""
+
+    model: str
+    fingerprint: str
+    dataset: str
+    split: str
+    limit: int | None
+    config_hash: str
+    engine_version: str
+    config: dict[str, Any]
+    label: str
+    bits: int
+    quantizer: str
+    prune_method: str
+    sparsity: float
+    act_bits: int
+    accuracy: float
+    accuracy_ci_low: float
+    accuracy_ci_high: float
+    n_samples: int
+    correct: int
+    top5: float | None
+    loss: float
+    baseline_accuracy: float
+    accuracy_drop_pts: float
+    agreement: float
+    dense_bytes: int
+    size_bytes: int
+    compression_ratio: float
+    bits_per_weight: float
+    realized_sparsity: float
+    n_params: int
+    n_weights: int
+    nnz: int
+    macs: int
+    sparse_macs: int
+    bitops: int
+    device: str
+    memory_format: str
+    eval_seconds: float
+    compress_seconds: float | None
+    batch_size: int
+    eval_group: int
+    latency_ms_per_batch: float
+    finetune_final_loss: float | None
+    layers: list[LayerRow]
+    created_at: NotRequired[float]
+    cached: NotRequired[bool]
+
+
+LAYER_FIELDS: tuple[Field, ...] = (
+    Field("name", str, NO_UNIT, "module name of the layer in the model, e.g. `features.0`"),
+    Field("shape", list[int], "elements per dimension", "shape of the layer's weight: (out, in) or (out, in, kh, kw)"),
+    Field("bits", int, "bits", "width of one stored value in the winning storage format: the quantizer's bits "
+          "(one more when a full codebook needs a code for 0), 16 for fp16 / bf16, 32 when not quantized"),
+    Field("quantizer", str, NO_UNIT, "quantizer applied to this layer; `none` when it is not quantized or skipped"),
+    Field("sparsity", float, FRACTION, "realised fraction of this layer's weights that are pruned (1 - nnz / n)"),
+    Field("n", int, "weights", "number of weights of the layer"),
+    Field("nnz", int, "weights", "number of weights kept (not pruned)"),
+    Field("index_format", str, NO_UNIT, "storage format that won: dense, bitmask, csr or relative (see size.py)"),
+    Field("size_bits", int, "bits", "the weight's storage in that format: values + sparse index + scales, zero "
+          "points, codebook and activation qparams"),
+    Field("macs", int, "MACs per sample", "multiply-accumulates of this layer for one input sample (dense)"),
+    Field("skipped", bool, NO_UNIT, "an override left this layer in fp32 and unpruned"),
+)
+
+RECORD_FIELDS: tuple[Field, ...] = (
+    # ---- the key: what was evaluated where
+    Field("model", str, NO_UNIT, "model name as given to `load_model` (built-in, `pkg.module:factory`, "
+          "`torchvision:NAME`)"),
+    Field("fingerprint", str, NO_UNIT, "first 16 hex digits of the sha256 of the model's state dict bytes"),
+    Field("dataset", str, NO_UNIT, "dataset name as given to `load_dataset`"),
+    Field("split", str, NO_UNIT, "evaluation split (`test` or `train`)"),
+    Field("limit", int | None, "samples", "size of the fixed class-stratified evaluation subset; null = the "
+          "whole split"),
+    Field("config_hash", str, NO_UNIT, "first 16 hex digits of the sha256 of the canonical config JSON"),
+    Field("engine_version", str, NO_UNIT, "version of `compression_core` that computed the record; the store "
+          "serves only records of its own version as cache hits"),
+    # ---- the config, in full and in the few fields tables and charts group by
+    Field("config", dict[str, Any], NO_UNIT, "the full `CompressionConfig.to_dict()`"),
+    Field("label", str, NO_UNIT, "short human label of the config, e.g. `int4 channel sym minmax · magnitude "
+          "layer 50%`"),
+    Field("bits", int, "bits", "global weight bits (32 = not quantized)"),
+    Field("quantizer", str, NO_UNIT, "global quantizer"),
+    Field("prune_method", str, NO_UNIT, "global pruning method; `none` when nothing is pruned"),
+    Field("sparsity", float, FRACTION, "target sparsity of the config (1 - N/M for N:M)"),
+    Field("act_bits", int, "bits", "activation bits of quantized layer inputs (32 = off)"),
+    # ---- quality
+    Field("accuracy", float, FRACTION, "top-1 accuracy on the evaluated samples"),
+    Field("accuracy_ci_low", float, FRACTION, "lower end of the Wilson 95 % interval of accuracy"),
+    Field("accuracy_ci_high", float, FRACTION, "upper end of the Wilson 95 % interval of accuracy"),
+    Field("n_samples", int, "samples", "number of samples evaluated"),
+    Field("correct", int, "samples", "number of samples whose top-1 prediction is right"),
+    Field("top5", float | None, FRACTION, "top-5 accuracy; null when the dataset has 5 classes or fewer"),
+    Field("loss", float, "nats", "mean cross-entropy over the evaluated samples"),
+    Field("baseline_accuracy", float, FRACTION, "top-1 accuracy of the uncompressed fp32 model on the same "
+          "samples"),
+    Field("accuracy_drop_pts", float, "percentage points", "100 × (baseline_accuracy - accuracy); positive = "
+          "worse than fp32"),
+    Field("agreement", float, FRACTION, "fraction of samples whose top-1 prediction equals the fp32 model's"),
+    # ---- size
+    Field("dense_bytes", int, "bytes", "the uncompressed model: every float tensor at 32 bits"),
+    Field("size_bytes", int, "bytes", "honest compressed size: values, sparse index, quantization metadata and "
+          "every other tensor (size.py; the exported file matches it)"),
+    Field("compression_ratio", float, "ratio (×)", "dense size / compressed size, in bits"),
+    Field("bits_per_weight", float, "bits", "stored bits of the compressible layers (values + index + metadata) "
+          "per weight"),
+    Field("realized_sparsity", float, FRACTION, "fraction of the compressible layers' weights that are pruned"),
+    Field("n_params", int, "parameters", "floating-point entries of the model's state dict"),
+    Field("n_weights", int, "weights", "weights of the compressible layers"),
+    Field("nnz", int, "weights", "weights of the compressible layers that are kept"),
+    # ---- compute
+    Field("macs", int, "MACs per sample", "multiply-accumulates of the compressible layers, dense"),
+    Field("sparse_macs", int, "MACs per sample", "multiply-accumulates that touch a kept weight"),
+    Field("bitops", int, "bit operations per sample", "sum over layers of dense MACs × weight value bits × "
+          "activation bits"),
+    # ---- how it was measured
+    Field("device", str, NO_UNIT, "torch device that evaluated, e.g. `cpu`, `cuda:0`"),
+    Field("memory_format", str, NO_UNIT, "tensor layout of the evaluation: `channels_last` or `contiguous`"),
+    Field("eval_seconds", float, "seconds", "wall time of the evaluation forward passes (a stacked forward's "
+          "time divided by the configs that shared it)"),
+    Field("compress_seconds", float | None, "seconds", "wall time of compression; null when the caller "
+          "compressed beforehand and it was not measured"),
+    Field("batch_size", int, "samples", "evaluation batch size"),
+    Field("eval_group", int, "configs", "configs that shared one stacked forward (1 = evaluated alone)"),
+    Field("latency_ms_per_batch", float, "milliseconds", "eval_seconds per evaluation batch"),
+    Field("finetune_final_loss", float | None, "nats", "training loss of the last fine-tuning step; null "
+          "without fine-tuning"),
+    Field("layers", list[LayerRow], NO_UNIT, "one row per compressible layer, in model order (`LAYER_FIELDS`)"),
+    # ---- added after the run
+    Field("created_at", float, "Unix seconds", "when the store last wrote the record", added_by="store"),
+    Field("cached", bool, NO_UNIT, "the sweep returned the record from the store instead of computing it",
+          added_by="sweep"),
+)
+
+# Fields that fit one cell of a table or CSV, in record order: the computed ones except the per-layer rows
+# (`config` goes in as JSON text).
+TABLE_COLUMNS: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS if not f.added_by and f.name != "layers")
+
+
+def table_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One row of a results table or CSV: `record`'s TABLE_COLUMNS (None where absent), `config` as canonical JSON."""
+    row = {c: record.get(c) for c in TABLE_COLUMNS}
+    config = record.get("config")
+    row["config"] = config if isinstance(config, str) else json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return row
+
+
+def computed_fields(fields: tuple[Field, ...] = RECORD_FIELDS) -> tuple[str, ...]:
+    """Names of the fields `Experiment.run` writes (those no later part adds), in table order."""
+    return tuple(f.name for f in fields if not f.added_by)
+
+
+def type_name(tp: Any) -> str:
+    """`int`, `int | None`, `list[LayerRow]`: how a field's type reads in the docs."""
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace(f"{__name__}.", "").replace("typing.", "")
+
+
+def fields_markdown(fields: tuple[Field, ...]) -> str:
+    """The field table as Markdown (field | type | unit | meaning), as docs/ENGINE_API.md carries it."""
+    lines = ["| field | type | unit | meaning |", "|---|---|---|---|"]
+    for f in fields:
+        added = f" (added by the {f.added_by})" if f.added_by else ""
+        kind = type_name(f.type).replace("|", "\\|")  # a bare | would end the Markdown cell
+        lines.append(f"| `{f.name}` | `{kind}` | {f.unit or '—'} | {f.doc}{added} |")
+    return "\n".join(lines)

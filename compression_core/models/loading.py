@@ -68,7 +68,7 @@ def build_architecture(source: dict, *, allowed_factories: Sequence[str] | None 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         if kind == "builtin":
-            if source.get("name") not in ARCHITECTURES:
+            if not isinstance(source.get("name"), str) or source["name"] not in ARCHITECTURES:
                 raise ModelLoadError(f"unknown built-in model {short(source.get('name'))}; use one of "
                                      f"{', '.join(ARCHITECTURES)}")
             model = ARCHITECTURES[source["name"]].build(num_classes or 10)

@@ -5,13 +5,17 @@ models): one copy per server process, shared by every browser session and never 
 `compress` is out-of-place and the UI only reads them. `st.cache_data` holds results (records, histograms,
 sensitivity tables) keyed on the selection and the config JSON, so repeating a config is instant.
 
-Every function takes a `frame.Selection` (model, dataset, device, limit, factory, weights_path) and, where a
-config is involved, the config as canonical JSON (`CompressionConfig.to_json()`), which is also its cache key.
+Every function takes a `frame.Selection` (model, dataset, device, limit, factory, weights_path, num_classes) and,
+where a config is involved, the config as canonical JSON (`CompressionConfig.to_json()`), which is also its cache key.
 User mistakes raise one of `USER_ERRORS`; pages show `error_line(e)` with `st.error` and carry on.
+
+Model factories name code, so the dashboard loads them only from the module prefixes the operator lists in
+`$COMPRESSION_EXPLORER_ALLOWED_FACTORIES` (none by default); `frame` loads a spec only after a Load click.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -27,6 +31,7 @@ from compression_core.datasets import Dataset, DatasetUnavailable, list_datasets
 from compression_core.evaluate import DeviceUnavailable
 from compression_core.experiment import Experiment
 from compression_core.models import LoadedModel, ModelLoadError, list_models, load_model
+from compression_core.models.specs import USER_CODE_ERRORS, is_module_prefix
 from compression_core.store import Store
 
 if TYPE_CHECKING:
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
 USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable)
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "compression-explorer-uploads"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+ALLOWED_FACTORIES_ENV = "COMPRESSION_EXPLORER_ALLOWED_FACTORIES"  # comma list of module prefixes; unset = none
 
 
 def error_line(error: BaseException) -> str:
@@ -44,6 +50,24 @@ def error_line(error: BaseException) -> str:
 
 
 # ---- what can be chosen ----------------------------------------------------------------------------
+def allowed_factories() -> tuple[str, ...]:
+    """The module prefixes the operator allows model factories from (`$COMPRESSION_EXPLORER_ALLOWED_FACTORIES`).
+
+    Returns:
+        e.g. ("mypkg.models", "team_nets"); empty (the default) allows no factory: built-ins, `torchvision:NAME`
+        architectures and uploaded state dicts only.
+
+    Raises:
+        ModelLoadError: an entry is not a dotted module name.
+    """
+    prefixes = tuple(p.strip() for p in os.environ.get(ALLOWED_FACTORIES_ENV, "").split(",") if p.strip())
+    bad = [p for p in prefixes if not is_module_prefix(p)]
+    if bad:
+        raise ModelLoadError(f"{ALLOWED_FACTORIES_ENV} holds {bad[0]!r}, not a dotted module name like "
+                             "mypkg.models; the operator must fix this server setting")
+    return prefixes
+
+
 @st.cache_data(show_spinner=False, ttl=300)
 def models() -> list[dict]:
     """Built-in models (`compression_core.models.list_models`): name, datasets, description, n_params, accuracy."""
@@ -57,7 +81,8 @@ def datasets() -> list[dict]:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def compatible_datasets(model: str, factory: str | None, weights_path: str | None) -> list[dict]:
+def compatible_datasets(model: str, factory: str | None, weights_path: str | None,
+                        num_classes: int | None = None) -> list[dict]:
     """The datasets a model can run on, each `{name, available, reason}`.
 
     Built-ins: the datasets they have checkpoints for. Bring-your-own: every installed dataset whose input
@@ -69,7 +94,7 @@ def compatible_datasets(model: str, factory: str | None, weights_path: str | Non
         wanted = next((m["datasets"] for m in models() if m["name"] == model), [])
         return [{"name": n, "available": registry.get(n, {}).get("available", False),
                  "reason": registry.get(n, {}).get("reason") or ""} for n in wanted]
-    net = _loaded_model(model, None, factory, weights_path).model
+    net = _loaded_model(model, None, factory, weights_path, num_classes, allowed_factories()).model
     choices = []
     for d in registry.values():
         if not d["available"]:
@@ -78,7 +103,7 @@ def compatible_datasets(model: str, factory: str | None, weights_path: str | Non
         with torch.inference_mode():
             try:
                 fits = tuple(net(torch.zeros(1, *d["input_shape"])).shape) == (1, d["num_classes"])
-            except (RuntimeError, ValueError, TypeError):
+            except USER_CODE_ERRORS:  # the forward pass is user code: any failure means "does not fit"
                 fits = False
         if fits:
             choices.append({"name": d["name"], "available": True, "reason": ""})
@@ -103,10 +128,12 @@ def save_upload(filename: str, data: bytes) -> str:
 
 # ---- pristine shared objects (cache_resource: never mutated) ---------------------------------------
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _loaded_model(model: str, dataset: str | None, factory: str | None, weights_path: str | None) -> LoadedModel:
+def _loaded_model(model: str, dataset: str | None, factory: str | None, weights_path: str | None,
+                  num_classes: int | None, allowed: tuple[str, ...]) -> LoadedModel:
+    """A built-in, or a bring-your-own spec (torchvision:NAME, or a factory under the `allowed` module prefixes)."""
     if factory is None:
         return load_model(model, dataset=dataset)
-    return load_model(factory, weights=weights_path)
+    return load_model(factory, weights=weights_path, num_classes=num_classes, allowed_factories=allowed)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -122,7 +149,7 @@ def get_experiment(selection: Selection) -> Experiment:
         ModelLoadError, DatasetUnavailable, DeviceUnavailable: one line saying what is wrong.
     """
     loaded = _loaded_model(selection.model, None if selection.factory else selection.dataset,
-                           selection.factory, selection.weights_path)
+                           selection.factory, selection.weights_path, selection.num_classes, allowed_factories())
     return Experiment(loaded, _dataset(selection.dataset), split="test", limit=selection.limit,
                       device=selection.device)
 

@@ -80,7 +80,6 @@ def datasets() -> list[dict]:
     return list_datasets()
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
 def compatible_datasets(model: str, factory: str | None, weights_path: str | None,
                         num_classes: int | None = None) -> list[dict]:
     """The datasets a model can run on, each `{name, available, reason}`.
@@ -88,13 +87,23 @@ def compatible_datasets(model: str, factory: str | None, weights_path: str | Non
     Built-ins: the datasets they have checkpoints for. Bring-your-own: every installed dataset whose input
     shape the model accepts and whose class count matches its output (one forward pass of zeros), plus the
     datasets that are not installed, with the reason.
+
+    Raises:
+        ModelLoadError: the model cannot be loaded, or its factory is not under the allowed module prefixes.
     """
+    return _compatible_datasets(model, factory, weights_path, num_classes, allowed_factories())
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _compatible_datasets(model: str, factory: str | None, weights_path: str | None, num_classes: int | None,
+                         allowed: tuple[str, ...]) -> list[dict]:
+    """compatible_datasets, cached per operator setting too: a result never outlives the allow-list it passed."""
     registry = {d["name"]: d for d in datasets()}
     if factory is None:
         wanted = next((m["datasets"] for m in models() if m["name"] == model), [])
         return [{"name": n, "available": registry.get(n, {}).get("available", False),
                  "reason": registry.get(n, {}).get("reason") or ""} for n in wanted]
-    net = _loaded_model(model, None, factory, weights_path, num_classes, allowed_factories()).model
+    net = _loaded_model(model, None, factory, weights_path, num_classes, allowed).model
     choices = []
     for d in registry.values():
         if not d["available"]:

@@ -4,9 +4,10 @@ File layout (little-endian; the prefix, checksum and header checks live in `expo
 
     b"CMPX" | version 2 u16 | header length u32 | payload length u64 | sha256 | header JSON | payload
 
-The sha256 covers the prefix fields, the header and the payload. The JSON header holds the architecture `source` (for models.build_architecture), the config, act_qparams and,
-per layer, its shape, storage format, value kind / width and the byte ranges of its payload sections. Payload
-sections are byte-aligned bitstreams (LSB first, `width` bits per entry):
+The sha256 covers the prefix fields, the header and the payload. The JSON header holds the architecture `source`
+(for models.build_architecture), the config, act_qparams and, per layer, its shape, storage format, value kind /
+width and the byte ranges of its payload sections. Payload sections are byte-aligned bitstreams (LSB first, `width`
+bits per entry):
 
     values      entries x value_bits      integer codes (uniform: code - qmin) or raw fp32 / fp16 / bf16 bits
     mask        n x 1                     bitmask format
@@ -328,7 +329,8 @@ def load_exported(path: str | os.PathLike,
     model.eval()
     if header["act_qparams"]:
         from .compress import attach_activation_quant
-        attach_activation_quant(model, {k: (float(s), z, lo, hi) for k, (s, z, lo, hi) in header["act_qparams"].items()})
+        act = header["act_qparams"]  # checked: [scale > 0, zero point, qmin <= qmax] per known layer
+        attach_activation_quant(model, {k: (float(s), z, lo, hi) for k, (s, z, lo, hi) in act.items()})
     return model, {**header, "file_bytes": Path(path).stat().st_size}
 
 

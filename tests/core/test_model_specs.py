@@ -18,7 +18,8 @@ STDLIB_SPECS = ["os:abort", "builtins:exit", "tempfile:mkdtemp", "os:fork", "thi
                 "antigravity:geohash", "code:interact", "multiprocessing:Process"]
 MALFORMED = [".rel:x", "", ":", "pkg:", ":fn", "pkg..mod:fn", "pkg.mod.:fn", "pkg mod:fn", "pkg.mod:fn\n",
              "pkg.mod:fn x", "\tpkg:fn", "pkg:1fn", "pkg:fn.attr", "a:b:c", "class:fn", "pkg:f\u00f1", "pkg;rm:fn",
-             "../etc:passwd", "x" * 300 + ":f", "pkg.__init__:fn", "__main__:main", "pkg:fn()", "pkg:lambda", "pkg/mod:fn"]
+             "../etc:passwd", "x" * 300 + ":f", "pkg.__init__:fn", "__main__:main", "pkg:fn()", "pkg:lambda",
+             "pkg/mod:fn"]
 DUNDER = ["pkg:__class__", "pkg:__init__", "torch.nn:__getattr__"]
 
 
@@ -119,7 +120,7 @@ def test_stdlib_is_refused_even_when_an_operator_allows_it(calls):
 ])
 def test_user_module_failing_at_import_is_one_line(user_module, source, says):
     name = user_module("byo_broken_import", source + "def build(num_classes=10):\n    return None\n")
-    with pytest.raises(ModelLoadError, match=f"cannot import 'byo_broken_import'") as err:
+    with pytest.raises(ModelLoadError, match="cannot import 'byo_broken_import'") as err:
         load_model(f"{name}:build")
     assert says in _one_line(err)
 

@@ -109,6 +109,7 @@ def _model_picker() -> tuple[str | None, str | None, str | None, int | None]:
 
 
 def _bring_your_own() -> tuple[str | None, str | None, str | None, int | None]:
+    """The bring-your-own widgets; the spec counts only once Load model confirmed it (with its class count)."""
     allowed = services.allowed_factories()
     spec = st.text_input("Architecture (torchvision:NAME or package.module:function)", key="factory",
                          bind="query-params", placeholder="torchvision:resnet18",
@@ -124,7 +125,7 @@ def _bring_your_own() -> tuple[str | None, str | None, str | None, int | None]:
         st.caption(f"Factories are allowed from: {', '.join(allowed)}.")
     else:
         st.caption("Factories (package.module:function) are off on this server; an operator enables them with "
-                   "`COMPRESSION_EXPLORER_ALLOWED_FACTORIES=mypkg.models` (see README).")
+                   f"`{services.ALLOWED_FACTORIES_ENV}=mypkg.models` (see README).")
     request = {"spec": spec, "num_classes": None if num_classes is None else int(num_classes)}
     if st.button("Load model", key="load_model", type="primary", disabled=not spec):
         st.session_state[LOADED_KEY] = request

@@ -1,12 +1,13 @@
 """Write a compressed model to a real packed file, in exactly the layout size.py costed, and load it back.
 
-File layout (little-endian):
+File layout (little-endian; the prefix, checksum and header checks live in `export_format`):
 
-    b"CMPX" | version u16 | header length u32 | payload length u64 | payload crc32 u32 | header JSON | payload
+    b"CMPX" | version 2 u16 | header length u32 | payload length u64 | sha256 | header JSON | payload
 
-The JSON header holds the architecture `source` (for models.build_architecture), the config, act_qparams and,
-per layer, its shape, storage format, value kind / width and the byte ranges of its payload sections. Payload
-sections are byte-aligned bitstreams (LSB first, `width` bits per entry):
+The sha256 covers the prefix fields, the header and the payload. The JSON header holds the architecture `source`
+(for models.build_architecture), the config, act_qparams and, per layer, its shape, storage format, value kind /
+width and the byte ranges of its payload sections. Payload sections are byte-aligned bitstreams (LSB first, `width`
+bits per entry):
 
     values      entries x value_bits      integer codes (uniform: code - qmin) or raw fp32 / fp16 / bf16 bits
     mask        n x 1                     bitmask format
@@ -17,14 +18,18 @@ sections are byte-aligned bitstreams (LSB first, `width` bits per entry):
 
 Decoding: uniform w = (code - zp) * scale per output channel; kmeans / pow2 w = codebook[code] (code K = 0).
 `export` decodes what it wrote and refuses to finish unless the weights come back bit-for-bit.
+
+Files carry data, never code: `load_exported` rebuilds only `builtin` and `torchvision` sources by itself; for any
+other source (a `package.module:factory`) the caller passes `build=` — nothing a file names is imported or called.
+Every header field is checked before use, the layer and tensor names and shapes must match the rebuilt model
+before anything is decoded, and decoded values must be finite. Version-1 files (payload crc32 only) stay readable
+under the same rules; see `export_format` for why version 2 uses sha256. Every failure is one `ExportError` line.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import struct
-import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -33,18 +38,15 @@ import torch
 from torch import nn
 
 from .compressed import CompressedModel, LayerCompression
+from .export_format import DTYPES, MAGIC, PREFIX, VERSION, ExportError, check_fits, pack_file, parse_file
+from .models.specs import short
 from .quantize import qrange
 from .size import SKIPPED_BUFFERS, LayerSize, flat_positions, needs_zero_code, relative_fillers, size_report, \
     value_kind
 
-MAGIC = b"CMPX"
-VERSION = 1
-PREFIX = struct.Struct("<4sHIQI")  # magic, version, header bytes, payload bytes, payload crc32
 CHUNK = 1 << 18  # entries packed per step; a multiple of 8, so every chunk ends on a byte boundary
-
-
-class ExportError(Exception):
-    """The file is not a valid export, or the compressed model cannot be written faithfully (one line)."""
+__all__ = ["MAGIC", "PREFIX", "VERSION", "ExportError", "export", "load_exported", "pack_bits", "read_header",
+           "unpack_bits"]
 
 
 # ---- bit packing -------------------------------------------------------------------------------
@@ -163,10 +165,8 @@ def _relative_entries(pos: np.ndarray, index_bits: int) -> tuple[np.ndarray, np.
 
 def _decode_layer(entry: dict, payload: memoryview) -> torch.Tensor:
     """Rebuild one float32 weight from its header entry and the payload."""
-    def section(key: str) -> memoryview:
+    def section(key: str) -> memoryview:  # ranges and sizes were checked with the header
         off, size = entry["sections"][key]
-        if off < 0 or off + size > len(payload):
-            raise ExportError(f"corrupt export: section {key!r} of layer {entry['name']!r} is out of range")
         return payload[off:off + size]
 
     shape, fmt, kind = tuple(entry["shape"]), entry["format"], entry["kind"]
@@ -179,6 +179,8 @@ def _decode_layer(entry: dict, payload: memoryview) -> torch.Tensor:
     elif fmt == "csr":
         rows, cols = shape[0], n // shape[0]
         row_ptr = unpack_bits(section("row_ptr"), rows + 1, entry["nnz"].bit_length())
+        if row_ptr[0] != 0 or row_ptr[-1] != entry["nnz"] or (np.diff(row_ptr) < 0).any():
+            raise ExportError(f"corrupt export: the row pointers of layer {entry['name']!r} are not 0 .. nnz in order")
         pos = np.repeat(np.arange(rows), np.diff(row_ptr)) * cols + unpack_bits(
             section("cols"), entry["nnz"], (cols - 1).bit_length())
     else:
@@ -199,6 +201,9 @@ def _decode_layer(entry: dict, payload: memoryview) -> torch.Tensor:
         w = torch.from_numpy(values + entry["qmin"] - zp[ch]).to(torch.float32) * scale[torch.from_numpy(ch)]
     else:
         table = np.append(np.frombuffer(section("codebook"), dtype="<f4"), np.float32(0.0))
+        if values.size and values.max() >= table.size:
+            raise ExportError(f"corrupt export: layer {entry['name']!r} uses code {values.max()} of a "
+                              f"{table.size - 1}-level codebook")
         w = torch.from_numpy(table[values])
     full = torch.zeros(n, dtype=torch.float32)
     full[torch.from_numpy(pos)] = w
@@ -257,7 +262,7 @@ def export(cm: CompressedModel, path: str | os.PathLike, source: dict) -> int:
         head = json.dumps(header, separators=(",", ":")).encode()
     except TypeError as e:
         raise ExportError(f"source must be a JSON-serialisable dict as models.build_architecture takes; {e}") from None
-    blob = PREFIX.pack(MAGIC, VERSION, len(head), len(payload), zlib.crc32(payload)) + head + payload
+    blob = pack_file(head, payload)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -281,27 +286,16 @@ def _verify(cm: CompressedModel, state: dict, layers: list[dict], payload: memor
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, memoryview]:
-    """Validate the file's prefix, length and checksum; return (header, payload)."""
+    """Check the file's prefix, length, checksum and every header field; return (header, payload).
+
+    Raises:
+        ExportError: one line naming the file and what is wrong.
+    """
     try:
         data = Path(path).read_bytes()
     except OSError as e:
         raise ExportError(f"cannot read {path}: {e.strerror}; give the path of a file written by export") from None
-    if len(data) < PREFIX.size or data[:4] != MAGIC:
-        raise ExportError(f"{path}: not a Compression Explorer export (bad magic); export the model again")
-    _, version, head_len, payload_len, crc = PREFIX.unpack_from(data)
-    if version != VERSION:
-        raise ExportError(f"{path}: export version {version} is not supported (this build reads {VERSION})")
-    if len(data) != PREFIX.size + head_len + payload_len:
-        raise ExportError(f"{path}: file is {len(data)} bytes, its header says {PREFIX.size + head_len + payload_len}"
-                          " (truncated or padded); export the model again")
-    payload = memoryview(data)[PREFIX.size + head_len:]
-    if zlib.crc32(payload) != crc:
-        raise ExportError(f"{path}: payload checksum mismatch (corrupt file); export the model again")
-    try:
-        header = json.loads(data[PREFIX.size:PREFIX.size + head_len])
-    except ValueError:
-        raise ExportError(f"{path}: header is not valid JSON (corrupt file); export the model again") from None
-    return header, payload
+    return parse_file(data, path)
 
 
 def load_exported(path: str | os.PathLike,
@@ -310,36 +304,49 @@ def load_exported(path: str | os.PathLike,
 
     Args:
         path: a file written by `export`.
-        build: source dict -> untrained module; defaults to models.build_architecture.
+        build: source dict -> untrained module. Needed for a factory source; without it only `builtin` and
+            `torchvision` sources are rebuilt (models.build_architecture), so nothing the file names is imported.
 
     Returns:
         (model in eval mode with the decoded weights and activation fake-quant re-attached, header dict).
+
+    Raises:
+        ExportError: one line — unreadable, corrupt or edited file, invalid header field, a factory source without
+            `build`, names or shapes that do not match the rebuilt model, non-finite values.
     """
     header, payload = read_header(path)
-    if build is None:
-        from .models import build_architecture as build
-    model = build(header["source"])
-    try:
-        state = {f"{e['name']}.weight": _decode_layer(e, payload) for e in header["layers"]}
-        for t in header["tensors"]:
-            off, size = t["section"]
-            dtype = getattr(torch, t["dtype"])
-            raw = torch.frombuffer(bytearray(payload[off:off + size]), dtype=torch.uint8)
-            state[t["name"]] = raw.view(dtype).reshape(t["shape"])
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
-        raise ExportError(f"{path}: corrupt export ({type(e).__name__}: {e}); export the model again") from None
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        raise ExportError(f"{path}: weights do not fit the rebuilt architecture: {str(e).splitlines()[-1].strip()}") \
-            from None
-    missing = [k for k in result.missing_keys if k.rsplit(".", 1)[-1] not in SKIPPED_BUFFERS]
-    if missing or result.unexpected_keys:
-        raise ExportError(f"{path}: weights do not fit the rebuilt architecture: missing {missing}, "
-                          f"unexpected {result.unexpected_keys}")
+    model = _rebuild(header["source"], build, path)
+    check_fits(header, model, path)
+    state = {f"{e['name']}.weight": _decode_layer(e, payload) for e in header["layers"]}
+    for t in header["tensors"]:
+        off, size = t["section"]
+        raw = torch.frombuffer(bytearray(payload[off:off + size]), dtype=torch.uint8)
+        state[t["name"]] = raw.view(DTYPES[t["dtype"]]).reshape(t["shape"])
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ExportError(f"{path}: tensor {bad[0]!r} holds NaN/Inf values; refusing to load it")
+    model.load_state_dict(state, strict=False)  # names and shapes were checked; skipped buffers keep their value
     model.eval()
     if header["act_qparams"]:
         from .compress import attach_activation_quant
-        attach_activation_quant(model, {k: (float(s), int(z), int(lo), int(hi))
-                                        for k, (s, z, lo, hi) in header["act_qparams"].items()})
+        act = header["act_qparams"]  # checked: [scale > 0, zero point, qmin <= qmax] per known layer
+        attach_activation_quant(model, {k: (float(s), z, lo, hi) for k, (s, z, lo, hi) in act.items()})
     return model, {**header, "file_bytes": Path(path).stat().st_size}
+
+
+def _rebuild(source: dict, build: Callable[[dict], nn.Module] | None, path: object) -> nn.Module:
+    """The untrained model: the caller's `build`, or a built-in / torchvision architecture (never a factory)."""
+    if build is None:
+        if source["kind"] not in ("builtin", "torchvision"):
+            raise ExportError(f"{path}: the file's model source is {source['kind']} {short(source.get('factory'))}; "
+                              "load_exported never imports code a file names: pass build= (source -> nn.Module)")
+        from .models import ModelLoadError, build_architecture
+        try:
+            model = build_architecture(source, allowed_factories=())
+        except ModelLoadError as e:
+            raise ExportError(f"{path}: cannot rebuild the file's model: {e}") from None
+    else:
+        model = build(source)
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"{path}: build returned a {type(model).__name__}, not a torch.nn.Module")
+    return model

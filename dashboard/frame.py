@@ -2,7 +2,11 @@
 
 The sidebar's widgets are bound to the URL (`bind="query-params"`), so `?model=digits-cnn&dataset=digits&limit=500`
 reproduces a view and every change updates the address bar. Widget keys used here (and therefore URL parameter
-names): `model`, `factory`, `dataset`, `device`, `limit`; `weights` is the upload widget.
+names): `model`, `factory`, `num_classes`, `dataset`, `device`, `limit`; `weights` is the upload widget.
+
+A bring-your-own spec (`torchvision:NAME`, or `package.module:function` from a module prefix the operator allows in
+`$COMPRESSION_EXPLORER_ALLOWED_FACTORIES`) is never loaded straight from the URL: it loads only after the user
+presses **Load model** in this session, and any change to the spec or class count needs another press.
 
 Pages read what the sidebar chose with `current_selection()` (or `require_selection()`); the choice is stored
 in `st.session_state["selection"]` as a plain dict, per browser session.
@@ -16,9 +20,11 @@ import streamlit as st
 import torch
 
 from compression_core.evaluate import DeviceUnavailable, select_device
+from compression_core.models.loading import MAX_CLASSES
 from dashboard import services
 
 SELECTION_KEY = "selection"
+LOADED_KEY = "loaded_model"  # {"spec", "num_classes"} the user confirmed with Load model in this session
 UPLOAD_NAME_KEY = "upload_name"  # {weights content id: the file name the user uploaded}, to name it in messages
 UPLOADS_KEY = "uploads"  # {weights content id: bytes} uploaded by this session, for its quota
 CUSTOM = "custom"  # the model option "Bring your own"
@@ -38,8 +44,9 @@ class Selection:
     dataset: registry dataset name (e.g. "mnist").
     device: the device actually used, resolved from the user's auto/cpu/cuda choice ("cpu", "cuda" or "mps").
     limit: size of the class-stratified live evaluation subset of the test split (None = the whole split).
-    factory: the bring-your-own factory spec, None for built-ins.
+    factory: the bring-your-own spec (factory or torchvision:NAME), None for built-ins.
     weights_id: content id of the uploaded weights (sha256 prefix + suffix; bring-your-own only), else None.
+    num_classes: the class count passed to a bring-your-own constructor (None: its default).
     """
 
     model: str = DEFAULT_MODEL
@@ -48,6 +55,7 @@ class Selection:
     limit: int | None = DEFAULT_LIMIT
     factory: str | None = None
     weights_id: str | None = None
+    num_classes: int | None = None
 
     @property
     def key(self) -> str:
@@ -70,8 +78,8 @@ def require_selection() -> Selection:
     """`current_selection()`, or an explanation and `st.stop()` when there is none (pages call this first)."""
     selection = current_selection()
     if selection is None:
-        st.info("Choose a model and a dataset in the sidebar to start. "
-                "Bring your own model: pick **Bring your own…**, give its factory and upload its weights.")
+        st.info("Choose a model and a dataset in the sidebar to start. Bring your own model: pick **Bring your "
+                "own…**, give its architecture and class count, upload its weights and press **Load model**.")
         st.stop()
     return selection
 
@@ -81,8 +89,11 @@ def model_label(name: str) -> str:
     return "Bring your own…" if name == CUSTOM else name
 
 
-def _model_picker() -> tuple[str, str | None, str | None]:
-    """(model, factory, weights_id) from the model widgets; factory/weights None for built-ins."""
+def _model_picker() -> tuple[str | None, str | None, str | None, int | None]:
+    """(model, factory, weights_id, num_classes) from the model widgets; the last three None for built-ins.
+
+    For bring-your-own, model and factory are the spec once Load model confirmed it, else None (nothing loads).
+    """
     builtins = services.models()
     names = [m["name"] for m in builtins]
     describe = {m["name"]: m.get("description") or "" for m in builtins}
@@ -90,25 +101,45 @@ def _model_picker() -> tuple[str, str | None, str | None]:
     model = st.selectbox(
         "Model", names + [CUSTOM], index=default, key="model", bind="query-params",
         format_func=model_label,
-        help="Built-in models ship trained checkpoints; bring your own with a factory and a weights file.")
+        help="Built-in models ship trained checkpoints; bring your own architecture with a weights file.")
     if model != CUSTOM:
         if describe.get(model):
             st.caption(describe[model])
-        return model, None, None
-    factory = st.text_input("Factory (package.module:function)", key="factory", bind="query-params",
-                            placeholder="mypkg.nets:build_model",
-                            help="An importable function that returns the untrained nn.Module.").strip()
+        return model, None, None, None
+    return _bring_your_own()
+
+
+def _bring_your_own() -> tuple[str | None, str | None, str | None, int | None]:
+    """The bring-your-own widgets; the spec counts only once Load model confirmed it (with its class count)."""
+    allowed = services.allowed_factories()
+    spec = st.text_input("Architecture (torchvision:NAME or package.module:function)", key="factory",
+                         bind="query-params", placeholder="torchvision:resnet18",
+                         help="A torchvision architecture by name, or (where the operator allows it) an importable "
+                              "function or nn.Module class that builds the untrained model.").strip()
+    num_classes = st.number_input("Classes", min_value=1, max_value=MAX_CLASSES, value=None, step=1,
+                                  key="num_classes", bind="query-params", placeholder="the model's default",
+                                  help="Output classes of the model's head; torchvision heads default to 1000.")
     upload = st.file_uploader("Weights (.safetensors, .pt, .pth)", type=["safetensors", "pt", "pth"], key="weights",
                               help="A state dict; .pt/.pth files are read with weights_only=True, so pickles "
                                    "that would run code are refused.")
-    if not factory:
-        st.caption("Enter the factory that builds your model.")
+    if allowed:
+        st.caption(f"Factories are allowed from: {', '.join(allowed)}.")
+    else:
+        st.caption("Factories (package.module:function) are off on this server; an operator enables them with "
+                   f"`{services.ALLOWED_FACTORIES_ENV}=mypkg.models` (see README).")
+    request = {"spec": spec, "num_classes": None if num_classes is None else int(num_classes)}
+    if st.button("Load model", key="load_model", type="primary", disabled=not spec):
+        st.session_state[LOADED_KEY] = request
     weights_id = None
     if upload is not None:
         session_uploads = st.session_state.setdefault(UPLOADS_KEY, {})
         weights_id = services.save_upload(upload.name, upload.getvalue(), session_uploads)
         st.session_state[UPLOAD_NAME_KEY] = {weights_id: upload.name}
-    return factory, factory or None, weights_id
+    if spec and st.session_state.get(LOADED_KEY) == request:
+        return spec, spec, weights_id, request["num_classes"]
+    st.caption("Press **Load model** to load this architecture." if spec else
+               "Enter the architecture, e.g. torchvision:resnet18, then press **Load model**.")
+    return None, None, weights_id, request["num_classes"]
 
 
 def _dataset_picker(choices: list[dict] | None) -> str | None:
@@ -159,9 +190,9 @@ def render_sidebar() -> Selection | None:
     selection, problem, choices = None, None, None
     with st.sidebar:
         try:
-            model, factory, weights_id = _model_picker()
+            model, factory, weights_id, num_classes = _model_picker()
             if model and (factory is None or weights_id is not None):
-                choices = services.compatible_datasets(model, factory, weights_id)
+                choices = services.compatible_datasets(model, factory, weights_id, num_classes)
             elif factory is not None:
                 st.caption("Upload the weights file to load the model.")
         except services.USER_ERRORS as e:
@@ -175,7 +206,7 @@ def render_sidebar() -> Selection | None:
         if choices and dataset:
             try:
                 selection = Selection(model=model, dataset=dataset, device=device, limit=int(limit),
-                                      factory=factory, weights_id=weights_id)
+                                      factory=factory, weights_id=weights_id, num_classes=num_classes)
                 base = services.baseline(selection)
                 st.caption(f"fp32 accuracy: **{100 * base['accuracy']:.2f} %** on {base['n_samples']:,} "
                            f"test samples")

@@ -5,13 +5,17 @@ models): one copy per server process, shared by every browser session and never 
 `compress` is out-of-place and the UI only reads them. `st.cache_data` holds results (records, histograms,
 sensitivity tables) keyed on the selection and the config JSON, so repeating a config is instant.
 
-Every function takes a `frame.Selection` (model, dataset, device, limit, factory, weights_id) and, where a
-config is involved, the config as canonical JSON (`CompressionConfig.to_json()`), which is also its cache key.
+Every function takes a `frame.Selection` (model, dataset, device, limit, factory, weights_id, num_classes) and,
+where a config is involved, the config as canonical JSON (`CompressionConfig.to_json()`), which is also its cache key.
 User mistakes raise one of `USER_ERRORS`; pages show `error_line(e)` with `st.error` and carry on.
+
+Model factories name code, so the dashboard loads them only from the module prefixes the operator lists in
+`$COMPRESSION_EXPLORER_ALLOWED_FACTORIES` (none by default); `frame` loads a spec only after a Load click.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 import threading
 from collections import OrderedDict
@@ -28,7 +32,8 @@ from compression_core.config import CompressionConfig, ConfigError
 from compression_core.datasets import Dataset, DatasetUnavailable, list_datasets, load_dataset
 from compression_core.evaluate import DeviceUnavailable
 from compression_core.experiment import Experiment
-from compression_core.models import LoadedModel, ModelLoadError, list_models, load_model
+from compression_core.models import LoadedModel, ModelLoadError, check_model_name, list_models, load_model
+from compression_core.models.specs import USER_CODE_ERRORS, is_module_prefix
 from compression_core.store import Store, StoreError
 
 if TYPE_CHECKING:
@@ -40,6 +45,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 MAX_UPLOADS_PER_SESSION = 8  # distinct weight files one browser session may upload
 MAX_UPLOAD_BYTES_PER_SESSION = 1 << 30  # 1 GiB in all (one file is capped by server.maxUploadSize)
 MAX_HELD_UPLOADS = 4  # uploads held in memory, waiting to be loaded, for the whole server
+ALLOWED_FACTORIES_ENV = "COMPRESSION_EXPLORER_ALLOWED_FACTORIES"  # comma list of module prefixes; unset = none
 
 
 def error_line(error: BaseException) -> str:
@@ -49,6 +55,24 @@ def error_line(error: BaseException) -> str:
 
 
 # ---- what can be chosen ----------------------------------------------------------------------------
+def allowed_factories() -> tuple[str, ...]:
+    """The module prefixes the operator allows model factories from (`$COMPRESSION_EXPLORER_ALLOWED_FACTORIES`).
+
+    Returns:
+        e.g. ("mypkg.models", "team_nets"); empty (the default) allows no factory: built-ins, `torchvision:NAME`
+        architectures and uploaded state dicts only.
+
+    Raises:
+        ModelLoadError: an entry is not a dotted module name.
+    """
+    prefixes = tuple(p.strip() for p in os.environ.get(ALLOWED_FACTORIES_ENV, "").split(",") if p.strip())
+    bad = [p for p in prefixes if not is_module_prefix(p)]
+    if bad:
+        raise ModelLoadError(f"{ALLOWED_FACTORIES_ENV} holds {bad[0]!r}, not a dotted module name like "
+                             "mypkg.models; the operator must fix this server setting")
+    return prefixes
+
+
 @st.cache_data(show_spinner=False, ttl=300)
 def models() -> list[dict]:
     """Built-in models (`compression_core.models.list_models`): name, datasets, description, n_params, accuracy."""
@@ -61,20 +85,30 @@ def datasets() -> list[dict]:
     return list_datasets()
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def compatible_datasets(model: str, factory: str | None, weights_id: str | None) -> list[dict]:
+def compatible_datasets(model: str, factory: str | None, weights_id: str | None,
+                        num_classes: int | None = None) -> list[dict]:
     """The datasets a model can run on, each `{name, available, reason}`.
 
     Built-ins: the datasets they have checkpoints for. Bring-your-own: every installed dataset whose input
     shape the model accepts and whose class count matches its output (one forward pass of zeros), plus the
     datasets that are not installed, with the reason.
+
+    Raises:
+        ModelLoadError: the model cannot be loaded, or its factory is not under the allowed module prefixes.
     """
+    return _compatible_datasets(model, factory, weights_id, num_classes, allowed_factories())
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _compatible_datasets(model: str, factory: str | None, weights_id: str | None, num_classes: int | None,
+                         allowed: tuple[str, ...]) -> list[dict]:
+    """compatible_datasets, cached per operator setting too: a result never outlives the allow-list it passed."""
     registry = {d["name"]: d for d in datasets()}
     if factory is None:
         wanted = next((m["datasets"] for m in models() if m["name"] == model), [])
         return [{"name": n, "available": registry.get(n, {}).get("available", False),
                  "reason": registry.get(n, {}).get("reason") or ""} for n in wanted]
-    net = _loaded_model(model, None, factory, weights_id).model
+    net = _loaded_model(model, None, factory, weights_id, num_classes, allowed).model
     choices = []
     for d in registry.values():
         if not d["available"]:
@@ -83,7 +117,7 @@ def compatible_datasets(model: str, factory: str | None, weights_id: str | None)
         with torch.inference_mode():
             try:
                 fits = tuple(net(torch.zeros(1, *d["input_shape"])).shape) == (1, d["num_classes"])
-            except (RuntimeError, ValueError, TypeError):
+            except USER_CODE_ERRORS:  # the forward pass is user code: any failure means "does not fit"
                 fits = False
         if fits:
             choices.append({"name": d["name"], "available": True, "reason": ""})
@@ -147,8 +181,9 @@ def save_upload(filename: str, data: bytes, session_uploads: dict[str, int]) -> 
     return weights_id
 
 
-def _load_upload(factory: str, weights_id: str) -> LoadedModel:
+def _load_upload(factory: str, weights_id: str, num_classes: int | None, allowed: tuple[str, ...]) -> LoadedModel:
     """Build `factory` with the held upload `weights_id`, through a temp file deleted as soon as it is read."""
+    check_model_name(factory, allowed_factories=allowed)  # a refused spec is refused before the upload is touched
     held = _held_uploads().take(weights_id)
     if held is None:
         raise ModelLoadError(f"the uploaded weights {weights_id} are no longer held by the server; upload the "
@@ -159,18 +194,20 @@ def _load_upload(factory: str, weights_id: str) -> LoadedModel:
         path = Path(folder) / f"weights{Path(weights_id).suffix}"
         path.write_bytes(data)
         try:
-            return load_model(factory, weights=str(path))
+            return load_model(factory, weights=str(path), num_classes=num_classes, allowed_factories=allowed)
         except ModelLoadError as e:  # name the file as the user knows it, not by its temp path
             raise ModelLoadError(str(e).replace(str(path), name)) from None
 
 
 # ---- pristine shared objects (cache_resource: never mutated) ---------------------------------------
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _loaded_model(model: str, dataset: str | None, factory: str | None, weights_id: str | None) -> LoadedModel:
-    """A built-in model, or a bring-your-own one keyed on its weights' content id (the model is kept, not a file)."""
+def _loaded_model(model: str, dataset: str | None, factory: str | None, weights_id: str | None,
+                  num_classes: int | None, allowed: tuple[str, ...]) -> LoadedModel:
+    """A built-in, or a bring-your-own spec (torchvision:NAME, or a factory under the `allowed` module prefixes)
+    keyed on its weights' content id (the model is kept, not a file)."""
     if factory is None:
         return load_model(model, dataset=dataset)
-    return _load_upload(factory, weights_id)
+    return _load_upload(factory, weights_id, num_classes, allowed)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -186,7 +223,7 @@ def get_experiment(selection: Selection) -> Experiment:
         ModelLoadError, DatasetUnavailable, DeviceUnavailable: one line saying what is wrong.
     """
     loaded = _loaded_model(selection.model, None if selection.factory else selection.dataset,
-                           selection.factory, selection.weights_id)
+                           selection.factory, selection.weights_id, selection.num_classes, allowed_factories())
     return Experiment(loaded, _dataset(selection.dataset), split="test", limit=selection.limit,
                       device=selection.device)
 

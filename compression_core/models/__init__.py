@@ -4,14 +4,16 @@ A model name is a built-in (`lenet300`, `lenet5`, `digits-cnn`, `mnist1d-mlp`, `
 `package.module:function` or `torchvision:NAME`; see `load_model`. The model a `LoadedModel` holds is shared by
 caches and experiments: never modify it; copy it first (`copy.deepcopy`) when you need to change it.
 
-Modules: `architectures` (the built-in networks), `weights` (reading and checking state dicts), `loading`
+Modules: `architectures` (the built-in networks), `weights` (reading and checking state dicts), `specs` (factory
+specs checked before import: never the standard library, optionally only from allowed module prefixes), `loading`
 (names -> models, the checkpoint manifest).
 """
 from .architectures import ARCHITECTURES, Architecture
-from .loading import (CHECKPOINT_DIR, MANIFEST, LoadedModel, build_architecture, list_models, load_model,
-                      read_manifest)
+from .loading import (CHECKPOINT_DIR, MANIFEST, LoadedModel, build_architecture, check_model_name, list_models,
+                      load_model, read_manifest)
+from .specs import resolve_factory
 from .weights import WEIGHT_SUFFIXES, ModelLoadError, file_sha256, load_weights, read_state_dict, state_fingerprint
 
 __all__ = ["ARCHITECTURES", "Architecture", "CHECKPOINT_DIR", "MANIFEST", "LoadedModel", "ModelLoadError",
-           "WEIGHT_SUFFIXES", "build_architecture", "file_sha256", "list_models", "load_model", "load_weights",
-           "read_manifest", "read_state_dict", "state_fingerprint"]
+           "WEIGHT_SUFFIXES", "build_architecture", "check_model_name", "file_sha256", "list_models", "load_model",
+           "load_weights", "read_manifest", "read_state_dict", "resolve_factory", "state_fingerprint"]

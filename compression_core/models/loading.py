@@ -1,21 +1,26 @@
 """Loading a model by name: a built-in with its shipped checkpoint, a factory, or a torchvision architecture.
 
 Shipped checkpoints live in `assets/checkpoints/` with a `manifest.json` (sha256, dataset, test accuracy, recipe,
-seed); a checkpoint whose bytes do not match its sha256 is refused.
+seed); a checkpoint whose bytes do not match its sha256 is refused. Factory specs go through
+`specs.resolve_factory` first: standard-library callables and malformed specs are refused before any import, and
+the caller may restrict factories to allowed module prefixes (the dashboard does).
 """
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .architectures import ARCHITECTURES
+from .specs import USER_CODE_ERRORS, check_spec, resolve_factory, short
 from .weights import ModelLoadError, file_sha256, line, load_weights, read_state_dict, state_fingerprint
 
+SOURCE_KINDS = ("builtin", "factory", "torchvision")
+MAX_CLASSES = 100_000  # a classifier head beyond this is a typo or an attack on memory, not a dataset
 CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "assets" / "checkpoints"
 MANIFEST = "manifest.json"
 
@@ -37,54 +42,67 @@ class LoadedModel:
     manifest: dict | None = None
 
 
-def build_architecture(source: dict) -> nn.Module:
+def build_architecture(source: dict, *, allowed_factories: Sequence[str] | None = None) -> nn.Module:
     """Build an untrained model from a `source` dict (see `LoadedModel.source`).
 
     Args:
         source: {"kind": "builtin", "name": "lenet5", "num_classes": 10},
             {"kind": "factory", "factory": "pkg.mod:fn", "num_classes": 10 or None} or
             {"kind": "torchvision", "name": "resnet18", "num_classes": 10 or None}.
+        allowed_factories: module prefixes a factory must come from (see `resolve_factory`); None allows any
+            module outside the standard library, an empty sequence allows no factory at all.
 
     Returns:
         A new nn.Module with seeded (repeatable) initial weights; the global RNG is left untouched.
+
+    Raises:
+        ModelLoadError: one line naming the bad source, the refused factory or what the factory raised.
     """
-    kind, num_classes = source.get("kind"), source.get("num_classes")
-    kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
+    kind = source.get("kind") if isinstance(source, dict) else None
+    if kind not in SOURCE_KINDS:
+        raise ModelLoadError(f"model source kind must be one of {', '.join(SOURCE_KINDS)}; got {short(kind)}")
+    num_classes = _checked_classes(source.get("num_classes"))
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    factory = resolve_factory(source.get("factory"), allowed_prefixes=allowed_factories) if kind == "factory" \
+        else None  # refused before the RNG fork: nothing is imported for a bad spec
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         if kind == "builtin":
-            if source.get("name") not in ARCHITECTURES:
-                raise ModelLoadError(f"unknown built-in model {source.get('name')!r}; use one of "
+            if not isinstance(source.get("name"), str) or source["name"] not in ARCHITECTURES:
+                raise ModelLoadError(f"unknown built-in model {short(source.get('name'))}; use one of "
                                      f"{', '.join(ARCHITECTURES)}")
-            model = ARCHITECTURES[source["name"]].build(int(num_classes or 10))
+            model = ARCHITECTURES[source["name"]].build(num_classes or 10)
         elif kind == "factory":
-            model = _call_factory(str(source.get("factory")), kwargs)
-        elif kind == "torchvision":
-            import torchvision
-
-            try:
-                model = torchvision.models.get_model(str(source.get("name")), weights=None, **kwargs)
-            except (ValueError, KeyError, TypeError) as err:
-                raise ModelLoadError(f"torchvision model {source.get('name')!r} cannot be built ({line(err)}); "
-                                     "see torchvision.models.list_models()") from None
+            model = _call_factory(source["factory"], factory, kwargs)
         else:
-            raise ModelLoadError(f"model source kind must be builtin, factory or torchvision; got {kind!r}")
+            model = _torchvision(source.get("name"), kwargs)
     return model.float().eval()
 
 
-def _call_factory(spec: str, kwargs: dict) -> nn.Module:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ModelLoadError(f"model factory must look like package.module:function; got {spec!r}")
+def _checked_classes(num_classes: object) -> int | None:
+    if num_classes is None:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
+        raise ModelLoadError(f"num_classes must be an integer in [1, {MAX_CLASSES}]; got {short(num_classes)}")
+    return num_classes
+
+
+def _torchvision(name: object, kwargs: dict) -> nn.Module:
+    import torchvision
+
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ModelLoadError(f"torchvision model name must be a name like resnet18; got {short(name)}")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except ImportError as err:
-        raise ModelLoadError(f"cannot import {module_name!r} for model factory {spec!r}: {line(err)}") from None
-    except AttributeError:
-        raise ModelLoadError(f"module {module_name!r} has no factory {attr!r} (model {spec!r})") from None
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelLoadError(f"torchvision model {name!r} cannot be built ({line(err)}); "
+                             "see torchvision.models.list_models()") from None
+
+
+def _call_factory(spec: str, factory: Callable[..., nn.Module], kwargs: dict) -> nn.Module:
     try:
         model = factory(**kwargs)
-    except Exception as err:  # user code: any failure is reported as one line
+    except USER_CODE_ERRORS as err:  # user code: any failure, even sys.exit(), is reported as one line
         args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         raise ModelLoadError(f"model factory {spec}({args}) failed: {type(err).__name__}: {line(err)}") from None
     if not isinstance(model, nn.Module):
@@ -119,6 +137,8 @@ def _checkpoint(name: str, dataset: str | None) -> tuple[Path, dict]:
 
 
 def _source(name: str, num_classes: int | None) -> dict:
+    if not isinstance(name, str):
+        raise ModelLoadError(f"model name must be a string; got {short(name)}")
     if name in ARCHITECTURES:
         return {"kind": "builtin", "name": name, "num_classes": num_classes or 10}
     if name.startswith("torchvision:"):
@@ -129,8 +149,28 @@ def _source(name: str, num_classes: int | None) -> dict:
                          "or torchvision:NAME")
 
 
+def check_model_name(name: str, *, allowed_factories: Sequence[str] | None = None) -> dict:
+    """Refuse a model name that `load_model` would refuse, importing and running nothing.
+
+    Args:
+        name: as for `load_model`.
+        allowed_factories: as for `load_model`.
+
+    Returns:
+        The name's source dict (kind builtin / torchvision / factory).
+
+    Raises:
+        ModelLoadError: an unknown name, a malformed factory spec, a standard-library module, or a module outside
+            `allowed_factories`.
+    """
+    source = _source(name, None)
+    if source["kind"] == "factory":
+        check_spec(source["factory"], allowed_factories)
+    return source
+
+
 def load_model(name: str, *, dataset: str | None = None, weights: str | Path | None = None,
-               num_classes: int | None = None) -> LoadedModel:
+               num_classes: int | None = None, allowed_factories: Sequence[str] | None = None) -> LoadedModel:
     """Build a model and load its weights.
 
     Args:
@@ -140,13 +180,15 @@ def load_model(name: str, *, dataset: str | None = None, weights: str | Path | N
         weights: a .safetensors / .pt / .pth state dict. Required for torchvision models; for a factory, None keeps
             the parameters the factory returns.
         num_classes: passed to the factory / torchvision / built-in constructor when given.
+        allowed_factories: module prefixes a factory may come from (the dashboard's operator setting); None allows
+            any module outside the standard library (the CLI: you run your own code), empty allows none.
 
     Returns:
         A LoadedModel whose `model` is in eval mode, float32, on cpu. Never modify it.
 
     Raises:
-        ModelLoadError: one line naming the problem (unknown name, missing or corrupt file, NaN/Inf, keys that
-            do not fit).
+        ModelLoadError: one line naming the problem (unknown name, refused factory, missing or corrupt file,
+            NaN/Inf, keys that do not fit).
     """
     source = _source(name, num_classes)
     manifest = None
@@ -158,7 +200,7 @@ def load_model(name: str, *, dataset: str | None = None, weights: str | Path | N
         source["num_classes"], dataset, weights = manifest["num_classes"], manifest["dataset"], path
     elif source["kind"] == "torchvision" and weights is None:
         raise ModelLoadError(f"model {name} needs a weights file (.safetensors, .pt or .pth)")
-    model = build_architecture(source)
+    model = build_architecture(source, allowed_factories=allowed_factories)
     if weights is not None:
         load_weights(model, read_state_dict(weights), str(weights))
     model = model.float().eval()

@@ -265,7 +265,7 @@ def _corrupt(data: bytes, how: str) -> bytes:
 
 
 @pytest.mark.parametrize("how, message", [("magic", "bad magic"), ("version", "version 99"),
-                                          ("truncated", "truncated"), ("short", "bad magic"),
+                                          ("truncated", "truncated"), ("short", "truncated"),
                                           ("payload", "checksum")])
 def test_bad_files_are_refused_with_one_line(tmp_path, how, message):
     cm = compress_by_hand(trained_like(SmallCNN), QuantSpec(bits=4), 0.5)

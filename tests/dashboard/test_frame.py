@@ -32,7 +32,7 @@ def test_sidebar_reads_the_url_and_stores_a_plain_selection(make_app, no_excepti
     assert at.number_input(key="limit").value == 200
     stored = at.session_state["selection"]
     assert stored == {"model": "digits-cnn", "dataset": "digits", "device": "cpu", "limit": 200, "factory": None,
-                      "weights_id": None}
+                      "weights_id": None, "num_classes": None}
     assert any("Running on **cpu**" in c.value for c in at.sidebar.caption)
     assert any(c.value.startswith("fp32 accuracy:") for c in at.sidebar.caption)
 
@@ -52,9 +52,16 @@ def test_cuda_request_without_a_gpu_falls_back_to_cpu(make_app, no_exception):
     assert at.session_state["selection"]["device"] == "cpu"
 
 
+@pytest.fixture(autouse=True)
+def _allow_test_factories(monkeypatch):
+    """The operator setting that lets the dashboard load factories from our tests package."""
+    monkeypatch.setenv("COMPRESSION_EXPLORER_ALLOWED_FACTORIES", "tests.core")
+
+
 def _bring_your_own(at, filename: str, data: bytes):
     at.selectbox(key="model").set_value(frame.CUSTOM).run()
     at.text_input(key="factory").input(BYO_FACTORY).run()
+    at.button(key="load_model").click().run()
     at.file_uploader(key="weights").set_value((filename, data, "application/octet-stream")).run()
     return at
 

@@ -25,14 +25,14 @@ from compression_core.compressed import CompressedModel, LayerCompression
 from compression_core.config import CompressionConfig, ConfigError
 from compression_core.datasets import Dataset, DatasetUnavailable, list_datasets, load_dataset
 from compression_core.evaluate import DeviceUnavailable
-from compression_core.experiment import Experiment
+from compression_core.experiment import Experiment, ExperimentError
 from compression_core.models import LoadedModel, ModelLoadError, list_models, load_model
 from compression_core.store import Store
 
 if TYPE_CHECKING:
     from dashboard.frame import Selection
 
-USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable)
+USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable, ExperimentError)
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "compression-explorer-uploads"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 

@@ -33,7 +33,7 @@ def _experiment(args, configs=()):
     from .experiment import Experiment
     from .models import load_model
 
-    dataset = load_dataset(args.dataset, allow_download=args.allow_download) if args.dataset else None
+    dataset = load_dataset(args.dataset, allow_download=args.allow_download) if args.dataset is not None else None
     loaded = load_model(args.model, dataset=args.dataset, weights=args.weights, num_classes=args.num_classes)
     dataset = dataset or load_dataset(loaded.dataset, allow_download=args.allow_download)
     exp = Experiment(loaded, dataset, split=args.split, limit=args.limit, device=args.device)
@@ -102,7 +102,7 @@ def cmd_evaluate(args) -> None:
     configs = configs_from_args(args)  # bad settings fail before any loading
     if len(configs) != 1:
         raise UserError("evaluate takes one value per flag; use sweep for comma lists")
-    store = _store(args) if args.store else None
+    store = _store(args) if args.store is not None else None
     exp = _experiment(args, configs)
     record = store.get(exp.key(configs[0])) if store else None
     if record is not None:
@@ -114,7 +114,7 @@ def cmd_evaluate(args) -> None:
         try:
             store.put(record)
         except (sqlite3.Error, StoreError, OSError) as err:
-            _log(f"warning: the result above was not saved to the store {args.store} ({_store_failure(err)})")
+            _log(f"warning: the result above was not saved to the store {shown(args.store)} ({_store_failure(err)})")
 
 
 def cmd_sweep(args) -> None:
@@ -229,11 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def error_line(err: BaseException) -> str:
-    """One line for an error: its lines joined, and when very long its start and its end (what is allowed)."""
+    """One line for an error: control characters (a newline in a value) escaped, a very long one shortened.
+
+    A long line keeps its start and its end, where messages say what is allowed.
+    """
     if isinstance(err, OSError) and err.strerror:  # a path the OS refused: name it, shortened
         text = f"{shown(err.filename)}: {err.strerror}" if err.filename else err.strerror
     else:
-        text = " ".join(part.strip() for part in str(err).splitlines() if part.strip()) or type(err).__name__
+        text = str(err).strip() or type(err).__name__
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= MAX_LINE else f"{text[:MAX_LINE // 2]} … {text[-MAX_LINE // 2:]}"
 
 

@@ -116,7 +116,8 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scheme", type=csv(str, SCHEMES, "--scheme"), default=["sym"])
     g.add_argument("--granularity", type=csv(str, GRANULARITIES, "--granularity"), default=["channel"])
     g.add_argument("--range", type=csv(str, RANGES, "--range"), default=["minmax"])
-    g.add_argument("--percentile", type=csv(float, None, "--percentile"), default=[99.9])
+    g.add_argument("--percentile", type=csv(float, None, "--percentile"), default=None,
+                   help="clip percentile of |w| for --range percentile, in (50, 100] (default 99.9)")
     g.add_argument("--act-bits", dest="act_bits", type=csv(int, ACT_BITS, "--act-bits"), default=[32])
     g.add_argument("--sparsity", type=csv(float, None, "--sparsity"), default=None,
                    help="0 <= s < 1 (not with --prune nm alone: N:M fixes the sparsity)")
@@ -136,6 +137,9 @@ def _check_unused_flags(args) -> None:
     if args.sparsity is not None and any(args.sparsity) and set(args.prune) == {"nm"}:
         raise UserError(f"--sparsity {','.join(map(str, args.sparsity))} has no effect with --prune nm (N:M fixes "
                         "the sparsity at 1 - N/M); drop --sparsity, or choose N:M with --nm")
+    if args.percentile is not None and "percentile" not in args.range:
+        raise UserError("--percentile only applies to --range percentile; add --range percentile or drop "
+                        "--percentile")
     if args.nm is not None and "nm" not in args.prune:
         raise UserError("--nm only applies to --prune nm; add --prune nm or drop --nm")
 
@@ -148,6 +152,7 @@ def configs_from_args(args) -> list[CompressionConfig]:
     lists = {flag: getattr(args, flag) for flag in GRID_FLAGS}
     lists["sparsity"] = args.sparsity if args.sparsity is not None else [0.0]
     lists["nm"] = args.nm if args.nm is not None else [(2, 4)]
+    lists["percentile"] = args.percentile if args.percentile is not None else [99.9]
     configs = expand_grid(CompressionConfig(bias_correction=args.bias_correction, seed=args.seed), **lists)
     names = [text.partition(":")[0] for text in args.layer]
     twice = sorted({n for n in names if names.count(n) > 1})

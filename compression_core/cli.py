@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
         if config:
             p.add_argument("--split", default="test")
-            p.add_argument("--limit", type=positive_int("--limit"), default=None, help="class-stratified subset of N samples")
+            p.add_argument("--limit", type=positive_int("--limit"), default=None,
+                           help="class-stratified subset of N samples")
             p.add_argument("--store", default=None, help="SQLite store path (default: user cache dir)")
             add_config_flags(p)
 

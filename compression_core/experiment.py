@@ -59,8 +59,8 @@ def check_fits(model: torch.nn.Module, name: str, dataset: Dataset, sample: torc
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != info.num_classes:
         outputs = f"{out.shape[1]} classes" if isinstance(out, torch.Tensor) and out.dim() == 2 else f"shape {shape}"
         raise ExperimentError(f"model {name!r} outputs {outputs} for a batch of one, but {info.name} has "
-                              f"{info.num_classes} classes (expected shape (1, {info.num_classes})); use a model built and trained "
-                              f"for {info.num_classes} classes")
+                              f"{info.num_classes} classes (expected shape (1, {info.num_classes})); use a model "
+                              f"built and trained for {info.num_classes} classes")
 
 
 class Experiment:

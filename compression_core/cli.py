@@ -47,12 +47,12 @@ def _experiment(args, configs=()):
 
 def _stage_progress():
     """Progress of slow compression stages (fine-tuning) on stderr, every 10 %."""
-    shown = set()
+    reported = set()
 
     def report(stage: str, fraction: float) -> None:
         tenth = int(fraction * 10)
-        if (stage, tenth) not in shown:
-            shown.add((stage, tenth))
+        if (stage, tenth) not in reported:
+            reported.add((stage, tenth))
             _log(f"{stage}: {fraction:.0%}")
     return report
 
@@ -70,12 +70,12 @@ def _store(args):
                             f"{shown(str(Path(path) / 'runs.sqlite'))}")
         return Store(path)
     except (sqlite3.Error, StoreError, OSError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise UserError(f"--store {shown(str(path))} cannot be opened as a result store ({reason}); give a SQLite "
-                        "file written by compression_core, or a new file in a writable folder") from None
+        raise UserError(f"--store {shown(str(path))} cannot be opened as a result store ({_store_failure(err)}); "
+                        "give a SQLite file written by compression_core, or a new file in a writable folder") from None
 
 
 def _store_failure(err: Exception) -> str:
+    """What went wrong with the store, in the OS's or SQLite's words."""
     return err.strerror if isinstance(err, OSError) and err.strerror else str(err) or type(err).__name__
 
 
@@ -104,13 +104,13 @@ def cmd_evaluate(args) -> None:
         raise UserError("evaluate takes one value per flag; use sweep for comma lists")
     store = _store(args) if args.store is not None else None
     exp = _experiment(args, configs)
-    record = store.get(exp.key(configs[0])) if store else None
+    record = store.get(exp.key(configs[0])) if store is not None else None
     if record is not None:
         _emit(args, record)
         return
     record = exp.run(configs[0], progress=_stage_progress())
     _emit(args, record)  # shown before the store write, so a store failure loses nothing
-    if store:
+    if store is not None:
         try:
             store.put(record)
         except (sqlite3.Error, StoreError, OSError) as err:

@@ -8,8 +8,9 @@ Prints one JSON object per part on stdout (progress on stderr):
   (b) kill9: a 20-config CLI sweep (digits-cnn / digits, --limit 200) killed with SIGKILL 30 ms after the 4th,
       10th and 16th record (each run resuming the previous one), then run to the end; for each run: records in the store before it, records it found cached,
       recomputed (stored before, computed again: must be 0), new, and SQLite's integrity_check.
-  (c) sessions: 8 AppTest sessions of the dashboard in 8 threads, 15 slider moves each on Explore: errors (script
-      exceptions or st.error) and leaks (a session showing a value or a history point it did not set).
+  (c) sessions: 8 AppTest sessions of the dashboard alive at once in this process, 15 slider moves each on Explore,
+      interleaved: errors (script exceptions or st.error) and leaks (a session showing a value or a history point
+      it did not set).
 
 Usage: .venv/bin/python benchmarks/robustness.py [--skip matrix,kill9,sessions]
 """
@@ -27,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,42 +135,57 @@ def kill9() -> dict:
             "final_records": runs[-1]["stored_after"]}
 
 
-def _session(i: int) -> dict:
-    from streamlit.testing.v1 import AppTest
+class _Session:
+    """One browser session of the dashboard (an AppTest), remembering every value it set."""
 
-    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=300)
-    at.query_params = {"model": "digits-cnn", "dataset": "digits"}
-    at.run()
-    errors, leaks, mine = 0, 0, {(32, 0.0)}
-    for j in range(MOVES):
-        sparsity = round(0.05 * ((i + j) % 19), 2)  # sessions walk the slider out of step with each other
-        bits = (2, 4, 8, 32)[(i + j) % 4]
+    def __init__(self, i: int):
+        from streamlit.testing.v1 import AppTest
+
+        self.i, self.errors, self.leaks, self.mine = i, 0, 0, {(32, 0.0)}
+        self.at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=300)
+        self.at.query_params = {"model": "digits-cnn", "dataset": "digits"}
+        self.at.run()
+
+    def move(self, j: int) -> None:
+        at = self.at
+        sparsity = round(0.05 * ((self.i + j) % 19), 2)  # sessions walk the slider out of step with each other
+        bits = (2, 4, 8, 32)[(self.i + j) % 4]
         at.slider(key="explore_sparsity").set_value(sparsity)
         at.select_slider(key="explore_bits").set_value(bits).run()
-        mine.add((bits, sparsity))
-        errors += len(at.exception) + len(at.error)
+        self.mine.add((bits, sparsity))
+        self.errors += len(at.exception) + len(at.error)
         shown = [m.value for m in at.metric if m.label == "Sparsity"]
         if at.slider(key="explore_sparsity").value != sparsity or at.select_slider(key="explore_bits").value != bits:
-            leaks += 1
+            self.leaks += 1
         elif bits == 32 and shown and abs(float(shown[0].split()[0]) - 100 * sparsity) > 1.0:
-            leaks += 1  # without quantization (which zeroes small weights too) realised sparsity = the target
-    history = [p for points in at.session_state["explore_history"].values() for p in points]
-    leaks += sum((p["bits"], round(p["sparsity"], 2)) not in mine for p in history)
-    return {"errors": errors, "leaks": leaks, "points": len(history)}
+            self.leaks += 1  # without quantization (which zeroes small weights too) realised sparsity = the target
+
+    def history_leaks(self) -> tuple[int, int]:
+        """(points in this session's history that it never set, number of points)."""
+        history = [p for points in self.at.session_state["explore_history"].values() for p in points]
+        return sum((p["bits"], round(p["sparsity"], 2)) not in self.mine for p in history), len(history)
 
 
 def sessions() -> dict:
+    """8 sessions alive at once in one server process, their moves interleaved round-robin.
+
+    AppTest's runtime is a process-wide singleton, so two AppTest runs cannot overlap in threads; interleaving the
+    sessions' runs shares the caches and the Experiment between them exactly as a server does.
+    """
     from compression_core.store import ENV_VAR
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ[ENV_VAR] = str(Path(tmp) / "runs.sqlite")
         os.chdir(ROOT)  # AppTest reads .streamlit/config.toml from the working directory
         start = time.perf_counter()
-        with ThreadPoolExecutor(SESSIONS) as pool:
-            results = list(pool.map(_session, range(SESSIONS)))
+        alive = [_Session(i) for i in range(SESSIONS)]
+        for j in range(MOVES):
+            for session in alive:
+                session.move(j)
+        history = [s.history_leaks() for s in alive]
     return {"part": "sessions", "sessions": SESSIONS, "moves_each": MOVES,
-            "errors": sum(r["errors"] for r in results), "leaks": sum(r["leaks"] for r in results),
-            "history_points": [r["points"] for r in results], "seconds": round(time.perf_counter() - start, 1)}
+            "errors": sum(s.errors for s in alive), "leaks": sum(s.leaks for s in alive) + sum(h[0] for h in history),
+            "history_points": [h[1] for h in history], "seconds": round(time.perf_counter() - start, 1)}
 
 
 def main() -> None:

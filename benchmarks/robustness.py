@@ -5,7 +5,7 @@ Prints one JSON object per part on stdout (progress on stderr):
       as os:abort, through `python -m compression_core`): tried, one_line (exit 2, one `error:` line, no
       traceback), tracebacks (an exception escaped, a traceback on stderr or a crash), silent (exit 0, or nothing on
       stderr), other (exit 2 but not one line), with the ids of every case that is not one_line.
-  (b) kill9: a 20-config CLI sweep (digits-cnn / digits, --limit 200) killed with SIGKILL 30 ms after the 4th,
+  (b) kill9: a 20-config CLI sweep (lenet5 / mnist, --limit 2000) killed with SIGKILL 30 ms after the 4th,
       10th and 16th record (each run resuming the previous one), then run to the end; for each run: records in the store before it, records it found cached,
       recomputed (stored before, computed again: must be 0), new, and SQLite's integrity_check.
   (c) sessions: 8 AppTest sessions of the dashboard alive at once in this process, 15 slider moves each on Explore,
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from compression_core import cli  # noqa: E402
 from tests.core.bad_inputs import CASES, make_files  # noqa: E402
 
-SWEEP = ["sweep", "--model", "digits-cnn", "--dataset", "digits", "--limit", "200", "--bits", "2,3,4,8,32",
+SWEEP = ["sweep", "--model", "lenet5", "--dataset", "mnist", "--limit", "2000", "--bits", "2,3,4,8,32",
          "--sparsity", "0,0.3,0.6,0.9"]
 KILL_AFTER = (4, 10, 16)
 KILL_DELAY_S = 0.03  # after the k-th progress line, so the kill lands inside the next config

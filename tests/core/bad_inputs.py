@@ -279,7 +279,10 @@ def make_files(folder: Path) -> dict[str, str]:
 
 
 def store_state(path: str) -> tuple:
-    """What must not change: a store file's bytes and, when it is a store, its row counts (None: no file)."""
+    """What must not change: a store's rows (all tables, in order), or a non-store file's bytes (None: no file).
+
+    Rows rather than bytes: SQLite may move committed pages from the WAL into the main file at any moment.
+    """
     path = Path(path)
     try:
         if not path.is_file():
@@ -288,8 +291,7 @@ def store_state(path: str) -> tuple:
         return (None,)
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-            counts = tuple(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                           for t in ("records", "runs", "run_members"))
+            return tuple(tuple(conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4").fetchall())
+                         for table in ("records", "runs", "run_members"))
     except sqlite3.DatabaseError:
-        counts = None
-    return path.read_bytes(), counts
+        return (path.read_bytes(),)

@@ -5,7 +5,6 @@ files the cases name ({store}, {loop}, {rgb32} ...); `BadInput.argv(files)` fill
 """
 from __future__ import annotations
 
-import os
 import sqlite3
 import struct
 import sys
@@ -209,34 +208,21 @@ CASES: list[BadInput] = _config_cases() + _input_cases()
 
 # ---- the files the cases name ------------------------------------------------------------------------------
 
-class _RunsCode:
-    """Pickling this records a call that would create a file when unpickled."""
+def _images(root: Path, classes: int, size: int, mode: str = "L", per_class: int = 2) -> Path:
+    """train/ and test/ with `classes` folders of `per_class` random size x size images each."""
+    from tests.core.test_datasets import _write_images
 
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def _images(root: Path, classes: int, shape: tuple[int, ...], per_class: int = 2) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
     for split in ("train", "test"):
-        for c in range(classes):
-            folder = root / split / str(c)
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / f"{i}.png")
+        _write_images(root / split, {str(c): per_class for c in range(classes)}, mode, size=(size, size))
     return root
 
 
 def make_files(folder: Path) -> dict[str, str]:
-    """Write every file the cases name under `folder`; returns the placeholders for `BadInput.argv`."""
+    """Write every file the cases name under `folder`; returns the {name} -> value map for `BadInput.argv`."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from tests.core.byo_model import tiny_mlp
+    from tests.core.test_models import _RunsCode
 
     from compression_core.models import ARCHITECTURES
 
@@ -262,10 +248,10 @@ def make_files(folder: Path) -> dict[str, str]:
         if not (loop / a).is_symlink():
             loop.mkdir(exist_ok=True)
             (loop / a).symlink_to(loop / b)
-    mixed = _images(folder / "mixed", 2, (8, 8))
-    _images(folder / "big", 1, (9, 9))
+    mixed = _images(folder / "mixed", 2, 8)
+    _images(folder / "big", 1, 9)
     (folder / "big" / "test" / "0" / "0.png").replace(mixed / "test" / "0" / "big.png")  # one 9x9 among 8x8
-    broken = _images(folder / "broken_image", 2, (8, 8))
+    broken = _images(folder / "broken_image", 2, 8)
     (broken / "train" / "0" / "zz.png").write_bytes(b"\x89PNG not really")
     (folder / "cli_bad_syntax.py").write_text("def f(:\n")
     (folder / "cli_raises_on_import.py").write_text("raise RuntimeError('boom on import')\n")
@@ -273,8 +259,8 @@ def make_files(folder: Path) -> dict[str, str]:
                  good=str(folder / "good.safetensors"), nan=str(folder / "nan.safetensors"),
                  pickle=str(folder / "evil.pt"), corrupt=str(folder / "corrupt.pt"), txt=str(folder / "weights.txt"),
                  not_sqlite=str(folder / "not_sqlite.sqlite"), idx_truncated=str(idx), loop=str(loop / "a"),
-                 mixed=str(mixed), broken_image=str(broken), grey3=str(_images(folder / "grey3", 3, (8, 8))),
-                 rgb32=str(_images(folder / "rgb32", 10, (32, 32, 3), per_class=1)))
+                 mixed=str(mixed), broken_image=str(broken), grey3=str(_images(folder / "grey3", 3, 8)),
+                 rgb32=str(_images(folder / "rgb32", 10, 32, "RGB", per_class=1)))
     return files
 
 

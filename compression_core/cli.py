@@ -9,118 +9,17 @@ import argparse
 import csv
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from .config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, SCHEMES, SCOPES,
-                     CompressionConfig, ConfigError, LayerOverride)
+from .cli_flags import UserError, add_config_flags, configs_from_args, out_path, positive_int, seed, shown
 
 EXIT_USER_ERROR = 2
-
-
-class UserError(Exception):
-    """Bad input: printed as one line, exit code 2."""
+MAX_LINE = 600  # an error line longer than this keeps its start and its end (what is allowed)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not usage + message
         raise UserError(f"{self.prog}: {message} (see --help)")
-
-
-# ---- config flags: every one accepts a comma list (sweeps take the product) ---------------------------------
-
-def _csv(cast, allowed=None, name=""):
-    def parse(text: str):
-        try:
-            values = [cast(v.strip()) for v in str(text).split(",") if v.strip() != ""]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a comma list of {cast.__name__}; got {text!r}")
-        if not values:
-            raise argparse.ArgumentTypeError(f"{name} is empty")
-        bad = [v for v in values if allowed is not None and v not in allowed]
-        if bad:
-            raise argparse.ArgumentTypeError(f"{name} must be from {', '.join(map(str, allowed))}; got {bad[0]!r}")
-        return values
-    return parse
-
-
-def _nm(text: str) -> tuple[int, int]:
-    try:
-        n, m = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--nm must look like 2:4; got {text!r}")
-    return n, m
-
-
-def _nm_list(text: str):
-    return [_nm(v) for v in text.split(",")]
-
-
-GRID_FLAGS = ("bits", "quantizer", "scheme", "granularity", "range", "percentile", "sparsity", "prune", "scope",
-              "nm", "act_bits", "index_bits", "finetune_steps")  # names shared with sweep.expand_grid
-
-
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("compression (each flag takes a comma list in sweep)")
-    g.add_argument("--bits", type=_csv(int, ALLOWED_BITS, "--bits"), default=[32], help="1-8, 16 or 32 (=off)")
-    g.add_argument("--quantizer", type=_csv(str, QUANTIZERS, "--quantizer"), default=["uniform"])
-    g.add_argument("--scheme", type=_csv(str, SCHEMES, "--scheme"), default=["sym"])
-    g.add_argument("--granularity", type=_csv(str, GRANULARITIES, "--granularity"), default=["channel"])
-    g.add_argument("--range", type=_csv(str, RANGES, "--range"), default=["minmax"])
-    g.add_argument("--percentile", type=_csv(float, None, "--percentile"), default=[99.9])
-    g.add_argument("--act-bits", dest="act_bits", type=_csv(int, ACT_BITS, "--act-bits"), default=[32])
-    g.add_argument("--sparsity", type=_csv(float, None, "--sparsity"), default=[0.0], help="0 <= s < 1")
-    g.add_argument("--prune", type=_csv(str, PRUNE_METHODS, "--prune"), default=["magnitude"])
-    g.add_argument("--nm", type=_nm_list, default=[(2, 4)], help="N:M for --prune nm, e.g. 2:4")
-    g.add_argument("--scope", type=_csv(str, SCOPES, "--scope"), default=["layer"])
-    g.add_argument("--index-bits", dest="index_bits", type=_csv(int, None, "--index-bits"), default=[4])
-    g.add_argument("--finetune-steps", dest="finetune_steps", type=_csv(int, None, "--finetune-steps"), default=[0])
-    g.add_argument("--bias-correction", action="store_true")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--layer", action="append", default=[], metavar="NAME:key=value[,key=value]",
-                   help="per-layer override, repeatable; keys: bits quantizer scheme granularity range sparsity "
-                        "prune scope nm skip")
-
-
-def configs_from_args(args) -> list[CompressionConfig]:
-    """The product of all comma lists, deduplicated by config hash (meaningless combinations collapse)."""
-    from .sweep import expand_grid
-
-    base = CompressionConfig(bias_correction=args.bias_correction, seed=args.seed)
-    configs = expand_grid(base, **{flag: getattr(args, flag) for flag in GRID_FLAGS})
-    for text in args.layer:
-        configs = [c.with_override(parse_layer_override(text, c)) for c in configs]
-    return configs
-
-
-def parse_layer_override(text: str, base: CompressionConfig) -> LayerOverride:
-    """`conv1:bits=8,sparsity=0` -> LayerOverride; `fc2:skip=1` leaves the layer in fp32."""
-    name, _, rest = text.partition(":")
-    if not name or not rest:
-        raise UserError(f"--layer must look like NAME:key=value[,key=value]; got {text!r}")
-    q, p, skip = {}, {}, False
-    for item in rest.split(","):
-        key, _, value = item.partition("=")
-        key = key.strip()
-        if key in ("bits",):
-            q["bits"] = int(value)
-        elif key in ("quantizer", "scheme", "granularity", "range"):
-            q[key] = value
-        elif key == "sparsity":
-            p["sparsity"] = float(value)
-        elif key == "prune":
-            p["method"] = value
-        elif key == "scope":
-            p["scope"] = value
-        elif key == "nm":
-            p["n"], p["m"] = _nm(value)
-        elif key == "skip":
-            skip = value.lower() in ("1", "true", "yes", "")
-        else:
-            raise UserError(f"--layer {text!r}: unknown key {key!r}; allowed: bits quantizer scheme granularity "
-                            "range sparsity prune scope nm skip")
-    return LayerOverride(name=name, quant=replace(base.quant, **q) if q else None,
-                         prune=replace(base.prune, **p) if p else None, skip=skip)
 
 
 # ---- subcommands -------------------------------------------------------------------------------------
@@ -129,32 +28,56 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _experiment(args):
+def _experiment(args, configs=()):
+    """The Experiment the flags name; the dataset is checked first, and `configs`' layer names against the model."""
     from .datasets import load_dataset
     from .experiment import Experiment
     from .models import load_model
 
-    dataset_name = args.dataset
-    loaded = load_model(args.model, dataset=dataset_name, weights=args.weights, num_classes=args.num_classes)
-    dataset = load_dataset(dataset_name or loaded.dataset, allow_download=args.allow_download)
-    return Experiment(loaded, dataset, split=args.split, limit=args.limit, device=args.device)
+    dataset = load_dataset(args.dataset, allow_download=args.allow_download) if args.dataset is not None else None
+    loaded = load_model(args.model, dataset=args.dataset, weights=args.weights, num_classes=args.num_classes)
+    dataset = dataset or load_dataset(loaded.dataset, allow_download=args.allow_download)
+    exp = Experiment(loaded, dataset, split=args.split, limit=args.limit, device=args.device)
+    for config in configs:
+        unknown = sorted({o.name for o in config.overrides} - set(exp.layer_names))
+        if unknown:
+            raise UserError(f"--layer {shown(unknown[0])}: model {exp.loaded.name} has no such compressible layer; "
+                            f"its layers are {', '.join(exp.layer_names)}")
+    return exp
 
 
 def _stage_progress():
     """Progress of slow compression stages (fine-tuning) on stderr, every 10 %."""
-    shown = set()
+    reported = set()
 
     def report(stage: str, fraction: float) -> None:
         tenth = int(fraction * 10)
-        if (stage, tenth) not in shown:
-            shown.add((stage, tenth))
+        if (stage, tenth) not in reported:
+            reported.add((stage, tenth))
             _log(f"{stage}: {fraction:.0%}")
     return report
 
 
 def _store(args):
-    from .store import Store
-    return Store(args.store)
+    """Open the result store (--store, else the default); a path that cannot be a store is a UserError."""
+    import sqlite3
+
+    from .store import Store, StoreError, default_store_path
+
+    path = args.store if args.store is not None else default_store_path()
+    try:
+        if Path(path).expanduser().is_dir():
+            raise UserError(f"--store {shown(str(path))} is a folder; give a file path such as "
+                            f"{shown(str(Path(path) / 'runs.sqlite'))}")
+        return Store(path)
+    except (sqlite3.Error, StoreError, OSError) as err:
+        raise UserError(f"--store {shown(str(path))} cannot be opened as a result store ({_store_failure(err)}); "
+                        "give a SQLite file written by compression_core, or a new file in a writable folder") from None
+
+
+def _store_failure(err: Exception) -> str:
+    """What went wrong with the store, in the OS's or SQLite's words."""
+    return err.strerror if isinstance(err, OSError) and err.strerror else str(err) or type(err).__name__
 
 
 def _emit(args, payload, table_rows=None, lead=()) -> None:
@@ -185,31 +108,46 @@ def _row(r: dict) -> str:
 
 
 def cmd_evaluate(args) -> None:
-    config = configs_from_args(args)  # bad settings fail before any loading
-    exp = _experiment(args)
-    if len(config) != 1:
-        raise UserError("evaluate takes one value per flag; use sweep for lists")
-    store = _store(args) if args.store else None
-    record = store.get(exp.key(config[0])) if store else None
-    if record is None:
-        record = exp.run(config[0], progress=_stage_progress())
-        if store:
+    import sqlite3
+
+    from .store import StoreError
+
+    configs = configs_from_args(args)  # bad settings fail before any loading
+    if len(configs) != 1:
+        raise UserError("evaluate takes one value per flag; use sweep for comma lists")
+    store = _store(args) if args.store is not None else None
+    exp = _experiment(args, configs)
+    record = store.get(exp.key(configs[0])) if store is not None else None
+    if record is not None:
+        _emit(args, record)
+        return
+    record = exp.run(configs[0], progress=_stage_progress())
+    _emit(args, record)  # shown before the store write, so a store failure loses nothing
+    if store is not None:
+        try:
             store.put(record)
-    _emit(args, record)
+        except (sqlite3.Error, StoreError, OSError) as err:
+            _log(f"warning: the result above was not saved to the store {shown(args.store)} ({_store_failure(err)})")
 
 
 def cmd_sweep(args) -> None:
+    import sqlite3
+
     from .sweep import sweep
 
     configs = configs_from_args(args)
-    exp = _experiment(args)
+    store = _store(args)
+    exp = _experiment(args, configs)
 
     def progress(done, total, eta, label):
         _log(f"[{done}/{total}] eta {eta:.0f}s  {label}" if eta is not None else f"[{done}/{total}] {label}")
 
-    store = _store(args)
-    run_id = store.new_run(f"cli sweep {exp.loaded.name}/{exp.dataset.info.name}",
-                           meta={"argv": sys.argv[1:], "configs": len(configs)})
+    try:  # the first write: a read-only store is refused here, before anything is computed
+        run_id = store.new_run(f"cli sweep {exp.loaded.name}/{exp.dataset.info.name}",
+                               meta={"argv": sys.argv[1:], "configs": len(configs)})
+    except (sqlite3.Error, OSError) as err:
+        raise UserError(f"--store {shown(str(store.path))} cannot be written ({_store_failure(err)}); a sweep "
+                        "keeps every record there: give a writable store file") from None
     records = sweep(exp, configs, store=store, run_id=run_id, progress=progress)
     _emit(args, records, table_rows=records)
 
@@ -218,7 +156,7 @@ def cmd_sensitivity(args) -> None:
     from .sensitivity import layer_sensitivity
 
     settings = configs_from_args(args)
-    exp = _experiment(args)
+    exp = _experiment(args, settings)
     rows = layer_sensitivity(exp, settings, progress=lambda d, t, *_: _log(f"[{d}/{t}]"))
     _emit(args, rows, table_rows=[f"{r['layer']:<12} {r['setting']:<44} drop {r['accuracy_drop_pts']:+.2f} pt"
                                   for r in rows], lead=("layer", "setting", "setting_hash"))
@@ -229,8 +167,8 @@ def cmd_export(args) -> None:
 
     configs = configs_from_args(args)
     if len(configs) != 1:
-        raise UserError("export takes one value per flag")
-    exp = _experiment(args)
+        raise UserError("export takes one value per flag; use sweep for comma lists")
+    exp = _experiment(args, configs)
     cm = exp.compress(configs[0], progress=_stage_progress())
     record = exp.run(configs[0], compressed=cm)
     record["file_bytes"] = export(cm, args.out, exp.loaded.source)
@@ -270,13 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dataset", default=None, help="mnist, fashion-mnist, digits, mnist1d, idx:PATH, "
                                                        "imagefolder:PATH (default: the model's own)")
         p.add_argument("--weights", default=None, help=".safetensors or .pt/.pth state dict for your own model")
-        p.add_argument("--num-classes", dest="num_classes", type=int, default=None)
+        p.add_argument("--num-classes", dest="num_classes", type=positive_int("--num-classes"), default=None)
         p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
         p.add_argument("--allow-download", action="store_true", help="let torchvision download missing data")
         p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
         if config:
             p.add_argument("--split", default="test")
-            p.add_argument("--limit", type=int, default=None, help="class-stratified subset of N samples")
+            p.add_argument("--limit", type=positive_int("--limit"), default=None,
+                           help="class-stratified subset of N samples")
             p.add_argument("--store", default=None, help="SQLite store path (default: user cache dir)")
             p.add_argument("--csv", action="store_true", help="records as CSV on stdout (columns: the record "
                                                               "fields of docs/ENGINE_API.md but layers)")
@@ -289,14 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         common(p)
         if name == "export":
-            p.add_argument("--out", required=True, type=Path)
+            p.add_argument("--out", required=True, type=out_path)
         p.set_defaults(fn=fn)
 
     p = sub.add_parser("train", help="train a built-in architecture and write its checkpoint")
     common(p, config=False)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--seed", dest="train_seed", type=int, default=0)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--epochs", type=positive_int("--epochs"), default=None)
+    p.add_argument("--seed", dest="train_seed", type=seed, default=0)
+    p.add_argument("--out", required=True, type=out_path)
     p.set_defaults(fn=cmd_train)
 
     for name, fn in [("models", cmd_models), ("datasets", cmd_datasets)]:
@@ -306,19 +245,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def error_line(err: BaseException) -> str:
+    """One line for an error: control characters (a newline in a value) escaped, a very long one shortened.
+
+    A long line keeps its start and its end, where messages say what is allowed.
+    """
+    if isinstance(err, OSError) and err.strerror:  # a path the OS refused: name it, shortened
+        text = f"{shown(err.filename)}: {err.strerror}" if err.filename else err.strerror
+    else:
+        text = str(err).strip() or type(err).__name__
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= MAX_LINE else f"{text[:MAX_LINE // 2]} … {text[-MAX_LINE // 2:]}"
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input: exit code 2 and one line."""
+    import sqlite3
+
     from .datasets import DatasetUnavailable
     from .evaluate import DeviceUnavailable
+    from .experiment import ExperimentError
     from .export import ExportError
     from .models import ModelLoadError
 
-    user_errors = (UserError, ConfigError, ModelLoadError, DatasetUnavailable, DeviceUnavailable, ExportError,
-                   FileNotFoundError, ValueError)
+    return (UserError, ModelLoadError, DatasetUnavailable, DeviceUnavailable, ExportError, ExperimentError,
+            OSError, ValueError, sqlite3.Error)
+
+
+def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.fn(args)
-    except user_errors as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+    except user_errors() as e:
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

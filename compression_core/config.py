@@ -172,6 +172,10 @@ class CompressionConfig:
             isinstance(self.index_bits, int) and 1 <= self.index_bits <= 16,
             f"index_bits must be an integer in [1, 16]; got {self.index_bits!r}",
         )
+        _check(
+            isinstance(self.seed, int) and 0 <= self.seed < 2 ** 63,
+            f"seed must be an integer in [0, 2^63) (what torch.manual_seed takes); got {self.seed!r}",
+        )
         names = [o.name for o in self.overrides]
         _check(len(names) == len(set(names)), f"each layer may be overridden once; got {names}")
         # overrides are kept sorted so equal configs hash equally

@@ -316,7 +316,12 @@ def _load_user(name: str) -> Dataset:
 @functools.lru_cache(maxsize=None)
 def _load_cached(name: str, download: bool) -> Dataset:
     if name.startswith(USER_PREFIXES):
-        return _load_user(name)
+        try:
+            return _load_user(name)
+        except OSError as err:  # unreadable folder or file, a name too long for the file system ...
+            where = f" {err.filename!r}" if err.filename else ""
+            raise DatasetUnavailable(f"dataset {name!r}: cannot read{where} ({err.strerror or err}); give a "
+                                     "readable folder") from None
     return _download(name) if download else BUILTINS[name].load()
 
 
@@ -326,7 +331,12 @@ def _canonical(name: str) -> str:
         kind, _, path = name.partition(":")
         if not path:
             raise DatasetUnavailable(f"dataset {name!r} needs a folder: use {kind}:PATH")
-        return f"{kind}:{Path(path).expanduser().resolve()}"
+        try:
+            return f"{kind}:{Path(path).expanduser().resolve()}"
+        except (OSError, RuntimeError) as err:  # a symlink loop (RuntimeError before Python 3.13), a name too long
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise DatasetUnavailable(f"dataset {name!r}: folder {path!r} cannot be used ({reason}); pass "
+                                     f"{kind}:PATH to an existing folder") from None
     if name not in BUILTINS:
         raise DatasetUnavailable(f"unknown dataset {name!r}; use one of {', '.join(BUILTINS)}, idx:PATH or "
                                  "imagefolder:PATH")

@@ -19,11 +19,50 @@ from .config import CompressionConfig
 from .datasets import Dataset, stratified_indices
 from .evaluate import evaluate, evaluate_stacked, layer_macs, select_device, tune_forward
 from .models import LoadedModel
+from .models.weights import line
 from .record import LayerRow, Record
 from .size import size_report
 
 CALIB_SIZE = 1024
 STACK_GROUP = 8  # configs per stacked forward on a GPU
+
+
+class ExperimentError(ValueError):
+    """The model and the dataset do not fit together; the one-line message names both sides."""
+
+
+def check_fits(model: torch.nn.Module, name: str, dataset: Dataset, sample: torch.Tensor) -> None:
+    """Refuse a model that has nothing to compress, cannot take the dataset's samples or has the wrong output size.
+
+    Args:
+        model: the model, on the device of `sample`, in eval mode.
+        name: the model's name, for the message.
+        dataset: the dataset whose class count the output must match.
+        sample: one input sample batch (1, C, H, W) or (1, C, L).
+
+    Raises:
+        ExperimentError: one line naming the model's and the dataset's side of the mismatch.
+    """
+    info = dataset.info
+    layers = compressible_layers(model)
+    if not layers:
+        raise ExperimentError(f"model {name!r} has no Linear/Conv layer to compress; give a model with at least one "
+                              "nn.Linear, nn.Conv1d or nn.Conv2d")
+    first, layer = layers[0]
+    takes = (f"{layer.in_features} input features" if isinstance(layer, torch.nn.Linear)
+             else f"{layer.in_channels} input channels")
+    try:
+        with torch.no_grad():
+            out = model(sample)
+    except Exception as err:  # user code: any failure of the forward pass is reported as one line
+        raise ExperimentError(f"model {name!r} cannot take {info.name} samples of shape {tuple(sample.shape[1:])} "
+                              f"(its first layer {first} takes {takes}): {type(err).__name__}: {line(err)}") from None
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != info.num_classes:
+        outputs = f"{out.shape[1]} classes" if isinstance(out, torch.Tensor) and out.dim() == 2 else f"shape {shape}"
+        raise ExperimentError(f"model {name!r} outputs {outputs} for a batch of one, but {info.name} has "
+                              f"{info.num_classes} classes (expected shape (1, {info.num_classes})); use a model "
+                              f"built and trained for {info.num_classes} classes")
 
 
 class Experiment:
@@ -37,6 +76,9 @@ class Experiment:
         device: auto | cpu | cuda | mps.
         batch_size: evaluation batch; None = the fastest of a few, measured once here (`tune_forward`).
 
+    Raises:
+        ExperimentError: unknown split, a limit below 1, or a model that does not fit the dataset (`check_fits`).
+
     Example:
         >>> exp = Experiment(load_model("digits-cnn"), load_dataset("digits"))          # doctest: +SKIP
         >>> exp.run(CompressionConfig(quant=QuantSpec(bits=4)))["accuracy"]           # doctest: +SKIP
@@ -46,9 +88,9 @@ class Experiment:
     def __init__(self, loaded: LoadedModel, dataset: Dataset, split: str = "test", limit: int | None = None,
                  device: str = "auto", batch_size: int | None = None):
         if split not in dataset.info.splits:
-            raise ValueError(f"split must be one of {sorted(dataset.info.splits)}; got {split!r}")
+            raise ExperimentError(f"split must be one of {sorted(dataset.info.splits)}; got {split!r}")
         if limit is not None and limit < 1:
-            raise ValueError(f"limit must be a positive number of samples; got {limit}")
+            raise ExperimentError(f"limit must be a positive number of samples; got {limit}")
         self.loaded = loaded
         self.dataset = dataset
         self.split = split
@@ -61,6 +103,7 @@ class Experiment:
         x, self.y = x.to(self.device), y.to(self.device)
         # our own copy of the pristine model, in the fastest measured layout and batch size for this device
         model = copy.deepcopy(loaded.model).to(self.device).eval()
+        check_fits(model, loaded.name, dataset, x[:1])
         fmt, tuned_batch = tune_forward(model, x)
         self.memory_format = fmt
         self.batch_size = batch_size or tuned_batch

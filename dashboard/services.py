@@ -31,7 +31,7 @@ from compression_core.compressed import CompressedModel, LayerCompression
 from compression_core.config import CompressionConfig, ConfigError
 from compression_core.datasets import Dataset, DatasetUnavailable, list_datasets, load_dataset
 from compression_core.evaluate import DeviceUnavailable
-from compression_core.experiment import Experiment
+from compression_core.experiment import Experiment, ExperimentError
 from compression_core.models import LoadedModel, ModelLoadError, check_model_name, list_models, load_model
 from compression_core.models.specs import USER_CODE_ERRORS, is_module_prefix
 from compression_core.store import Store, StoreError
@@ -39,7 +39,7 @@ from compression_core.store import Store, StoreError
 if TYPE_CHECKING:
     from dashboard.frame import Selection
 
-USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable, StoreError)
+USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable, StoreError, ExperimentError)
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "compression-explorer-uploads"  # files live here only while loading
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 MAX_UPLOADS_PER_SESSION = 8  # distinct weight files one browser session may upload

@@ -1,0 +1,204 @@
+"""The CLI's flags: argparse value types that refuse bad text with one line, and config flags -> CompressionConfigs.
+
+Every refusal raises `UserError` (or argparse's `ArgumentTypeError`, which the parser turns into one), whose message
+names the flag, shows the bad value with `repr` (so a newline cannot cut the line) and says what is allowed.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from .config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, SCHEMES, SCOPES,
+                     CompressionConfig, ConfigError, LayerOverride)
+
+MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes at most a signed 64-bit integer
+SHOWN_CHARS = 80  # user values longer than this are shown shortened in messages
+LAYER_KEYS = ("bits", "quantizer", "scheme", "granularity", "range", "sparsity", "prune", "scope", "nm", "skip")
+SKIP_VALUES = {"1": True, "true": True, "yes": True, "": True, "0": False, "false": False, "no": False}
+
+
+class UserError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+def shown(value) -> str:
+    """`repr` of a user value for a message, shortened in the middle when long (a 5,000-character path)."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS // 2]}…{text[-SHOWN_CHARS // 4:]} ({len(str(value))} characters)"
+
+
+# ---- value types ------------------------------------------------------------------------------------------
+
+def csv(cast, allowed=None, name=""):
+    """A comma list of `cast` values, each from `allowed` when given (sweeps take the product of these lists)."""
+    kind = {int: "integers", float: "numbers", str: "names"}[cast]
+
+    def parse(text: str):
+        try:
+            values = [cast(v.strip()) for v in str(text).split(",") if v.strip() != ""]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a comma list of {kind}; got {shown(text)}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"{name} is empty; give at least one value")
+        bad = [v for v in values if allowed is not None and v not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{name} must be from {', '.join(map(str, allowed))}; got {bad[0]!r}")
+        return values
+    return parse
+
+
+def nm(text: str, name: str = "--nm") -> tuple[int, int]:
+    """`2:4` -> (2, 4); the range 1 <= N < M <= 64 is checked by PruneSpec."""
+    try:
+        n, m = (int(v) for v in str(text).split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name} must look like N:M, e.g. 2:4; got {shown(text)}") from None
+    return n, m
+
+
+def nm_list(text: str) -> list[tuple[int, int]]:
+    return [nm(v) for v in str(text).split(",")]
+
+
+def positive_int(name: str):
+    """An integer >= 1 (--limit, --epochs, --num-classes)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer; got {shown(text)}")
+        return value
+    return parse
+
+
+def seed(text: str) -> int:
+    """A seed in [0, 2^63): what torch.manual_seed takes."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"--seed must be an integer in [0, 2^63); got {shown(text)}")
+    return value
+
+
+def out_path(text: str) -> Path:
+    """A file to write: not empty, not a folder, in a folder that exists."""
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("--out is empty; give a file path such as model.cex")
+    path = Path(text).expanduser()
+    try:
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"--out {shown(text)} is a folder; give a file path inside it")
+        if not path.parent.is_dir():
+            raise argparse.ArgumentTypeError(f"--out {shown(text)}: folder {shown(str(path.parent))} does not exist; "
+                                             "create it first")
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"--out {shown(text)} is not a usable path ({err.strerror})") from None
+    return path
+
+
+# ---- config flags ---------------------------------------------------------------------------------------
+
+GRID_FLAGS = ("bits", "quantizer", "scheme", "granularity", "range", "percentile", "sparsity", "prune", "scope",
+              "nm", "act_bits", "index_bits", "finetune_steps")  # names shared with sweep.expand_grid
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("compression (each flag takes a comma list in sweep)")
+    g.add_argument("--bits", type=csv(int, ALLOWED_BITS, "--bits"), default=[32], help="1-8, 16 or 32 (=off)")
+    g.add_argument("--quantizer", type=csv(str, QUANTIZERS, "--quantizer"), default=["uniform"])
+    g.add_argument("--scheme", type=csv(str, SCHEMES, "--scheme"), default=["sym"])
+    g.add_argument("--granularity", type=csv(str, GRANULARITIES, "--granularity"), default=["channel"])
+    g.add_argument("--range", type=csv(str, RANGES, "--range"), default=["minmax"])
+    g.add_argument("--percentile", type=csv(float, None, "--percentile"), default=None,
+                   help="clip percentile of |w| for --range percentile, in (50, 100] (default 99.9)")
+    g.add_argument("--act-bits", dest="act_bits", type=csv(int, ACT_BITS, "--act-bits"), default=[32])
+    g.add_argument("--sparsity", type=csv(float, None, "--sparsity"), default=None,
+                   help="0 <= s < 1 (not with --prune nm alone: N:M fixes the sparsity)")
+    g.add_argument("--prune", type=csv(str, PRUNE_METHODS, "--prune"), default=["magnitude"])
+    g.add_argument("--nm", type=nm_list, default=None, help="N:M for --prune nm, e.g. 2:4 (default 2:4)")
+    g.add_argument("--scope", type=csv(str, SCOPES, "--scope"), default=["layer"])
+    g.add_argument("--index-bits", dest="index_bits", type=csv(int, None, "--index-bits"), default=[4])
+    g.add_argument("--finetune-steps", dest="finetune_steps", type=csv(int, None, "--finetune-steps"), default=[0])
+    g.add_argument("--bias-correction", action="store_true")
+    g.add_argument("--seed", type=seed, default=0)
+    g.add_argument("--layer", action="append", default=[], metavar="NAME:key=value[,key=value]",
+                   help=f"per-layer override, repeatable; keys: {' '.join(LAYER_KEYS)}")
+
+
+def _check_unused_flags(args) -> None:
+    """Refuse a flag that no config of the product would use (it would be silently ignored)."""
+    if args.sparsity is not None and any(args.sparsity) and set(args.prune) == {"nm"}:
+        raise UserError(f"--sparsity {','.join(map(str, args.sparsity))} has no effect with --prune nm (N:M fixes "
+                        "the sparsity at 1 - N/M); drop --sparsity, or choose N:M with --nm")
+    if args.percentile is not None and "percentile" not in args.range:
+        raise UserError("--percentile only applies to --range percentile; add --range percentile or drop "
+                        "--percentile")
+    if args.nm is not None and "nm" not in args.prune:
+        raise UserError("--nm only applies to --prune nm; add --prune nm or drop --nm")
+
+
+def configs_from_args(args) -> list[CompressionConfig]:
+    """The product of all comma lists, deduplicated by config hash (meaningless combinations collapse)."""
+    from .sweep import expand_grid
+
+    _check_unused_flags(args)
+    lists = {flag: getattr(args, flag) for flag in GRID_FLAGS}
+    lists["sparsity"] = args.sparsity if args.sparsity is not None else [0.0]
+    lists["nm"] = args.nm if args.nm is not None else [(2, 4)]
+    lists["percentile"] = args.percentile if args.percentile is not None else [99.9]
+    configs = expand_grid(CompressionConfig(bias_correction=args.bias_correction, seed=args.seed), **lists)
+    names = [text.partition(":")[0] for text in args.layer]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"--layer {shown(twice[0])} is given more than once; give each layer one --layer")
+    for text in args.layer:
+        configs = [c.with_override(parse_layer_override(text, c)) for c in configs]
+    return configs
+
+
+def _cast(cast, value: str, must: str):
+    try:
+        return cast(value)
+    except ValueError:
+        raise UserError(f"{must}; got {shown(value)}") from None
+
+
+def parse_layer_override(text: str, base: CompressionConfig) -> LayerOverride:
+    """`conv1:bits=8,sparsity=0` -> LayerOverride; `fc2:skip=1` leaves the layer in fp32."""
+    name, _, rest = text.partition(":")
+    if not name.strip() or not rest.strip():
+        raise UserError(f"--layer must look like NAME:key=value[,key=value]; got {shown(text)}")
+    q, p, skip = {}, {}, False
+    try:
+        for item in rest.split(","):
+            key, _, value = item.partition("=")
+            key, value = key.strip(), value.strip()
+            if key == "bits":
+                q["bits"] = _cast(int, value, "bits must be an integer: 1-8, 16 or 32")
+            elif key in ("quantizer", "scheme", "granularity", "range"):
+                q[key] = value
+            elif key == "sparsity":
+                p["sparsity"] = _cast(float, value, "sparsity must be a number in [0, 1)")
+            elif key == "prune":
+                p["method"] = value
+            elif key == "scope":
+                p["scope"] = value
+            elif key == "nm":
+                p["n"], p["m"] = nm(value, "nm")
+            elif key == "skip" and value.lower() in SKIP_VALUES:
+                skip = SKIP_VALUES[value.lower()]
+            elif key == "skip":
+                raise UserError(f"skip must be 1/0, true/false or yes/no; got {shown(value)}")
+            else:
+                raise UserError(f"unknown key {shown(key)}; allowed: {' '.join(LAYER_KEYS)}")
+        return LayerOverride(name=name, quant=replace(base.quant, **q) if q else None,
+                             prune=replace(base.prune, **p) if p else None, skip=skip)
+    except (UserError, ConfigError, argparse.ArgumentTypeError) as err:
+        raise UserError(f"--layer {shown(text)}: {err}") from None

@@ -165,3 +165,9 @@ def test_toy_prune_method_is_usable_end_to_end(toy_methods):
     assert sum(int((~cm.layers[n].mask).sum()) for n in weights) == round(0.6 * (8 * 27 + 10 * 288))
     per_layer = compress(net, CompressionConfig(prune=PruneSpec(method="colnorm", sparsity=0.6)))
     assert torch.equal(per_layer.layers["3"].mask, P.score_mask(colnorm(weights["3"]), 0.6))
+
+
+def test_docstring_examples():
+    import doctest
+    result = doctest.testmod(methods)
+    assert result.attempted >= 2 and result.failed == 0

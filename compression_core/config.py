@@ -93,11 +93,10 @@ class QuantSpec:
         elif self.bits == 32:
             fixed["quantizer"] = DEFAULT_QUANTIZER  # 32 bits = not quantized, whatever the quantizer
         off = fixed.get("bits", self.bits) == 32
-        defaults = {"scheme": (info.schemes, SCHEMES[0]), "granularity": (info.granularities, GRANULARITIES[1]),
-                    "range": (info.ranges, RANGES[0])}
-        for key, (applies, default) in defaults.items():
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key, applies in (("scheme", info.schemes), ("granularity", info.granularities), ("range", info.ranges)):
             if off or not applies:
-                fixed[key] = default
+                fixed[key] = defaults[key]  # a setting that does not apply keeps its default
         fixed["percentile"] = float(self.percentile) if fixed.get("range", self.range) == "percentile" else 99.9
         return fixed
 

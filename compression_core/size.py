@@ -9,8 +9,9 @@ format, in the order below). `export.py` writes exactly the layout chosen here, 
     relative  (nnz + fillers) x (w + index_bits)                    (Deep Compression relative index)
 
 w is the value width: the quantizer's bits for integer codes (uniform / kmeans / pow2), 16 for fp16 / bf16, 32
-when the layer is not quantized or skipped. How a quantizer stores its values and side data comes from its
-registry entry (`methods.QuantizerInfo.value_storage` / `scale_storage`). Sparse formats are only considered for layers with a mask.
+when the layer is not quantized or skipped. Sparse formats are only considered for layers with a mask. How a
+quantizer stores its values and side data comes from its registry entry (`methods.QuantizerInfo.value_storage`
+/ `scale_storage`, read through `value_kind` / `scale_kind`).
 
 Zero codes. Grids always contain 0 (sym: code 0, asym: the zero point), so a pruned weight is just a code.
 A codebook (kmeans / pow2) may lack an exact 0; a format that stores pruned positions (dense, or relative with
@@ -22,9 +23,10 @@ Relative index. Each stored entry keeps the gap g = number of zeros skipped sinc
 bits k. A gap larger than 2^k - 1 is bridged by filler entries (a stored 0 with gap 2^k - 1, covering 2^k
 positions each), so a gap g needs floor(g / 2^k) fillers. Zeros after the last nonzero are not stored.
 
-Metadata: grids (scale_storage "scale") store one float32 scale per channel (or one per tensor) and, for asym, one
-int32 zero point per scale; sym zero points are implied 0 and not stored. Codebooks store K float32 levels. A layer whose input is fake-quantized (act_qparams) stores a float32 scale and an int32 zero point (64
-bits); qmin / qmax follow from the config's act_bits.
+Metadata: grids (scale_storage "scale") store one float32 scale per channel (or one per tensor) and, for asym,
+one int32 zero point per scale; sym zero points are implied 0 and not stored. Codebooks store K float32 levels.
+A layer whose input is fake-quantized (act_qparams) stores a float32 scale and an int32 zero point (64 bits);
+qmin / qmax follow from the config's act_bits.
 
 Other tensors: every state-dict entry that is not a compressible layer's weight (biases, norm weights, running
 statistics) is counted at its own dtype's width. BatchNorm's `num_batches_tracked` is skipped: inference does

@@ -11,10 +11,12 @@ from pathlib import Path
 
 from .config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, SCHEMES, SCOPES,
                      CompressionConfig, ConfigError, LayerOverride)
+from .methods import prune_method_info
 
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes at most a signed 64-bit integer
 SHOWN_CHARS = 80  # user values longer than this are shown shortened in messages
 LAYER_KEYS = ("bits", "quantizer", "scheme", "granularity", "range", "sparsity", "prune", "scope", "nm", "skip")
+NM_KEY = "nm"  # the --layer key of an N:M pattern, named like the --nm flag
 SKIP_VALUES = {"1": True, "true": True, "yes": True, "": True, "0": False, "false": False, "no": False}
 
 
@@ -134,13 +136,14 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
 
 def _check_unused_flags(args) -> None:
     """Refuse a flag that no config of the product would use (it would be silently ignored)."""
-    if args.sparsity is not None and any(args.sparsity) and set(args.prune) == {"nm"}:
+    patterned = [not prune_method_info(m).uses_sparsity for m in args.prune]  # N:M: the pattern fixes sparsity
+    if args.sparsity is not None and any(args.sparsity) and all(patterned):
         raise UserError(f"--sparsity {','.join(map(str, args.sparsity))} has no effect with --prune nm (N:M fixes "
                         "the sparsity at 1 - N/M); drop --sparsity, or choose N:M with --nm")
     if args.percentile is not None and "percentile" not in args.range:
         raise UserError("--percentile only applies to --range percentile; add --range percentile or drop "
                         "--percentile")
-    if args.nm is not None and "nm" not in args.prune:
+    if args.nm is not None and not any(patterned):
         raise UserError("--nm only applies to --prune nm; add --prune nm or drop --nm")
 
 
@@ -190,8 +193,8 @@ def parse_layer_override(text: str, base: CompressionConfig) -> LayerOverride:
                 p["method"] = value
             elif key == "scope":
                 p["scope"] = value
-            elif key == "nm":
-                p["n"], p["m"] = nm(value, "nm")
+            elif key == NM_KEY:
+                p["n"], p["m"] = nm(value, NM_KEY)
             elif key == "skip" and value.lower() in SKIP_VALUES:
                 skip = SKIP_VALUES[value.lower()]
             elif key == "skip":

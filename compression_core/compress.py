@@ -16,10 +16,10 @@ from . import prune as prune_ops
 from . import quantize as quant_ops
 from .compressed import CompressedModel, LayerCompression, compressible_layers
 from .config import CompressionConfig, PruneSpec, QuantSpec
+from .methods import prune_method_info, prune_methods
 
 Progress = Callable[[str, float], None]  # (stage, fraction done)
 CALIB_SAMPLES = 512
-TAYLOR_BATCHES = 4
 FINETUNE_BATCH = 128
 FINETUNE_LR = 1e-4
 
@@ -35,8 +35,8 @@ def compress(
     Args:
         model: any module with Linear / Conv1d / Conv2d layers; not modified.
         config: what to do (global specs plus per-layer overrides).
-        calib: (x, y) training samples on the model's device; needed for taylor pruning, activation
-            quantization, bias correction and fine-tuning.
+        calib: (x, y) training samples on the model's device; needed for pruning methods that need calibration
+            (taylor), activation quantization, bias correction and fine-tuning.
         progress: optional callback (stage, fraction) for the slow stages.
 
     Returns:
@@ -54,9 +54,10 @@ def compress(
     if unknown:
         raise ValueError(f"override names no compressible layer: {sorted(unknown)}; layers are {list(specs)}")
     needs_calib = config.act_bits < 32 or config.bias_correction or config.finetune_steps > 0 or any(
-        p.method == "taylor" and p.enabled and not skip for _, p, skip in specs.values())
+        prune_method_info(p.method).needs_calibration and p.enabled and not skip for _, p, skip in specs.values())
     if needs_calib and calib is None:
-        raise ValueError("this config needs calibration data (taylor pruning, act_bits, bias correction or "
+        calibrated = "/".join(name for name, info in prune_methods().items() if info.needs_calibration)
+        raise ValueError(f"this config needs calibration data ({calibrated} pruning, act_bits, bias correction or "
                          "fine-tuning): pass calib=(x, y)")
 
     new = copy.deepcopy(model).eval()
@@ -81,13 +82,14 @@ def _masks(model, modules, specs, config, calib) -> dict[str, torch.Tensor | Non
     prune_specs = {name: p for name, (_, p, skip) in specs.items() if not skip and p.enabled}
     if not prune_specs:
         return {}
-    taylor = None
-    if any(p.method == "taylor" for p in prune_specs.values()):
-        x, y = calib
-        taylor = prune_ops.taylor_scores(model, [n for n, p in prune_specs.items() if p.method == "taylor"],
-                                         x, y, batches=TAYLOR_BATCHES, batch_size=min(128, len(x)))
+    calibration: dict[str, torch.Tensor] = {}
+    for method in dict.fromkeys(p.method for p in prune_specs.values()):  # in first-use order
+        info = prune_method_info(method)
+        if info.needs_calibration:
+            x, y = calib
+            calibration.update(info.calibrate(model, [n for n, p in prune_specs.items() if p.method == method], x, y))
     weights = {name: modules[name].weight.detach() for name in prune_specs}
-    return prune_ops.compute_masks(weights, prune_specs, taylor=taylor, seed=config.seed)
+    return prune_ops.compute_masks(weights, prune_specs, calibration=calibration, seed=config.seed)
 
 
 @torch.no_grad()

@@ -11,14 +11,23 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 
+from .methods import DEFAULT_PRUNE_METHOD, DEFAULT_QUANTIZER, prune_methods, quantizers
+
 ALLOWED_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
-QUANTIZERS = ("uniform", "kmeans", "pow2", "fp16", "bf16")
 SCHEMES = ("sym", "asym")
 GRANULARITIES = ("tensor", "channel")
 RANGES = ("minmax", "percentile", "mse")
-PRUNE_METHODS = ("magnitude", "random", "structured", "nm", "taylor")
 SCOPES = ("layer", "global")
 ACT_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """`QUANTIZERS` / `PRUNE_METHODS`: the registered names (compression_core.methods), in their order."""
+    if name == "QUANTIZERS":
+        return tuple(quantizers())
+    if name == "PRUNE_METHODS":
+        return tuple(prune_methods())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ConfigError(ValueError):
@@ -34,27 +43,33 @@ def _check(ok: bool, message: str) -> None:
 class QuantSpec:
     """How one layer's weights are quantized.
 
-    bits: 1-8 or 16 for integer grids, 32 = not quantized. The float casts `fp16` / `bf16` always use 16.
-    quantizer: uniform (affine integer grid), kmeans (weight sharing, 2^bits centroids), pow2 (±2^k levels),
-        fp16 / bf16 (plain float casts).
-    scheme / granularity / range: only for `uniform`; per-channel means per output channel (axis 0).
+    bits: 1-8 or 16 for integer grids, 32 = not quantized. A quantizer with one allowed width (the float casts
+        `fp16` / `bf16`: 16) always uses it.
+    quantizer: a registered quantizer (`compression_core.methods.quantizers()`): uniform (affine integer grid),
+        kmeans (weight sharing, 2^bits centroids), pow2 (±2^k levels), fp16 / bf16 (plain float casts).
+    scheme / granularity / range: only where the quantizer lists them (uniform); per-channel means per output
+        channel (axis 0).
     percentile: the clip percentile of |w| used when range == "percentile".
     """
 
     bits: int = 32
-    quantizer: str = "uniform"
+    quantizer: str = DEFAULT_QUANTIZER
     scheme: str = "sym"
     granularity: str = "channel"
     range: str = "minmax"
     percentile: float = 99.9
 
     def __post_init__(self) -> None:
-        _check(self.quantizer in QUANTIZERS, f"quantizer must be one of {', '.join(QUANTIZERS)}; got {self.quantizer!r}")
+        known = quantizers()
+        _check(self.quantizer in known, f"quantizer must be one of {', '.join(known)}; got {self.quantizer!r}")
         _canonicalise(self, self._canonical())
         _check(
             isinstance(self.bits, int) and self.bits in ALLOWED_BITS,
             f"bits must be one of 1-8, 16 or 32 (32 = off); got {self.bits!r}",
         )
+        info = known[self.quantizer]
+        _check(self.bits in info.bits + (32,), f"bits for quantizer {self.quantizer} must be one of "
+                                               f"{', '.join(map(str, info.bits))} or 32 (off); got {self.bits!r}")
         _check(self.scheme in SCHEMES, f"scheme must be sym or asym; got {self.scheme!r}")
         _check(self.granularity in GRANULARITIES, f"granularity must be tensor or channel; got {self.granularity!r}")
         _check(self.range in RANGES, f"range must be one of {', '.join(RANGES)}; got {self.range!r}")
@@ -62,20 +77,26 @@ class QuantSpec:
             isinstance(self.percentile, (int, float)) and 50.0 < float(self.percentile) <= 100.0,
             f"percentile must be in (50, 100]; got {self.percentile!r}",
         )
+        one_bit = [name for name, q in known.items() if q.kind != "grid" and 1 in q.bits]
         _check(
-            not (self.quantizer == "uniform" and self.scheme == "sym" and self.bits == 1),
-            "bits=1 needs scheme asym (a symmetric 1-bit grid has only the level 0) or quantizer pow2/kmeans",
+            not (info.kind == "grid" and self.scheme == "sym" and self.bits == 1),
+            "bits=1 needs scheme asym (a symmetric 1-bit grid has only the level 0) or quantizer "
+            + "/".join(one_bit),
         )
 
     def _canonical(self) -> dict:
         """Fields that carry no meaning for this spec are reset, so equal meanings hash equally."""
+        info = quantizers()[self.quantizer]
         fixed = {}
-        if self.quantizer in ("fp16", "bf16"):
-            fixed["bits"] = 16  # a float cast has one width
+        if not info.uses_bits:
+            fixed["bits"] = info.bits[0]  # e.g. a float cast has one width
         elif self.bits == 32:
-            fixed["quantizer"] = "uniform"  # 32 bits = not quantized, whatever the quantizer
-        if self.quantizer != "uniform" or self.bits == 32:
-            fixed.update(scheme="sym", granularity="channel", range="minmax")
+            fixed["quantizer"] = DEFAULT_QUANTIZER  # 32 bits = not quantized, whatever the quantizer
+        off = fixed.get("bits", self.bits) == 32
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key, applies in (("scheme", info.schemes), ("granularity", info.granularities), ("range", info.ranges)):
+            if off or not applies:
+                fixed[key] = defaults[key]  # a setting that does not apply keeps its default
         fixed["percentile"] = float(self.percentile) if fixed.get("range", self.range) == "percentile" else 99.9
         return fixed
 
@@ -94,12 +115,14 @@ class PruneSpec:
     """How one layer's weights are pruned.
 
     sparsity: fraction of weights removed, 0 <= s < 1 (exactly round(s*n) of them; for `nm` it is implied by n:m).
-    method: magnitude | random | structured (whole output channels by `norm`) | nm | taylor (|w * dL/dw|).
-    scope: layer (each layer to `sparsity`) or global (one threshold over all prunable weights).
+    method: a registered method (`compression_core.methods.prune_methods()`): magnitude | random | structured
+        (whole output channels by `norm`) | nm | taylor (|w * dL/dw|).
+    scope: layer (each layer to `sparsity`) or global (one threshold over all prunable weights; only for
+        methods that rank globally).
     """
 
     sparsity: float = 0.0
-    method: str = "magnitude"
+    method: str = DEFAULT_PRUNE_METHOD
     scope: str = "layer"
     n: int = 2
     m: int = 4
@@ -110,33 +133,40 @@ class PruneSpec:
             isinstance(self.sparsity, (int, float)) and math.isfinite(self.sparsity) and 0.0 <= self.sparsity < 1.0,
             f"sparsity must be in [0, 1) (e.g. 0.9 removes 90 % of weights); got {self.sparsity!r}",
         )
-        _check(self.method in PRUNE_METHODS, f"prune method must be one of {', '.join(PRUNE_METHODS)}; got {self.method!r}")
+        known = prune_methods()
+        _check(self.method in known, f"prune method must be one of {', '.join(known)}; got {self.method!r}")
         _check(self.scope in SCOPES, f"scope must be layer or global; got {self.scope!r}")
         _check(
             isinstance(self.m, int) and isinstance(self.n, int) and 1 <= self.n < self.m <= 64,
             f"N:M needs integers 1 <= N < M <= 64; got {self.n}:{self.m}",
         )
         _check(self.norm in (1, 2), f"structured norm must be 1 or 2; got {self.norm!r}")
+        info = known[self.method]
         fixed = {"sparsity": float(self.sparsity)}
-        if self.method == "structured":
-            fixed["scope"] = "layer"  # whole channels are ranked within their layer
-        if self.method == "nm":
-            fixed.update(sparsity=0.0, scope="layer")  # the pattern fixes the sparsity
-        else:
+        if not info.ranks_globally:
+            fixed["scope"] = "layer"  # e.g. whole channels or N:M groups are ranked within their layer
+        if info.uses_sparsity:
             fixed.update(n=2, m=4)
-        if self.method != "structured":
+        else:
+            fixed["sparsity"] = 0.0  # the pattern fixes the sparsity
+        if not info.structured:
             fixed["norm"] = 1
-        if self.method != "nm" and self.sparsity == 0.0:
-            fixed.update(method="magnitude", scope="layer")  # nothing is pruned
+        if info.uses_sparsity and self.sparsity == 0.0:
+            fixed.update(method=DEFAULT_PRUNE_METHOD, scope="layer")  # nothing is pruned
         _canonicalise(self, fixed)
 
     @property
+    def uses_pattern(self) -> bool:
+        """True when the method's N:M pattern, not `sparsity`, says how much is removed."""
+        return not prune_methods()[self.method].uses_sparsity
+
+    @property
     def enabled(self) -> bool:
-        return self.method == "nm" or self.sparsity > 0.0
+        return self.uses_pattern or self.sparsity > 0.0
 
     @property
     def target_sparsity(self) -> float:
-        return 1.0 - self.n / self.m if self.method == "nm" else float(self.sparsity)
+        return 1.0 - self.n / self.m if self.uses_pattern else float(self.sparsity)
 
 
 @dataclass(frozen=True)
@@ -234,16 +264,17 @@ class CompressionConfig:
     def label(self) -> str:
         """Short human label, e.g. 'int4 channel sym · magnitude 50 %'."""
         q = self.quant
+        kind = quantizers()[q.quantizer].kind
         if not q.enabled:
             qs = "fp32"
-        elif q.quantizer in ("fp16", "bf16"):
+        elif kind == "cast":
             qs = q.quantizer
-        elif q.quantizer == "uniform":
+        elif kind == "grid":
             qs = f"int{q.bits} {q.granularity} {q.scheme} {q.range}"
         else:
             qs = f"{q.quantizer} {q.bits}b"
         p = self.prune
-        ps = f" · {p.method} {p.n}:{p.m}" if p.method == "nm" else (
+        ps = f" · {p.method} {p.n}:{p.m}" if p.uses_pattern else (
             f" · {p.method} {p.scope} {p.sparsity:.0%}" if p.enabled else "")
         extra = (f" · act{self.act_bits}" if self.act_bits < 32 else "") + (" · biascorr" if self.bias_correction else "")
         extra += f" · ft{self.finetune_steps}" if self.finetune_steps else ""

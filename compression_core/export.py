@@ -9,14 +9,15 @@ The sha256 covers the prefix fields, the header and the payload. The JSON header
 width and the byte ranges of its payload sections. Payload sections are byte-aligned bitstreams (LSB first, `width`
 bits per entry):
 
-    values      entries x value_bits      integer codes (uniform: code - qmin) or raw fp32 / fp16 / bf16 bits
+    values      entries x value_bits      integer codes (grids: code - qmin) or raw fp32 / fp16 / bf16 bits
     mask        n x 1                     bitmask format
     row_ptr     (rows+1) x ceil(log2(nnz+1)), cols  nnz x ceil(log2(cols))          csr format
     gaps        entries x index_bits      relative format (fillers included)
     scale       float32 per scale; zero_point int32 (asym only); codebook float32 levels
     tensors     every other state-dict tensor, raw, at its own dtype
 
-Decoding: uniform w = (code - zp) * scale per output channel; kmeans / pow2 w = codebook[code] (code K = 0).
+Decoding: grids w = (code - zp) * scale per output channel; codebooks w = codebook[code] (code K = 0). Which
+applies follows the quantizer's registry entry (value_storage / scale_storage, see size.value_kind / scale_kind).
 `export` decodes what it wrote and refuses to finish unless the weights come back bit-for-bit.
 
 Files carry data, never code: `load_exported` rebuilds only `builtin` and `torchvision` sources by itself; for any
@@ -40,13 +41,17 @@ from torch import nn
 from .compressed import CompressedModel, LayerCompression
 from .export_format import DTYPES, MAGIC, PREFIX, VERSION, ExportError, check_fits, pack_file, parse_file
 from .models.specs import short
+from .methods import quantizers
 from .quantize import qrange
-from .size import SKIPPED_BUFFERS, LayerSize, flat_positions, needs_zero_code, relative_fillers, size_report, \
-    value_kind
+from .size import SKIPPED_BUFFERS, LayerSize, flat_positions, needs_zero_code, relative_fillers, scale_kind, \
+    size_report, value_kind
 
 CHUNK = 1 << 18  # entries packed per step; a multiple of 8, so every chunk ends on a byte boundary
 __all__ = ["MAGIC", "PREFIX", "VERSION", "ExportError", "export", "load_exported", "pack_bits", "read_header",
            "unpack_bits"]
+# raw float value kinds: (torch dtype, same-width integer dtype its bits are viewed as)
+FLOAT_KINDS = {"float32": (torch.float32, torch.int32), "float16": (torch.float16, torch.int16),
+               "bfloat16": (torch.bfloat16, torch.int16)}
 
 
 # ---- bit packing -------------------------------------------------------------------------------
@@ -95,16 +100,14 @@ def _stored_values(lc: LayerCompression) -> np.ndarray:
     """Every position's stored unsigned value, int64 (n,): pruned positions hold the code of 0."""
     kind = value_kind(lc)
     w = lc.weight.detach().cpu().reshape(-1)
-    if kind == "float32":
-        return w.to(torch.float32).numpy().view(np.uint32).astype(np.int64)
-    if kind == "float16":
-        return w.to(torch.float16).numpy().view(np.uint16).astype(np.int64)
-    if kind == "bfloat16":
-        return w.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16).astype(np.int64)
+    if kind in FLOAT_KINDS:
+        dtype, int_dtype = FLOAT_KINDS[kind]
+        raw = w.to(dtype).view(int_dtype).numpy()
+        return raw.view(f"u{raw.itemsize}").astype(np.int64)  # the raw bits as unsigned integers
     if lc.codes is None:
         raise ExportError(f"layer {lc.name!r} is {lc.quant.quantizer}-quantized but has no codes; re-run compress")
     codes = lc.codes.detach().cpu().reshape(-1).to(torch.int64).numpy()
-    if lc.quant.quantizer == "uniform":
+    if scale_kind(lc) == "scale":
         zp = lc.zero_point.detach().cpu().to(torch.int64).numpy()
         zero = np.repeat(zp, lc.n // zp.size) if lc.quant.scheme == "asym" else np.zeros(lc.n, np.int64)
         qmin = qrange(lc.quant.bits, lc.quant.scheme)[0]
@@ -138,11 +141,11 @@ def _layer_sections(lc: LayerCompression, ls: LayerSize, index_bits: int) -> dic
             pos, gaps = _relative_entries(pos, index_bits)
             sections["gaps"] = pack_bits(gaps, index_bits)
         sections["values"] = pack_bits(stored[pos], ls.value_bits)
-    if value_kind(lc) == "code" and lc.quant.quantizer == "uniform":
+    if scale_kind(lc) == "scale":
         sections["scale"] = lc.scale.detach().cpu().to(torch.float32).numpy().tobytes()
         if lc.quant.scheme == "asym":
             sections["zero_point"] = lc.zero_point.detach().cpu().to(torch.int32).numpy().tobytes()
-    elif value_kind(lc) == "code":
+    elif scale_kind(lc) == "codebook":
         sections["codebook"] = lc.codebook.detach().cpu().to(torch.float32).numpy().tobytes()
     return sections
 
@@ -187,13 +190,11 @@ def _decode_layer(entry: dict, payload: memoryview) -> torch.Tensor:
         pos = np.cumsum(unpack_bits(section("gaps"), entry["entries"], entry["index_bits"]) + 1) - 1
     if pos.size != values.size or (pos.size and (pos.min() < 0 or pos.max() >= n)):
         raise ExportError(f"corrupt export: the index of layer {entry['name']!r} does not fit its shape {shape}")
-    if kind == "float32":
-        w = torch.from_numpy(values.astype(np.uint32).view(np.float32))
-    elif kind == "float16":
-        w = torch.from_numpy(values.astype(np.uint16).view(np.float16).astype(np.float32))
-    elif kind == "bfloat16":
-        w = torch.from_numpy(values.astype(np.uint16).view(np.int16)).view(torch.bfloat16).float()
-    elif entry["quant"]["quantizer"] == "uniform":
+    if kind in FLOAT_KINDS:
+        dtype, int_dtype = FLOAT_KINDS[kind]
+        size = int_dtype.itemsize
+        w = torch.from_numpy(values.astype(f"<u{size}").view(f"<i{size}")).view(dtype).float()
+    elif _scale_storage(entry) == "scale":
         scale = torch.from_numpy(np.frombuffer(section("scale"), dtype="<f4").copy())
         zp = (np.frombuffer(section("zero_point"), dtype="<i4").astype(np.int64) if "zero_point" in entry["sections"]
               else np.zeros(scale.numel(), np.int64))
@@ -208,6 +209,16 @@ def _decode_layer(entry: dict, payload: memoryview) -> torch.Tensor:
     full = torch.zeros(n, dtype=torch.float32)
     full[torch.from_numpy(pos)] = w
     return full.reshape(shape)
+
+
+def _scale_storage(entry: dict) -> str:
+    """The scale_storage of the quantizer a code layer was written with; one line if this build lacks it."""
+    name = entry["quant"]["quantizer"]
+    known = quantizers()
+    if name not in known:
+        raise ExportError(f"layer {entry['name']!r} uses quantizer {name!r}, which this build does not know "
+                          f"(known: {', '.join(known)})")
+    return known[name].scale_storage
 
 
 # ---- public API --------------------------------------------------------------------------------
@@ -237,7 +248,7 @@ def export(cm: CompressedModel, path: str | os.PathLike, source: dict) -> int:
 
     layers = []
     for lc, ls in zip(cm.layers.values(), report.layers):
-        uniform = value_kind(lc) == "code" and lc.quant.quantizer == "uniform"
+        uniform = scale_kind(lc) == "scale"
         entry = {"name": lc.name, "shape": list(lc.shape), "format": ls.index_format, "kind": value_kind(lc),
                  "value_bits": ls.value_bits, "entries": ls.entries, "nnz": ls.nnz, "index_bits": index_bits,
                  "qmin": qrange(lc.quant.bits, lc.quant.scheme)[0] if uniform else 0, "skipped": lc.skipped,

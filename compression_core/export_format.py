@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .config import CompressionConfig, ConfigError, QuantSpec
+from .methods import quantizer_info
 from .models.specs import short
 from .size import SKIPPED_BUFFERS
 
@@ -235,7 +236,7 @@ def _check_layer(entry: object, where: str, payload_len: int) -> str:
     sizes = {"values": entries * bits, "mask": n, "row_ptr": (rows + 1) * nnz.bit_length(),
              "cols": nnz * (n // rows - 1).bit_length(), "gaps": entries * index_bits}
     wanted = ["values", *FORMAT_SECTIONS[e["format"]]]
-    if e["kind"] == "code" and quant.quantizer == "uniform":
+    if e["kind"] == "code" and quantizer_info(quant.quantizer).scale_storage == "scale":  # a grid
         wanted += ["scale"] + (["zero_point"] if quant.scheme == "asym" else [])
     elif e["kind"] == "code":
         wanted.append("codebook")

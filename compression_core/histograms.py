@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from .compressed import LayerCompression
+from .methods import prune_method_info
 from .quantize import qrange
 
 MAX_LEVELS = 256  # more levels than this (16-bit grids) draw as a continuum: only the clip range is given
@@ -142,7 +143,9 @@ def grid_levels(layer: LayerCompression, before: torch.Tensor | None = None) -> 
 
 def prune_threshold(layer: LayerCompression, before: torch.Tensor | None) -> float | None:
     """Largest |w| of `before` that magnitude pruning removed from `layer`; None for other methods / no pruning."""
-    if before is None or layer.skipped or layer.mask is None or layer.prune.method != "magnitude":
+    if before is None or layer.skipped or layer.mask is None:
+        return None
+    if not prune_method_info(layer.prune.method).magnitude_threshold:  # only a |w| ranking has one threshold
         return None
     removed = before.detach().to("cpu").reshape(layer.mask.shape)[~layer.mask.to("cpu")]
     return float(removed.abs().max()) if removed.numel() else None

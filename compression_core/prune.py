@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, PruneSpec
+from .methods import PruneMethodInfo, prune_method_info, register_prune_method
 
-GLOBAL_METHODS = ("magnitude", "random", "taylor")  # methods that can rank weights across layers
+TAYLOR_BATCHES = 4  # mini-batches of calibration data summed into Taylor scores
+TAYLOR_BATCH_SIZE = 128
 
 
 def prune_count(sparsity: float, n: int) -> int:
@@ -215,33 +217,35 @@ def _layer_generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
 
 
-def _scores(method: str, name: str, w: torch.Tensor, taylor: dict | None, seed: int) -> torch.Tensor:
-    """Per-weight ranking scores of a global group: |w|, Taylor importance, or uniform noise."""
-    if method == "magnitude":
-        return w.detach().abs()
-    if method == "random":
-        return torch.rand(w.shape, generator=_layer_generator(seed, name)).to(w.device)
-    if taylor is None or name not in taylor:
-        raise ConfigError(f"taylor pruning of layer {name!r} needs its scores; pass taylor=taylor_scores(...)")
-    if taylor[name].shape != w.shape:
-        shape = tuple(taylor[name].shape)
-        raise ConfigError(f"taylor scores for {name!r} have shape {shape}; expected {tuple(w.shape)}")
-    return taylor[name]
+def _calibration_scores(info: PruneMethodInfo, name: str, w: torch.Tensor,
+                        calibration: dict | None) -> torch.Tensor | None:
+    """The layer's calibration scores for a method that needs them (checked), else None."""
+    if not info.needs_calibration:
+        return None
+    if calibration is None or name not in calibration:
+        raise ConfigError(f"{info.name} pruning of layer {name!r} needs its calibration scores; pass "
+                          f"calibration=<its scores by layer> (compress computes them from calib)")
+    if calibration[name].shape != w.shape:
+        shape = tuple(calibration[name].shape)
+        raise ConfigError(f"{info.name} scores for {name!r} have shape {shape}; expected {tuple(w.shape)}")
+    return calibration[name]
 
 
 def compute_masks(weights: dict[str, torch.Tensor], specs: dict[str, PruneSpec], *,
-                  taylor: dict[str, torch.Tensor] | None = None, seed: int = 0) -> dict[str, torch.Tensor | None]:
-    """Masks for many layers as their specs say.
+                  calibration: dict[str, torch.Tensor] | None = None,
+                  seed: int = 0) -> dict[str, torch.Tensor | None]:
+    """Masks for many layers as their specs say, each drawn by its registered method.
 
-    Layers whose spec has scope "global" and the same method (magnitude, random or taylor) and sparsity form
-    one group ranked together (round(s * N) removed over the group). All other layers are pruned on their own;
-    N:M and structured are always per layer.
+    Layers whose spec has scope "global" (only methods that rank globally: magnitude, random, taylor) and the
+    same method and sparsity form one group ranked together (round(s * N) removed over the group). All other
+    layers are pruned on their own; N:M and structured are always per layer.
 
     Args:
         weights: layer name -> weight, in model order (the order breaks ties in global rankings).
         specs: layer name -> PruneSpec; a layer without a spec, or whose spec is not enabled, gets None.
-        taylor: layer name -> scores from `taylor_scores`, needed by method "taylor".
-        seed: seeds method "random" (with the layer name, so each layer's draw is its own).
+        calibration: layer name -> calibration scores (from the method's `calibrate`, e.g. `taylor_scores`),
+            needed by the layers whose method needs calibration.
+        seed: seeds random draws (with the layer name, so each layer's draw is its own).
 
     Returns:
         layer name -> bool mask (True = kept) or None, for every name in `weights`.
@@ -259,17 +263,50 @@ def compute_masks(weights: dict[str, torch.Tensor], specs: dict[str, PruneSpec],
         spec = specs.get(name)
         if spec is None or not spec.enabled:
             continue
-        s = spec.sparsity
-        if spec.scope == "global" and spec.method in GLOBAL_METHODS:
-            groups.setdefault((spec.method, s), []).append(name)
-        elif spec.method == "nm":
-            masks[name] = nm_mask(w, spec.n, spec.m)
-        elif spec.method == "structured":
-            masks[name] = structured_mask(w, s, spec.norm)
-        elif spec.method == "random":
-            masks[name] = random_mask(w, s, _layer_generator(seed, name))
-        else:
-            masks[name] = score_mask(_scores(spec.method, name, w, taylor, seed), s)
+        if spec.scope == "global":  # PruneSpec keeps "global" only for methods that rank globally
+            groups.setdefault((spec.method, spec.sparsity), []).append(name)
+            continue
+        info = prune_method_info(spec.method)
+        masks[name] = info.mask(w, spec, _calibration_scores(info, name, w, calibration),
+                                _layer_generator(seed, name))
     for (method, s), names in groups.items():
-        masks.update(global_score_masks({n: _scores(method, n, weights[n], taylor, seed) for n in names}, s))
+        info = prune_method_info(method)
+        scores = {n: info.rank(weights[n], _calibration_scores(info, n, weights[n], calibration),
+                               _layer_generator(seed, n)) for n in names}
+        masks.update(global_score_masks(scores, s))
     return masks
+
+
+# ---- the registered methods: mask(w, spec, scores, generator), rank(w, scores, generator) ---------------
+
+def _random_scores(w: torch.Tensor, scores, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(w.shape, generator=generator).to(w.device)
+
+
+def _taylor_calibrate(model: nn.Module, layer_names: list[str], x: torch.Tensor,
+                      y: torch.Tensor) -> dict[str, torch.Tensor]:
+    return taylor_scores(model, layer_names, x, y, batches=TAYLOR_BATCHES, batch_size=min(TAYLOR_BATCH_SIZE, len(x)))
+
+
+register_prune_method(PruneMethodInfo(
+    name="magnitude", label="magnitude", magnitude_threshold=True,
+    mask=lambda w, spec, scores, generator: magnitude_mask(w, spec.sparsity),
+    rank=lambda w, scores, generator: w.detach().abs(),
+    description="Remove the weights of smallest |w|."))
+register_prune_method(PruneMethodInfo(
+    name="random", label="random",
+    mask=lambda w, spec, scores, generator: random_mask(w, spec.sparsity, generator), rank=_random_scores,
+    description="Remove weights chosen uniformly at random: the baseline any method must beat."))
+register_prune_method(PruneMethodInfo(
+    name="structured", label="structured (channels)", structured=True,
+    mask=lambda w, spec, scores, generator: structured_mask(w, spec.sparsity, spec.norm),
+    description="Remove whole output channels of smallest L1 / L2 norm: a smaller dense layer."))
+register_prune_method(PruneMethodInfo(
+    name="nm", label="N:M", uses_sparsity=False,
+    mask=lambda w, spec, scores, generator: nm_mask(w, spec.n, spec.m),
+    description="Keep the N largest |w| of every M consecutive weights (2:4 runs fast on sparse tensor cores)."))
+register_prune_method(PruneMethodInfo(
+    name="taylor", label="Taylor", calibrate=_taylor_calibrate,
+    mask=lambda w, spec, scores, generator: score_mask(scores, spec.sparsity),
+    rank=lambda w, scores, generator: scores,
+    description="Remove the weights of least first-order Taylor importance |w * dL/dw| on calibration data."))

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import ConfigError, QuantSpec
+from .config import ALLOWED_BITS, GRANULARITIES, RANGES, SCHEMES, ConfigError, QuantSpec
+from .methods import QuantizerInfo, quantizer_info, register_quantizer
 
 EPS = torch.finfo(torch.float32).eps  # smallest scale, as torch's observers use for all-zero ranges
 MSE_SHRINKS = torch.linspace(1.0, 0.05, 80)  # candidate fractions of the min-max range for range="mse"
@@ -43,10 +44,10 @@ class QuantResult:
     """One quantized weight.
 
     weight: float32, same shape as the input; exactly 0 where the mask is False.
-    codes: int32, same shape (uniform: q in [qmin, qmax]; kmeans / pow2: index into `codebook`; pruned
-        positions hold the code of 0 for uniform and index 0 otherwise); None for bits 32, fp16, bf16.
-    scale, zero_point: float32 / int32 of shape (1,) or (C_out,) for uniform grids; None otherwise.
-    codebook: float32 sorted levels (at most 2^bits) for kmeans / pow2; None otherwise.
+    codes: int32, same shape (grids: q in [qmin, qmax]; codebooks: index into `codebook`; pruned positions
+        hold the code of 0 for grids and index 0 otherwise); None for bits 32 and float casts.
+    scale, zero_point: float32 / int32 of shape (1,) or (C_out,) for grids; None otherwise.
+    codebook: float32 sorted levels (at most 2^bits) for codebook quantizers; None otherwise.
     """
 
     weight: torch.Tensor
@@ -336,13 +337,60 @@ def _masked(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return t if mask is None else torch.where(mask, t, torch.zeros_like(t))
 
 
+def _uniform(w: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None) -> QuantResult:
+    qmin, qmax = qrange(spec.bits, spec.scheme)
+    kept = _masked(w.float(), mask)  # pruned weights are 0, which the grid maps to exactly 0
+    scale, zero_point = choose_qparams(kept, spec.bits, spec.scheme, spec.granularity, spec.range,
+                                       spec.percentile, mask)
+    weight = _masked(fake_quantize(kept, scale, zero_point, qmin, qmax), mask)
+    return QuantResult(weight=weight, codes=quantize_codes(kept, scale, zero_point, qmin, qmax),
+                       scale=scale, zero_point=zero_point)
+
+
+def _codebook(quantizer):
+    """A quantize function for a (w, bits, mask) -> (codes, codebook) quantizer."""
+    def quantize(w: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None) -> QuantResult:
+        codes, codebook = quantizer(w, spec.bits, mask)
+        return QuantResult(weight=_masked(codebook[codes.long()], mask), codes=codes, codebook=codebook)
+    return quantize
+
+
+def _cast(dtype: torch.dtype):
+    """A quantize function that casts to `dtype` and back."""
+    def quantize(w: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None) -> QuantResult:
+        return QuantResult(weight=_masked(w.to(dtype).float(), mask))
+    return quantize
+
+
+_INTEGER_BITS = tuple(b for b in ALLOWED_BITS if b < 32)
+register_quantizer(QuantizerInfo(
+    name="uniform", label="uniform", kind="grid", bits=_INTEGER_BITS, value_storage="code", scale_storage="scale",
+    schemes=SCHEMES, granularities=GRANULARITIES, ranges=RANGES, quantize=_uniform,
+    description="Affine integer grid: q = clamp(round(w / scale) + zero_point), per tensor or per channel."))
+register_quantizer(QuantizerInfo(
+    name="kmeans", label="k-means", kind="codebook", bits=_INTEGER_BITS, value_storage="code",
+    scale_storage="codebook", quantize=_codebook(kmeans_quantize),
+    description="Weight sharing: 1-D k-means with 2^bits centroids; codes index a float32 codebook."))
+register_quantizer(QuantizerInfo(
+    name="pow2", label="power of two", kind="codebook", bits=_INTEGER_BITS, value_storage="code",
+    scale_storage="codebook", quantize=_codebook(pow2_quantize),
+    description="Levels 0 and ±2^k: multiplications become shifts."))
+register_quantizer(QuantizerInfo(
+    name="fp16", label="fp16 cast", kind="cast", bits=(16,), value_storage="float16", scale_storage="none",
+    quantize=_cast(torch.float16), description="Plain IEEE half-precision cast."))
+register_quantizer(QuantizerInfo(
+    name="bf16", label="bf16 cast", kind="cast", bits=(16,), value_storage="bfloat16", scale_storage="none",
+    quantize=_cast(torch.bfloat16), description="Plain bfloat16 cast: fp32's range, 8 bits of mantissa."))
+
+
 def quantize_weight(w: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None = None) -> QuantResult:
     """Quantize one layer's weight as `spec` says; the survivors of `mask` only.
 
     Args:
         w: float weight (not modified).
-        spec: bits 32 returns w unchanged (times mask); fp16 / bf16 cast and cast back; uniform, kmeans
-            and pow2 as in `choose_qparams`, `kmeans_quantize`, `pow2_quantize`.
+        spec: bits 32 returns w unchanged (times mask); otherwise the registered quantizer's function runs
+            (fp16 / bf16 cast and cast back; uniform, kmeans and pow2 as in `choose_qparams`,
+            `kmeans_quantize`, `pow2_quantize`).
         mask: bool like w, True = kept, or None (all kept).
 
     Returns:
@@ -357,20 +405,7 @@ def quantize_weight(w: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None 
     w = w.detach()
     if not spec.enabled:
         return QuantResult(weight=_masked(w.float().clone(), mask))
-    if spec.quantizer in ("fp16", "bf16"):
-        dtype = torch.float16 if spec.quantizer == "fp16" else torch.bfloat16
-        return QuantResult(weight=_masked(w.to(dtype).float(), mask))
-    if spec.quantizer in ("kmeans", "pow2"):
-        quantizer = kmeans_quantize if spec.quantizer == "kmeans" else pow2_quantize
-        codes, codebook = quantizer(w, spec.bits, mask)
-        return QuantResult(weight=_masked(codebook[codes.long()], mask), codes=codes, codebook=codebook)
-    qmin, qmax = qrange(spec.bits, spec.scheme)
-    kept = _masked(w.float(), mask)  # pruned weights are 0, which the grid maps to exactly 0
-    scale, zero_point = choose_qparams(kept, spec.bits, spec.scheme, spec.granularity, spec.range,
-                                       spec.percentile, mask)
-    weight = _masked(fake_quantize(kept, scale, zero_point, qmin, qmax), mask)
-    return QuantResult(weight=weight, codes=quantize_codes(kept, scale, zero_point, qmin, qmax),
-                       scale=scale, zero_point=zero_point)
+    return quantizer_info(spec.quantizer).quantize(w, spec, mask)
 
 
 # ---- activations ------------------------------------------------------------------------------------

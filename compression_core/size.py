@@ -9,10 +9,12 @@ format, in the order below). `export.py` writes exactly the layout chosen here, 
     relative  (nnz + fillers) x (w + index_bits)                    (Deep Compression relative index)
 
 w is the value width: the quantizer's bits for integer codes (uniform / kmeans / pow2), 16 for fp16 / bf16, 32
-when the layer is not quantized or skipped. Sparse formats are only considered for layers with a mask.
+when the layer is not quantized or skipped. Sparse formats are only considered for layers with a mask. How a
+quantizer stores its values and side data comes from its registry entry (`methods.QuantizerInfo.value_storage`
+/ `scale_storage`, read through `value_kind` / `scale_kind`).
 
-Zero codes. Uniform grids always contain 0 (sym: code 0, asym: the zero point), so a pruned weight is just a code.
-A kmeans / pow2 codebook may lack an exact 0; a format that stores pruned positions (dense, or relative with
+Zero codes. Grids always contain 0 (sym: code 0, asym: the zero point), so a pruned weight is just a code.
+A codebook (kmeans / pow2) may lack an exact 0; a format that stores pruned positions (dense, or relative with
 fillers) then needs one extra code, K, for 0: w = max(bits, ceil(log2(K + 1))), i.e. one more bit only when the
 codebook is full. The 0 level is implied by the code and not stored.
 
@@ -21,10 +23,10 @@ Relative index. Each stored entry keeps the gap g = number of zeros skipped sinc
 bits k. A gap larger than 2^k - 1 is bridged by filler entries (a stored 0 with gap 2^k - 1, covering 2^k
 positions each), so a gap g needs floor(g / 2^k) fillers. Zeros after the last nonzero are not stored.
 
-Metadata: uniform grids store one float32 scale per channel (or one per tensor) and, for asym, one int32 zero
-point per scale; sym zero points are implied 0 and not stored. kmeans / pow2 store the codebook as K float32
-levels. A layer whose input is fake-quantized (act_qparams) stores a float32 scale and an int32 zero point (64
-bits); qmin / qmax follow from the config's act_bits.
+Metadata: grids (scale_storage "scale") store one float32 scale per channel (or one per tensor) and, for asym,
+one int32 zero point per scale; sym zero points are implied 0 and not stored. Codebooks store K float32 levels.
+A layer whose input is fake-quantized (act_qparams) stores a float32 scale and an int32 zero point (64 bits);
+qmin / qmax follow from the config's act_bits.
 
 Other tensors: every state-dict entry that is not a compressible layer's weight (biases, norm weights, running
 statistics) is counted at its own dtype's width. BatchNorm's `num_batches_tracked` is skipped: inference does
@@ -39,9 +41,9 @@ import numpy as np
 import torch
 
 from .compressed import CompressedModel, LayerCompression
+from .methods import quantizer_info
 
 FORMATS = ("dense", "bitmask", "csr", "relative")
-CODE_QUANTIZERS = ("uniform", "kmeans", "pow2")
 FLOAT_BITS = 32  # width of an uncompressed float, of a scale and of a codebook level
 ZERO_POINT_BITS = 32
 ACT_QPARAM_BITS = 64  # float32 scale + int32 zero point per quantized layer input
@@ -153,14 +155,18 @@ def layer_size(lc: LayerCompression, index_bits: int, act_quantized: bool = Fals
 
 
 def value_kind(lc: LayerCompression) -> str:
-    """How a layer's values are stored: 'float32', 'float16', 'bfloat16' or 'code' (integer codes)."""
+    """How a layer's values are stored: 'float32', or its quantizer's value_storage: 'float16', 'bfloat16' or
+    'code' (integer codes)."""
     if lc.skipped or not lc.quant.enabled:
         return "float32"
-    if lc.quant.quantizer == "fp16":
-        return "float16"
-    if lc.quant.quantizer == "bf16":
-        return "bfloat16"
-    return "code"
+    return quantizer_info(lc.quant.quantizer).value_storage
+
+
+def scale_kind(lc: LayerCompression) -> str:
+    """The layer's side data: its quantizer's scale_storage ('scale', 'codebook'), or 'none' when not quantized."""
+    if value_kind(lc) != "code":
+        return "none"
+    return quantizer_info(lc.quant.quantizer).scale_storage
 
 
 def value_width(lc: LayerCompression) -> int:
@@ -170,8 +176,8 @@ def value_width(lc: LayerCompression) -> int:
 
 
 def needs_zero_code(lc: LayerCompression) -> bool:
-    """True for kmeans / pow2 codebooks without an exact 0 level (a stored 0 then needs code K)."""
-    return value_kind(lc) == "code" and lc.quant.quantizer != "uniform" and not bool((lc.codebook == 0).any())
+    """True for codebooks (kmeans / pow2) without an exact 0 level (a stored 0 then needs code K)."""
+    return scale_kind(lc) == "codebook" and not bool((lc.codebook == 0).any())
 
 
 def zero_code_width(lc: LayerCompression) -> int:
@@ -182,12 +188,11 @@ def zero_code_width(lc: LayerCompression) -> int:
 
 def meta_bits(lc: LayerCompression) -> int:
     """Bits of the layer's quantization parameters: scales (+ asym zero points) or codebook levels."""
-    if value_kind(lc) != "code":
-        return 0
-    if lc.quant.quantizer == "uniform":
+    kind = scale_kind(lc)
+    if kind == "scale":
         per = FLOAT_BITS + (ZERO_POINT_BITS if lc.quant.scheme == "asym" else 0)
         return lc.scale.numel() * per
-    return lc.codebook.numel() * FLOAT_BITS
+    return lc.codebook.numel() * FLOAT_BITS if kind == "codebook" else 0
 
 
 def flat_positions(mask: torch.Tensor) -> np.ndarray:

@@ -9,6 +9,9 @@ import math
 
 import plotly.graph_objects as go
 
+from compression_core.config import PRUNE_METHODS
+from compression_core.methods import prune_methods, quantizers
+
 # One colour per weight bit-width: warm (few bits, aggressive) -> cool (many bits), fp32 grey (the reference).
 BIT_COLORS: dict[int, str] = {
     1: "#7f1d1d",
@@ -24,15 +27,9 @@ BIT_COLORS: dict[int, str] = {
 }
 FALLBACK_COLOR = "#111827"  # a bit-width outside BIT_COLORS (never produced by the engine's configs)
 
-# Method markers, shared by the charts that shape points by pruning method.
-METHOD_SYMBOLS: dict[str, str] = {
-    "none": "circle",
-    "magnitude": "diamond",
-    "random": "x",
-    "structured": "square",
-    "nm": "triangle-up",
-    "taylor": "star",
-}
+# Method markers, shared by the charts that shape points by pruning method: one per registered method, in order.
+SYMBOL_CYCLE = ("diamond", "x", "square", "triangle-up", "star", "cross", "triangle-down", "pentagon", "hexagon")
+METHOD_SYMBOLS: dict[str, str] = {"none": "circle", **dict(zip(PRUNE_METHODS, SYMBOL_CYCLE))}
 
 # Axis titles: the quantity and its unit, spelled the same everywhere.
 SIZE_AXIS = "Compressed size (KiB, log scale)"
@@ -72,19 +69,21 @@ def act_bits_label(bits: int) -> str:
     return "fp32 (off)" if int(bits) >= 32 else f"{int(bits)}-bit"
 
 
-# Display names of engine option values, for selectors and legends.
+# Display names of engine option values, for selectors and legends; method names use their registry labels.
 OPTION_NAMES: dict[str, str] = {
     "sym": "symmetric", "asym": "asymmetric", "tensor": "per tensor", "channel": "per channel",
-    "minmax": "min-max", "percentile": "percentile", "mse": "MSE search", "uniform": "uniform",
-    "kmeans": "k-means", "pow2": "power of two", "fp16": "fp16 cast", "bf16": "bf16 cast",
-    "magnitude": "magnitude", "random": "random", "structured": "structured (channels)", "nm": "N:M",
-    "taylor": "Taylor", "layer": "per layer", "global": "global", "none": "none",
+    "minmax": "min-max", "percentile": "percentile", "mse": "MSE search",
+    "layer": "per layer", "global": "global", "none": "none",
 }
 
 
 def option_label(value: str) -> str:
-    """Readable name of an engine option value ('asym' -> 'asymmetric'); unknown values are returned as is."""
-    return OPTION_NAMES.get(value, value)
+    """Readable name of an engine option value ('asym' -> 'asymmetric', 'kmeans' -> 'k-means'); unknown values
+    are returned as is."""
+    if value in OPTION_NAMES:
+        return OPTION_NAMES[value]
+    method = quantizers().get(value) or prune_methods().get(value)
+    return method.label if method is not None else value
 
 
 def percent_label(fraction: float) -> str:

@@ -11,6 +11,7 @@ import time
 import pandas as pd
 import streamlit as st
 
+from compression_core import methods
 from compression_core.config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES,
                                      SCHEMES, SCOPES, CompressionConfig, PruneSpec, QuantSpec)
 from compression_core.pareto import pareto_front, staircase
@@ -35,40 +36,42 @@ def controls() -> CompressionConfig:
     Raises:
         ConfigError: a combination the engine rejects (e.g. 1-bit symmetric); the message says what is allowed.
     """
-    quantizer = _state("explore_quantizer", "uniform")
-    method = _state("explore_prune", "magnitude")
+    # what the current choices support, from the method tables (a stale name falls back to the default)
+    known_q, known_p = methods.quantizers(), methods.prune_methods()
+    q_info = known_q.get(_state("explore_quantizer", None), known_q[methods.DEFAULT_QUANTIZER])
+    p_info = known_p.get(_state("explore_prune", None), known_p[methods.DEFAULT_PRUNE_METHOD])
     left, right = st.columns(2)
     bits = left.select_slider("Weight bits", ALLOWED_BITS, value=32, key="explore_bits", bind="query-params",
-                              disabled=quantizer in ("fp16", "bf16"),
+                              disabled=not q_info.uses_bits,
                               help="32 = not quantized. fp16 / bf16 casts always use 16 bits.")
     sparsity = right.slider("Sparsity", 0.0, 0.99, 0.0, 0.01, key="explore_sparsity", bind="query-params",
-                            disabled=method == "nm", format="%.2f",
+                            disabled=not p_info.uses_sparsity, format="%.2f",
                             help="Fraction of weights removed (exactly round(s·n) of them). N:M sets its own.")
-    integer_grid = quantizer == "uniform" and bits < 32
+    on = bits < 32
     c = st.columns(4)
     quantizer = c[0].selectbox("Quantizer", QUANTIZERS, key="explore_quantizer", bind="query-params",
                                format_func=option_label)
     scheme = c[1].selectbox("Scheme", SCHEMES, key="explore_scheme", bind="query-params", format_func=option_label,
-                            disabled=not integer_grid)
+                            disabled=not (on and q_info.schemes))
     granularity = c[2].selectbox("Granularity", GRANULARITIES, index=1, key="explore_granularity",
-                                 bind="query-params", format_func=option_label, disabled=not integer_grid)
+                                 bind="query-params", format_func=option_label,
+                                 disabled=not (on and q_info.granularities))
     range_method = c[3].selectbox("Range", RANGES, key="explore_range", bind="query-params", format_func=option_label,
-                                  disabled=not integer_grid)
+                                  disabled=not (on and q_info.ranges))
     c = st.columns(4)
     method = c[0].selectbox("Pruning method", PRUNE_METHODS, key="explore_prune", bind="query-params",
                             format_func=option_label)
     scope = c[1].selectbox("Pruning scope", SCOPES, key="explore_scope", bind="query-params", format_func=option_label,
-                           disabled=method in ("structured", "nm"))
+                           disabled=not p_info.ranks_globally)
     nm = c[2].selectbox("N:M pattern", NM_PATTERNS, key="explore_nm", bind="query-params",
-                        disabled=method != "nm", help="Keep the N largest of every M consecutive weights.")
+                        disabled=p_info.uses_sparsity, help="Keep the N largest of every M consecutive weights.")
     act_bits = c[3].selectbox("Activation bits", ACT_BITS, index=len(ACT_BITS) - 1, key="explore_act_bits",
                               bind="query-params", format_func=act_bits_label,
                               help="Quantize each layer's input, calibrated on training samples.")
     n, m = (int(v) for v in nm.split(":"))
-    quant = QuantSpec(bits=16 if quantizer in ("fp16", "bf16") else bits, quantizer=quantizer, scheme=scheme,
-                      granularity=granularity, range=range_method)
-    prune = PruneSpec(sparsity=0.0 if method == "nm" else sparsity, method=method,
-                      scope="layer" if method in ("structured", "nm") else scope, n=n, m=m)
+    # settings that do not apply to the chosen methods are reset by QuantSpec / PruneSpec themselves
+    quant = QuantSpec(bits=bits, quantizer=quantizer, scheme=scheme, granularity=granularity, range=range_method)
+    prune = PruneSpec(sparsity=sparsity, method=method, scope=scope, n=n, m=m)
     return CompressionConfig(quant=quant, prune=prune, act_bits=act_bits)
 
 

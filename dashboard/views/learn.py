@@ -14,6 +14,7 @@ from compression_core import prune as prune_ops
 from compression_core import quantize as quant_ops
 from compression_core.compressed import LayerCompression
 from compression_core.config import PruneSpec, QuantSpec
+from compression_core.methods import prune_methods, quantizers
 from dashboard import services
 from dashboard.charts import layers as layer_charts
 from dashboard.charts import learn as learn_charts
@@ -170,6 +171,20 @@ def n_of_m() -> None:
                     key="learn_nm_pattern_chart", config={"displaylogo": False})
 
 
+def all_methods() -> None:
+    """Every registered quantizer and pruning method, read from the engine's method tables."""
+    st.markdown("Every method the engine knows, as its registry (`compression_core.methods`) describes it.")
+    st.dataframe(pd.DataFrame([{"Quantizer": q.label, "Kind": q.kind, "Bits": ", ".join(map(str, q.bits)),
+                                "Values stored as": q.value_storage, "Side data": q.scale_storage,
+                                "What it does": q.description} for q in quantizers().values()]),
+                 hide_index=True, key="learn_quantizers")
+    st.dataframe(pd.DataFrame([{"Pruning method": p.label, "Global ranking": p.ranks_globally,
+                                "Needs calibration data": p.needs_calibration, "Whole channels": p.structured,
+                                "Sparsity setting": p.uses_sparsity, "What it does": p.description}
+                               for p in prune_methods().values()]),
+                 hide_index=True, key="learn_prune_methods")
+
+
 SECTIONS = {
     "Uniform symmetric": uniform_symmetric,
     "Asymmetric & zero point": asymmetric,
@@ -178,6 +193,7 @@ SECTIONS = {
     "k-means sharing": kmeans_sharing,
     "Power-of-two": power_of_two,
     "N:M sparsity": n_of_m,
+    "All methods": all_methods,
 }
 
 st.title("Learn")

@@ -17,8 +17,9 @@ import secrets
 
 import streamlit as st
 
-from compression_core.config import GRANULARITIES, PRUNE_METHODS, RANGES, SCHEMES, SCOPES, CompressionConfig, \
-    ConfigError, PruneSpec, QuantSpec
+from compression_core.config import ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, SCHEMES, \
+    SCOPES, CompressionConfig, ConfigError, PruneSpec, QuantSpec
+from compression_core.methods import DEFAULT_PRUNE_METHOD, DEFAULT_QUANTIZER, quantizer_info
 from compression_core.pareto import pareto_front, staircase
 from compression_core.sweep import expand_grid
 from dashboard import frame, jobs, services
@@ -29,8 +30,10 @@ from dashboard.charts.common import bits_label, option_label, percent_label
 RUN_KEY = "sweep_run"  # session state and URL parameter: the run id (= job id) this session is watching
 TOKENS_KEY = "sweep_tokens"  # session state only: {run id: cancel token} of the sweeps this session started
 OWNER_KEY = "sweep_owner"  # session state only: a random id of this browser session, for the sweep quotas
-BIT_CHOICES = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, "fp16", "bf16")
-GRID_QUANTIZERS = ("uniform", "kmeans", "pow2")
+# bit-widths, then the fixed-width quantizers (the float casts) as their own choices
+BIT_CHOICES = ALLOWED_BITS + tuple(q for q in QUANTIZERS if not quantizer_info(q).uses_bits)
+GRID_QUANTIZERS = tuple(q for q in QUANTIZERS if quantizer_info(q).uses_bits)
+CODEBOOK_MAX_BITS = 8  # a 16-bit codebook has 65,536 levels: too slow to fit for a sweep
 MAX_CONFIGS = 400
 POLL_S = 1.0
 CHART_CONFIG = {"displaylogo": False}
@@ -51,15 +54,16 @@ def build_grid(bits: list, sparsities: list[float], quantizers: list[str], metho
                granularity: str, range_method: str, scope: str) -> tuple[list[CompressionConfig], list[str]]:
     """The configs the form describes, and one line per combination the engine rejects (those are skipped).
 
-    Integer bit-widths cross every chosen quantizer (k-means and power-of-two only up to 8 bits; 16 and 32 use
-    the uniform grid); fp16 / bf16 are plain casts crossed with the pruning settings only.
+    Integer bit-widths cross every chosen quantizer (codebooks such as k-means and power-of-two only up to
+    CODEBOOK_MAX_BITS); fixed-width quantizers (fp16 / bf16 casts) are crossed with the pruning settings only.
     """
     base = CompressionConfig(quant=QuantSpec(scheme=scheme, granularity=granularity, range=range_method),
                              prune=PruneSpec(scope=scope))
     configs: dict[str, CompressionConfig] = {}
     problems: list[str] = []
-    combos = [(b, q) for b in bits if isinstance(b, int) for q in quantizers if q == "uniform" or b <= 8]
-    combos += [(16, b) for b in bits if isinstance(b, str)]
+    combos = [(b, q) for b in bits if isinstance(b, int) for q in quantizers
+              if quantizer_info(q).kind != "codebook" or b <= CODEBOOK_MAX_BITS]
+    combos += [(quantizer_info(b).bits[0], b) for b in bits if isinstance(b, str)]
     for b, quantizer in combos:
         try:
             grid = expand_grid(base, bits=[b], quantizer=[quantizer], sparsity=sparsities, prune=methods)
@@ -82,9 +86,10 @@ def sweep_form(selection: frame.Selection) -> dict | None:
                            help="Fraction of weights removed, from the left value to the right one.")
         step = c[2].number_input("Step", 0.01, 0.99, 0.3, 0.01, key="sweep_step", format="%.2f")
         c = st.columns(2)
-        quantizers = c[0].multiselect("Quantizers", GRID_QUANTIZERS, default=["uniform"], key="sweep_quantizers",
-                                      format_func=option_label)
-        methods = c[1].multiselect("Pruning methods", PRUNE_METHODS, default=["magnitude"], key="sweep_methods",
+        quantizers = c[0].multiselect("Quantizers", GRID_QUANTIZERS, default=[DEFAULT_QUANTIZER],
+                                      key="sweep_quantizers", format_func=option_label)
+        methods = c[1].multiselect("Pruning methods", PRUNE_METHODS, default=[DEFAULT_PRUNE_METHOD],
+                                   key="sweep_methods",
                                    format_func=option_label, help="N:M uses its 2:4 pattern whatever the sparsity.")
         c = st.columns(4)
         granularity = c[0].selectbox("Granularity", GRANULARITIES, index=1, key="sweep_granularity",

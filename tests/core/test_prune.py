@@ -164,15 +164,15 @@ def test_compute_masks_every_method_and_disabled_layers():
         "e": PruneSpec(sparsity=0.0),  # not enabled
     }
     taylor = {"d": _w((8, 16), 7).abs()}
-    masks = P.compute_masks(weights, specs, taylor=taylor, seed=5)
+    masks = P.compute_masks(weights, specs, calibration=taylor, seed=5)
     assert masks["e"] is None and masks["f"] is None
     assert int((~masks["a"]).sum()) == 64
     assert torch.equal(masks["b"], P.structured_mask(weights["b"], 0.25, 2))
     assert torch.equal(masks["c"], P.nm_mask(weights["c"], 1, 4))
     assert torch.equal(masks["d"], P.score_mask(taylor["d"], 0.5))
-    again = P.compute_masks(weights, specs, taylor=taylor, seed=5)
+    again = P.compute_masks(weights, specs, calibration=taylor, seed=5)
     assert all(torch.equal(masks[k], again[k]) for k in "abcd")
-    assert not torch.equal(masks["a"], P.compute_masks(weights, specs, taylor=taylor, seed=6)["a"])
+    assert not torch.equal(masks["a"], P.compute_masks(weights, specs, calibration=taylor, seed=6)["a"])
     # a layer's random mask does not depend on which other layers are pruned
     alone = P.compute_masks({"a": weights["a"]}, {"a": specs["a"]}, seed=5)
     assert torch.equal(alone["a"], masks["a"])
@@ -185,9 +185,9 @@ def test_compute_masks_global_random_and_taylor(method):
     weights = {"a": _w((30, 20), 1), "b": _w((10, 30), 2)}
     taylor = {"a": _w((30, 20), 3).abs(), "b": _w((10, 30), 4).abs() * 10}
     spec = PruneSpec(sparsity=0.7, method=method, scope="global")
-    masks = P.compute_masks(weights, {"a": spec, "b": spec}, taylor=taylor, seed=1)
+    masks = P.compute_masks(weights, {"a": spec, "b": spec}, calibration=taylor, seed=1)
     assert int((~masks["a"]).sum()) + int((~masks["b"]).sum()) == round(0.7 * 900)
-    again = P.compute_masks(weights, {"a": spec, "b": spec}, taylor=taylor, seed=1)
+    again = P.compute_masks(weights, {"a": spec, "b": spec}, calibration=taylor, seed=1)
     assert torch.equal(masks["a"], again["a"]) and torch.equal(masks["b"], again["b"])
     if method == "taylor":
         assert torch.equal(masks["b"], P.global_score_masks(taylor, 0.7)["b"])

@@ -11,6 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ._version import __version__
 from .config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, SCHEMES, SCOPES,
                      CompressionConfig, ConfigError, LayerOverride)
 
@@ -249,6 +250,7 @@ def cmd_datasets(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m compression_core", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"compression-explorer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(p, config=True):

@@ -6,11 +6,18 @@ produced. Sweeps group their records into *runs* (a run id + a label); a record 
 (a resumed or repeated sweep reuses stored records), which is what lets the Runs page overlay two runs.
 
 Example:
-    >>> store = Store(tmp_path / "runs.sqlite")
-    >>> store.put(record)                      # upsert by key
-    >>> store.get(experiment.key(config))      # -> record dict or None
-    >>> run = store.new_run("int4 vs int8", meta={"model": "lenet5"})
-    >>> store.add_to_run(run, record)
+    >>> import pathlib, tempfile
+    >>> from compression_core import CompressionConfig, Experiment, QuantSpec, load_dataset, load_model
+    >>> exp = Experiment(load_model("digits-cnn"), load_dataset("digits"), device="cpu")
+    >>> config = CompressionConfig(quant=QuantSpec(bits=4))
+    >>> store = Store(pathlib.Path(tempfile.mkdtemp()) / "runs.sqlite")
+    >>> store.put(exp.run(config))             # upsert by key
+    >>> store.get(exp.key(config))["label"]    # the record dict, or None
+    'int4 channel sym minmax'
+    >>> run = store.new_run("int4 vs int8", meta={"model": "digits-cnn"})
+    >>> store.add_to_run(run, exp.key(config))
+    >>> store.count(), len(store.runs())
+    (1, 1)
 """
 from __future__ import annotations
 

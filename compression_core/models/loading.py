@@ -1,13 +1,16 @@
 """Loading a model by name: a built-in with its shipped checkpoint, a factory, or a torchvision architecture.
 
-Shipped checkpoints live in `assets/checkpoints/` with a `manifest.json` (sha256, dataset, test accuracy, recipe,
-seed); a checkpoint whose bytes do not match its sha256 is refused.
+Shipped checkpoints are package data in `compression_core/checkpoints/` (found through `importlib.resources`, so
+they load from a checkout and from an installed wheel alike) with a `manifest.json` (sha256, dataset, test
+accuracy, recipe, seed); a checkpoint whose bytes do not match its sha256 is refused.
 """
 from __future__ import annotations
 
 import importlib
 import json
+import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -16,7 +19,8 @@ from torch import nn
 from .architectures import ARCHITECTURES
 from .weights import ModelLoadError, file_sha256, line, load_weights, read_state_dict, state_fingerprint
 
-CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "assets" / "checkpoints"
+# pip installs packages as plain files: this is a real folder, read by path (and written by `train --out`)
+CHECKPOINT_DIR = Path(os.fspath(resources.files("compression_core") / "checkpoints"))
 MANIFEST = "manifest.json"
 
 

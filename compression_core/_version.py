@@ -1,0 +1,2 @@
+"""The engine's version: the one place it is written (pyproject.toml reads it, `--version` prints it)."""
+__version__ = "0.2.0"

@@ -8,7 +8,7 @@ the checkout's `.streamlit/config.toml` links to) and are passed as `--section.k
 """
 from __future__ import annotations
 
-import subprocess
+import os
 import sys
 import tomllib
 from importlib import resources
@@ -56,13 +56,11 @@ def command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(app), *flags, *args]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the dashboard until it stops; returns Streamlit's exit code (130 after Ctrl-C)."""
-    try:
-        return subprocess.call(command(sys.argv[1:] if argv is None else list(argv)))
-    except KeyboardInterrupt:
-        return 130
+def main(argv: list[str] | None = None) -> None:
+    """Become the Streamlit server (exec, not a child): signals and the exit code are Streamlit's own."""
+    cmd = command(sys.argv[1:] if argv is None else list(argv))
+    os.execv(cmd[0], cmd)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -190,8 +190,10 @@ def test_installed_app_starts_on_loopback(venv, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.Popen([str(venv / "bin" / "compression-explorer-app"), "--server.port", str(port)],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "app.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(venv / "bin" / "compression-explorer-app"), "--server.port", str(port)],
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -200,9 +202,18 @@ def test_installed_app_starts_on_loopback(venv, tmp_path):
                     assert response.read().decode().strip() == "ok"
                     break
             except OSError:
-                assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+                assert proc.poll() is None, log.read_text()[-2000:]
                 assert time.monotonic() < deadline, "the installed app did not become healthy in 120 s"
                 time.sleep(0.5)
+        assert f"server started on 127.0.0.1:{port}" in log.read_text()
+        # the launcher became the server (exec), so terminating it leaves no orphaned Streamlit behind
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        if cmdline.exists():
+            assert b"streamlit" in cmdline.read_bytes().split(b"\0")
     finally:
         proc.terminate()
-        proc.wait(30)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -185,6 +185,20 @@ def test_installed_wheel_runs_from_another_directory(venv, tmp_path):
 
 
 @pytest.mark.slow
+def test_installed_app_renders_its_pages(venv, tmp_path):
+    # the views ship as package data beside the installed app.py, which imports the installed packages
+    script = ("import dashboard, pathlib; from streamlit.testing.v1 import AppTest\n"
+              "at = AppTest.from_file(str(pathlib.Path(dashboard.__file__).parent / 'app.py'), default_timeout=120)\n"
+              "at.query_params = {'model': 'digits-cnn', 'dataset': 'digits'}\n"
+              "at.run()\n"
+              "at.switch_page('views/layers.py').run()\n"
+              "print(len(at.exception), at.title[0].value if at.title else None)\n")
+    r = _run(venv, tmp_path, "python", "-c", script)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-2:] == ["0", "Layers"], r.stdout  # no exception, the Layers page rendered
+
+
+@pytest.mark.slow
 def test_installed_app_starts_on_loopback(venv, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

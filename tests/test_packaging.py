@@ -51,15 +51,17 @@ def test_public_api_is_functions_not_submodules():
     assert "Experiment" in compression_core.__doc__ and ">>>" in compression_core.__doc__
 
 
-def test_readme_library_example_runs(tmp_path):
+def test_readme_library_example_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESSION_EXPLORER_STORE", str(tmp_path / "runs.sqlite"))
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```pycon\n(.*?)```", text, flags=re.S)
     assert len(blocks) == 1, "README has one `pycon` example (Use it as a library)"
-    test = doctest.DocTestParser().get_doctest(blocks[0], {"tmp_path": tmp_path}, "README", "README.md", 0)
+    test = doctest.DocTestParser().get_doctest(blocks[0], {}, "README", "README.md", 0)
     assert len(test.examples) >= 5
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
     runner.run(test)
     assert runner.summarize(verbose=False).failed == 0
+    assert (tmp_path / "runs.sqlite").is_file()  # Store() is the default store, here a private one
 
 
 def test_streamlit_settings_have_one_source():

@@ -15,13 +15,11 @@ import json
 import os
 import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("COMPRESSION_EXPLORER_STORE", str(Path(tempfile.mkdtemp()) / "bench.sqlite"))
 
 from streamlit.testing.v1 import AppTest  # noqa: E402

@@ -17,22 +17,19 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from compression_core.config import CompressionConfig, PruneSpec, QuantSpec  # noqa: E402
-from compression_core.datasets import load_dataset  # noqa: E402
-from compression_core.evaluate import predict  # noqa: E402
-from compression_core.experiment import Experiment  # noqa: E402
-from compression_core.models import load_model  # noqa: E402
-from compression_core.sweep import sweep  # noqa: E402
+from compression_core.config import CompressionConfig, PruneSpec, QuantSpec
+from compression_core.datasets import load_dataset
+from compression_core.evaluate import predict
+from compression_core.experiment import Experiment
+from compression_core.models import load_model
+from compression_core.sweep import sweep
 
 BITS = (2, 3, 4, 6, 8, 32)
 SPARSITY = (0.0, 0.25, 0.5, 0.75, 0.9)

@@ -1,2 +1,4 @@
-"""The engine's version: one place, read by pyproject.toml, the CLI's --version and every record."""
+"""The engine's version: the one place it is written (pyproject.toml reads it, `--version` prints it, every record
+carries it).
+"""
 __version__ = "0.2.0"

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from ._version import __version__
 from .cli_flags import UserError, add_config_flags, configs_from_args, out_path, positive_int, seed, shown
 
 EXIT_USER_ERROR = 2
@@ -201,6 +202,7 @@ def cmd_datasets(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m compression_core", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"compression-explorer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(p, config=True):

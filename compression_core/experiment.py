@@ -80,9 +80,11 @@ class Experiment:
         ExperimentError: unknown split, a limit below 1, or a model that does not fit the dataset (`check_fits`).
 
     Example:
-        >>> exp = Experiment(load_model("digits-cnn"), load_dataset("digits"))          # doctest: +SKIP
-        >>> exp.run(CompressionConfig(quant=QuantSpec(bits=4)))["accuracy"]           # doctest: +SKIP
-        0.97
+        >>> from compression_core import QuantSpec, load_dataset, load_model
+        >>> exp = Experiment(load_model("digits-cnn"), load_dataset("digits"), limit=100, device="cpu")
+        >>> record = exp.run(CompressionConfig(quant=QuantSpec(bits=4)))
+        >>> record["n_samples"], record["accuracy"] >= 0.95
+        (100, True)
     """
 
     def __init__(self, loaded: LoadedModel, dataset: Dataset, split: str = "test", limit: int | None = None,

@@ -4,9 +4,16 @@ Only counts and a few numbers leave this module, never the raw weights, so the d
 the browser whatever the layer size.
 
 Example:
-    >>> h = weight_histograms(layer.weight, cm.layers["fc1"].weight, bins=64, hide_zeros=True)
-    >>> h.to_frame().head()        # left, right, center, before, after
-    >>> grid_levels(cm.layers["fc1"], before=layer.weight).threshold
+    >>> from compression_core import CompressionConfig, PruneSpec, QuantSpec, compress, load_model
+    >>> net = load_model("digits-cnn").model
+    >>> cm = compress(net, CompressionConfig(quant=QuantSpec(bits=2), prune=PruneSpec(sparsity=0.5)))
+    >>> before = net.get_submodule("fc1").weight
+    >>> h = weight_histograms(before, cm.layers["fc1"].weight, bins=64, hide_zeros=True)
+    >>> list(h.to_frame().columns), len(h.to_frame())
+    (['left', 'right', 'center', 'before', 'after'], 64)
+    >>> levels = grid_levels(cm.layers["fc1"], before=before)
+    >>> len(levels.levels), levels.threshold > 0      # int2 sym: -s, 0, s; weights below the threshold pruned
+    (3, True)
 """
 from __future__ import annotations
 

@@ -5,8 +5,12 @@ so S's own choices (scheme, range, act_bits on L's input, ...) apply to L alone.
 table; a large drop marks a layer that should keep more bits or fewer pruned weights.
 
 Example:
+    >>> from compression_core import Experiment, load_dataset, load_model
+    >>> exp = Experiment(load_model("digits-cnn"), load_dataset("digits"), device="cpu")
     >>> recs = layer_sensitivity(exp, [QuantSpec(bits=2), (QuantSpec(bits=4), PruneSpec(sparsity=0.5))])
-    >>> sensitivity_table(recs)          # rows: layers in model order, columns: setting labels
+    >>> table = sensitivity_table(recs)  # rows: layers in model order, columns: setting labels
+    >>> list(table.index), table.shape
+    (['conv1', 'conv2', 'fc1', 'fc2'], (4, 2))
 """
 from __future__ import annotations
 

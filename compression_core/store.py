@@ -11,11 +11,18 @@ The file's schema version is `PRAGMA user_version` (0 with tables = version 1, b
 older store migrates it in place, and a store written by a newer build is opened read-only and never rewritten.
 
 Example:
-    >>> store = Store(tmp_path / "runs.sqlite")
-    >>> store.put(record)                      # upsert by key
-    >>> store.get(experiment.key(config))      # -> record dict or None
-    >>> run = store.new_run("int4 vs int8", meta={"model": "lenet5"})
-    >>> store.add_to_run(run, record)
+    >>> import pathlib, tempfile
+    >>> from compression_core import CompressionConfig, Experiment, QuantSpec, load_dataset, load_model
+    >>> exp = Experiment(load_model("digits-cnn"), load_dataset("digits"), device="cpu")
+    >>> config = CompressionConfig(quant=QuantSpec(bits=4))
+    >>> store = Store(pathlib.Path(tempfile.mkdtemp()) / "runs.sqlite")
+    >>> store.put(exp.run(config))             # upsert by key
+    >>> store.get(exp.key(config))["label"]    # the record dict, or None
+    'int4 channel sym minmax'
+    >>> run = store.new_run("int4 vs int8", meta={"model": "digits-cnn"})
+    >>> store.add_to_run(run, exp.key(config))
+    >>> store.count(), len(store.runs())
+    (1, 1)
 """
 from __future__ import annotations
 

@@ -11,9 +11,17 @@ runs (`Store.claim`), so it is computed once; a process that finds a config clai
 waits for its record instead. A store that cannot be written costs one warning, never a computed record.
 
 Example:
+    >>> import pathlib, tempfile
+    >>> from compression_core import Experiment, Store, load_dataset, load_model
     >>> configs = expand_grid(CompressionConfig(), bits=[2, 4, 8, 32], sparsity=[0, 0.5, 0.9])
-    >>> records = sweep(Experiment(load_model("digits-cnn"), load_dataset("digits")), configs,
-    ...                 store=Store(), progress=lambda done, total, eta, label: print(done, total, label))
+    >>> len(configs)
+    12
+    >>> exp = Experiment(load_model("digits-cnn"), load_dataset("digits"), device="cpu")
+    >>> store = Store(pathlib.Path(tempfile.mkdtemp()) / "runs.sqlite")
+    >>> len(sweep(exp, configs, store=store)), store.count()
+    (12, 12)
+    >>> sum(r.get("cached", False) for r in sweep(exp, configs, store=store))  # run again: all from the store
+    12
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 `train_model` returns the trained model and its test metrics; `save_checkpoint` writes the safetensors file and
 records it (sha256, dataset, test accuracy, recipe, seed, torch version) in the `manifest.json` next to it;
 `train_and_save` does both for the CLI (`python -m compression_core train`). The shipped checkpoints in
-`assets/checkpoints/` were made this way.
+`compression_core/checkpoints/` (package data, `models.CHECKPOINT_DIR`) were made this way.
 """
 from __future__ import annotations
 

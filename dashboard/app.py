@@ -1,22 +1,17 @@
 """Compression Explorer's entry point: the page router (`st.navigation`) and the frame around every page.
 
-Run with `.venv/bin/python -m streamlit run dashboard/app.py` from anywhere; the repository root is put on
-`sys.path` so `compression_core` and `dashboard` import regardless of the working directory.
+Start it with `compression-explorer-app` (see `dashboard.launch`) or `streamlit run dashboard/app.py`; it imports
+`dashboard` and `compression_core` as installed packages (`pip install -e .` in a checkout, as `make run` does).
 
 A page that fails shows one line; the traceback goes to the server log only (with `client.showErrorDetails =
-"none"` in .streamlit/config.toml for anything raised outside `page.run()`, such as a polling fragment).
+"none"` in the shipped Streamlit settings for anything raised outside `page.run()`, such as a polling fragment).
 """
 import logging
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from dashboard import frame  # noqa: E402
+from dashboard import frame
 
 PAGES = Path(__file__).resolve().parent / "views"  # not "pages/": that name would switch on legacy routing
 PAGE_FAILED = "This page hit an unexpected error; the details are in the server log. Reload the page to try again."

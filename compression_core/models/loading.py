@@ -1,14 +1,17 @@
 """Loading a model by name: a built-in with its shipped checkpoint, a factory, or a torchvision architecture.
 
-Shipped checkpoints live in `assets/checkpoints/` with a `manifest.json` (sha256, dataset, test accuracy, recipe,
-seed); a checkpoint whose bytes do not match its sha256 is refused. Factory specs go through
+Shipped checkpoints are package data in `compression_core/checkpoints/` (found through `importlib.resources`, so
+they load from a checkout and from an installed wheel alike) with a `manifest.json` (sha256, dataset, test
+accuracy, recipe, seed); a checkpoint whose bytes do not match its sha256 is refused. Factory specs go through
 `specs.resolve_factory` first: standard-library callables and malformed specs are refused before any import, and
 the caller may restrict factories to allowed module prefixes (the dashboard does).
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,7 +24,8 @@ from .weights import ModelLoadError, file_sha256, line, load_weights, read_state
 
 SOURCE_KINDS = ("builtin", "factory", "torchvision")
 MAX_CLASSES = 100_000  # a classifier head beyond this is a typo or an attack on memory, not a dataset
-CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "assets" / "checkpoints"
+# pip installs packages as plain files: this is a real folder, read by path (and written by `train --out`)
+CHECKPOINT_DIR = Path(os.fspath(resources.files("compression_core") / "checkpoints"))
 MANIFEST = "manifest.json"
 
 

@@ -64,7 +64,6 @@ def test_sweep_and_sensitivity_and_export(tmp_path):
 
 @pytest.fixture
 def byo_files(tmp_path):
-    sys.path.insert(0, str(ROOT))
     from tests.core.byo_model import tiny_mlp
 
     model = tiny_mlp(num_classes=10)

@@ -1,7 +1,6 @@
 """Models: the shipped checkpoints (hash, accuracy), bring-your-own loading and every refusal message."""
 import dataclasses
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,7 @@ from compression_core.evaluate import evaluate
 from compression_core.models import (ARCHITECTURES, CHECKPOINT_DIR, ModelLoadError, build_architecture, file_sha256,
                                      list_models, load_model, read_manifest, state_fingerprint)
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from tests.core.byo_model import tiny_mlp  # noqa: E402
+from tests.core.byo_model import tiny_mlp
 
 FACTORY = "tests.core.byo_model:tiny_mlp"
 SHIPPED = [(e["model"], e["dataset"]) for e in read_manifest().values()]

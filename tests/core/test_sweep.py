@@ -1,4 +1,5 @@
 """Sweep: grid expansion, streaming into the store, progress, cancel, resume after a real SIGKILL, claims, store failures."""
+import importlib
 import json
 import multiprocessing
 import os
@@ -236,7 +237,8 @@ def test_read_only_store_returns_records_and_warns_once(tmp_path):
 
 # ---- concurrency: claims in the store --------------------------------------------------------------
 def test_config_claimed_by_a_live_owner_is_awaited_not_recomputed(tmp_path, monkeypatch):
-    monkeypatch.setattr("compression_core.sweep.POLL_S", 0.01)
+    # the module, not the `sweep` function the package top exports under the same name
+    monkeypatch.setattr(importlib.import_module("compression_core.sweep"), "POLL_S", 0.01)
     store = Store(tmp_path / "s.sqlite")
     configs = grid()[:3]
     exp = FakeExperiment()

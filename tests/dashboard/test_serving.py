@@ -20,8 +20,8 @@ def _make_run_line(*args: str, env: dict | None = None) -> str:
     out = subprocess.run(["make", "-n", "run", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
                          env={**os.environ, **(env or {})})
     assert out.returncode == 0, out.stderr
-    (line,) = [l for l in out.stdout.splitlines() if "streamlit run" in l]
-    return line
+    (line,) = [l for l in out.stdout.splitlines() if "compression-explorer-app" in l]
+    return line + " "
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")

@@ -1,9 +1,10 @@
 """End-to-end fixtures: the real app started exactly as `make run` starts it, driven by a real Chromium.
 
-The server runs `.venv/bin/python -m streamlit run dashboard/app.py --server.port PORT --server.headless true`
-(the Makefile's command, on a free port) with a private result store, once per test session. Chromium is the
-Debian one at /usr/bin/chromium, driven by the `playwright` package (never `playwright install`). Without it the
-tests skip — unless the environment variable CI is set, where a missing browser is a failure.
+The server runs `.venv/bin/python -m dashboard.launch --server.port PORT` (what `make run`'s
+`compression-explorer-app` runs: the shipped Streamlit settings, bound to 127.0.0.1) on a free port with a private
+result store, once per test session. Chromium is the Debian one at /usr/bin/chromium, driven by the `playwright`
+package (never `playwright install`). Without it the tests skip — unless the environment variable CI is set, where
+a missing browser is a failure.
 """
 from __future__ import annotations
 
@@ -66,10 +67,9 @@ def app_url(chromium_path, tmp_path_factory) -> str:
     env = {**os.environ, "COMPRESSION_EXPLORER_STORE": str(tmp_path_factory.mktemp("e2e-store") / "runs.sqlite")}
     log = tmp_path_factory.mktemp("e2e-log") / "streamlit.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([_python(), "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-                                 "--server.headless", "true"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
+        proc = subprocess.Popen([_python(), "-m", "dashboard.launch", "--server.port", str(port)], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_S
         while not _healthy(url):

@@ -1,4 +1,5 @@
 """interop.py: ONNX files with integer weights that onnxruntime runs like the engine, and safetensors round trips."""
+import functools
 import importlib.util
 import json
 import sys
@@ -26,18 +27,37 @@ LIMIT = 1000
 GRIDS = [QuantSpec(bits=b, scheme=s) for b in (8, 4) for s in ("sym", "asym")]  # per-channel
 
 
+@functools.cache
+def experiment(name: str, dataset: str) -> Experiment:
+    return Experiment(load_model(name, dataset=dataset), load_dataset(dataset), limit=LIMIT, device="cpu")
+
+
 @pytest.fixture(scope="module", params=[("lenet5", "mnist"), ("lenet300", "mnist"), ("digits-cnn", "digits"),
                                         ("mobilenet_v3_small", None)])
 def case(request):
-    """(model, evaluation inputs (N, ...), calibration (x, y)) for each model the ONNX tests run on."""
+    """(name, model, evaluation inputs (N, ...)) for each model the ONNX weight tests run on."""
     name, dataset = request.param
     if dataset is None:  # a torchvision architecture we did not write: BatchNorm, depthwise convs, SE blocks
         torch.manual_seed(0)
-        model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
-        x = torch.randn(LIMIT, 3, 32, 32)
-        return name, model, x, (x[:256], torch.randint(0, 10, (256,)))
-    exp = Experiment(load_model(name, dataset=dataset), load_dataset(dataset), limit=LIMIT, device="cpu")
-    return name, exp.model, exp.x, exp.calib
+        return name, torchvision.models.mobilenet_v3_small(num_classes=10).eval(), torch.randn(LIMIT, 3, 32, 32)
+    exp = experiment(name, dataset)
+    return name, exp.model, exp.x
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """export(case, quant) -> (CompressedModel, path): each model / grid compressed and exported once."""
+    done = {}
+
+    def export(case, quant):
+        name, model, x = case
+        key = (name, quant)
+        if key not in done:
+            cm = compress(model, CompressionConfig(quant=quant, prune=PruneSpec(sparsity=0.5)))
+            path = tmp_path_factory.mktemp("onnx") / f"{name}.onnx"
+            done[key] = cm, path, export_onnx(cm, path, x)
+        return done[key]
+    return export
 
 
 def agreement(cm, path, x) -> float:
@@ -67,24 +87,22 @@ def stored_codes(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     import onnx
 
     model = onnx.load(str(path))
-    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    inits = {t.name: t for t in model.graph.initializer}
     out = {}
     for n in model.graph.node:
         if n.op_type == "DequantizeLinear" and n.output[0].endswith(".weight"):
-            codes = inits[n.input[0]].astype(np.int64)
-            zero = inits[n.input[2]].astype(np.int64).reshape((-1,) + (1,) * (codes.ndim - 1))
-            out[n.output[0]] = (codes, np.broadcast_to(zero, codes.shape), onnx.TensorProto.DataType.Name(
-                model.graph.initializer[[t.name for t in model.graph.initializer].index(n.input[0])].data_type))
+            codes = onnx.numpy_helper.to_array(inits[n.input[0]]).astype(np.int64)
+            zero = onnx.numpy_helper.to_array(inits[n.input[2]]).astype(np.int64)
+            zero = np.broadcast_to(zero.reshape((-1,) + (1,) * (codes.ndim - 1)), codes.shape)
+            out[n.output[0]] = (codes, zero, onnx.TensorProto.DataType.Name(inits[n.input[0]].data_type))
     return out
 
 
 @needs_onnx
 @pytest.mark.parametrize("quant", GRIDS, ids=lambda q: f"int{q.bits}-{q.scheme}")
-def test_onnx_integer_weights_match_engine(case, quant, tmp_path):
-    name, model, x, calib = case
-    cm = compress(model, CompressionConfig(quant=quant, prune=PruneSpec(sparsity=0.5)))
-    path = tmp_path / "m.onnx"
-    written = export_onnx(cm, path, x)
+def test_onnx_integer_weights_match_engine(case, quant, exported):
+    x = case[2]
+    cm, path, written = exported(case, quant)
     assert written.integer_layers == tuple(cm.layers) and written.float_layers == ()
     assert agreement(cm, path, x) >= AGREEMENT
 
@@ -93,7 +111,7 @@ def test_onnx_integer_weights_match_engine(case, quant, tmp_path):
     assert set(dequantized) == {f"{layer}.weight" for layer in cm.layers}
     for layer, lc in cm.layers.items():
         engine = lc.weight.detach().cpu().numpy()
-        assert dequantized[f"{layer}.weight"].view(np.uint32).tolist() == engine.view(np.uint32).tolist()
+        assert np.array_equal(dequantized[f"{layer}.weight"].view(np.uint32), engine.view(np.uint32)), layer
         c, zero, dtype = codes[f"{layer}.weight"]
         assert dtype == ("INT" if quant.scheme == "sym" else "UINT") + str(quant.bits)
         pruned = ~lc.mask.cpu().numpy()
@@ -103,39 +121,36 @@ def test_onnx_integer_weights_match_engine(case, quant, tmp_path):
 
 
 @needs_onnx
-def test_onnx_is_smaller_than_fp32_onnx(case, tmp_path):
-    name, model, x, calib = case
-    sizes = {}
-    for bits in (32, 8, 4):
-        cm = compress(model, CompressionConfig(quant=QuantSpec(bits=bits), prune=PruneSpec(sparsity=0.5)))
-        sizes[bits] = export_onnx(cm, tmp_path / f"{bits}.onnx", x).file_bytes
+def test_onnx_is_smaller_than_fp32_onnx(case, exported, tmp_path):
+    name, model, x = case
+    sizes = {bits: exported(case, QuantSpec(bits=bits))[2].file_bytes for bits in (8, 4)}
+    sizes[32] = export_onnx(compress(model, CompressionConfig()), tmp_path / "fp32.onnx", x).file_bytes
     n = sum(p.numel() for p in model.parameters())
     assert sizes[8] < sizes[32] / 2.5 and sizes[4] < sizes[8] * 0.75, sizes  # int4 packs two codes per byte
     assert sizes[32] > 4 * n  # the fp32 file holds every parameter at 4 bytes
 
 
 @needs_onnx
-@pytest.mark.parametrize("act_bits", [8, 4])
-def test_onnx_activation_quantization(case, act_bits, tmp_path):
-    name, model, x, calib = case
-    if name not in ("lenet5", "digits-cnn"):
-        pytest.skip("activation quantization is checked on two built-in models")
+@pytest.mark.parametrize("name, dataset, act_bits", [("lenet5", "mnist", 8), ("digits-cnn", "digits", 8),
+                                                     ("digits-cnn", "digits", 4)])
+def test_onnx_activation_quantization(name, dataset, act_bits, tmp_path):
+    exp = experiment(name, dataset)
     config = CompressionConfig(quant=QuantSpec(bits=8, scheme="asym"), prune=PruneSpec(sparsity=0.5),
                                act_bits=act_bits)
-    cm = compress(model, config, calib=calib)
+    cm = compress(exp.model, config, calib=exp.calib)
     path = tmp_path / "act.onnx"
-    export_onnx(cm, path, x)
+    export_onnx(cm, path, exp.x)
     import onnx
 
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("QuantizeLinear") == len(cm.act_qparams) == len(cm.layers)
     assert ops.count("Clip") == (len(cm.layers) if act_bits < 8 else 0)
-    assert agreement(cm, path, x) >= AGREEMENT
+    assert agreement(cm, path, exp.x) >= AGREEMENT
 
 
 @needs_onnx
 def test_onnx_per_tensor_codebook_and_cast_layers(tmp_path):
-    exp = Experiment(load_model("digits-cnn"), load_dataset("digits"), device="cpu")
+    exp = experiment("digits-cnn", "digits")
     first, *rest = exp.layer_names
     config = CompressionConfig(quant=QuantSpec(bits=4, scheme="asym", granularity="tensor"),
                                prune=PruneSpec(sparsity=0.5)).with_override(
@@ -150,7 +165,7 @@ def test_onnx_per_tensor_codebook_and_cast_layers(tmp_path):
 
 
 def test_safetensors_round_trip_is_exact(tmp_path):
-    exp = Experiment(load_model("lenet5", dataset="mnist"), load_dataset("mnist"), limit=256, device="cpu")
+    exp = experiment("lenet5", "mnist")
     config = CompressionConfig(quant=QuantSpec(bits=4, scheme="asym"), prune=PruneSpec(sparsity=0.5), act_bits=8)
     cm = compress(exp.model, config, calib=exp.calib)
     written = export_safetensors(cm, tmp_path / "m.safetensors")

@@ -9,12 +9,15 @@ Usage: .venv/bin/python benchmarks/export_formats.py [--model lenet5] [--dataset
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from compression_core.compress import compress
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from compression_core.compress import compress  # noqa: E402  (after the path line)
 from compression_core.config import CompressionConfig, PruneSpec, QuantSpec
 from compression_core.datasets import load_dataset
 from compression_core.evaluate import predict
@@ -44,8 +47,8 @@ def main() -> None:
         st_bytes = export_safetensors(cm, folder / "m.safetensors").file_bytes
         engine = predict(cm.model, exp.x, 1000).argmax(1)
         same = int((onnx_predictions(folder / "m.onnx", exp.x) == engine).sum())
-        print(f"{args.model} {label:<12} sparsity {sparsity:.0%}  onnx {onnx_bytes:>10,d} B  packed {packed_bytes:>10,d} B"
-              f"  safetensors {st_bytes:>10,d} B  onnxruntime = engine {same}/{len(engine)}")
+        print(f"{args.model} {label:<12} sparsity {sparsity:.0%}  onnx {onnx_bytes:>10,d} B"
+              f"  packed {packed_bytes:>10,d} B  safetensors {st_bytes:>10,d} B  onnxruntime = engine {same}/{len(engine)}")
 
 
 if __name__ == "__main__":

@@ -269,6 +269,8 @@ def export_onnx(cm: CompressedModel, path: str | os.PathLike, example: torch.Ten
         raise ExportError(f"torch.onnx could not trace this model ({type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'})") from None
     proto = program.model_proto
+    for node in proto.graph.node:  # the exporter's per-node debug notes (module paths, stack) are ~20 % of a small file
+        del node.metadata_props[:]
     integer_layers = _quantize_weights(onnx, proto.graph, cm)
     if cm.act_qparams:
         _quantize_activations(onnx, proto.graph, cm.act_qparams)

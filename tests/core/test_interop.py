@@ -16,6 +16,7 @@ from compression_core.compress import compress
 from compression_core.config import CompressionConfig, PruneSpec, QuantSpec
 from compression_core.datasets import load_dataset
 from compression_core.experiment import Experiment
+from compression_core.export import ExportError
 from compression_core.interop import INSTALL_HINT, export_onnx, export_safetensors, onnx_predictions
 from compression_core.models import load_model
 from tests.core import test_cli
@@ -203,3 +204,19 @@ def test_cli_export_standard_formats(fmt, tmp_path):
         assert len(rec["integer_layers"]) == len(rec["layers"])
     else:
         assert load_file(str(out)).keys() >= {f"{layer['name']}.weight" for layer in rec["layers"]}
+
+
+@needs_onnx
+def test_untraceable_model_is_one_line_error(tmp_path):
+    class DataDependent(torch.nn.Module):  # python control flow on a tensor value: torch.export refuses it
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x) if float(x.sum()) > 0 else -self.fc(x)
+
+    cm = compress(DataDependent(), CompressionConfig(quant=QuantSpec(bits=8)))
+    with pytest.raises(ExportError, match="could not trace") as err:
+        export_onnx(cm, tmp_path / "m.onnx", torch.ones(3, 4))
+    assert "\n" not in str(err.value) and not (tmp_path / "m.onnx").exists()

@@ -166,17 +166,24 @@ def cmd_sensitivity(args) -> None:
 def cmd_export(args) -> None:
     from .export import export
 
+    from .interop import export_standard, require_onnx
+
     configs = configs_from_args(args)
     if len(configs) != 1:
         raise UserError("export takes one value per flag; use sweep for comma lists")
+    if args.format == "onnx":
+        require_onnx()  # a missing extra fails before any loading
     exp = _experiment(args, configs)
     cm = exp.compress(configs[0], progress=_stage_progress())
     record = exp.run(configs[0], compressed=cm)
-    record["file_bytes"] = export(cm, args.out, exp.loaded.source)
-    record["file"] = str(args.out)
-    _emit(args, record, table_rows=[_row(record), f"wrote {args.out}: {record['file_bytes']} bytes "
-                                                  f"(reported size {record['size_bytes']} bytes)"],
-          lead=("file", "file_bytes"))
+    if args.format == "packed":
+        record["file_bytes"] = export(cm, args.out, exp.loaded.source)
+        record["file"] = str(args.out)
+        lines = [f"wrote {args.out}: {record['file_bytes']} bytes (reported size {record['size_bytes']} bytes)"]
+    else:
+        fields, lines = export_standard(cm, args.out, args.format, exp.x)
+        record.update(fields)
+    _emit(args, record, table_rows=[_row(record), *lines], lead=("file", "file_bytes"))
 
 
 def cmd_train(args) -> None:
@@ -231,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         common(p)
         if name == "export":
             p.add_argument("--out", required=True, type=out_path)
+            p.add_argument("--format", choices=("packed", "onnx", "safetensors"), default="packed",
+                           help="packed (.cex, smallest), onnx (integer weights + DequantizeLinear; needs the onnx "
+                                "extra) or safetensors (dequantized float32 state dict)")
         p.set_defaults(fn=fn)
 
     p = sub.add_parser("train", help="train a built-in architecture and write its checkpoint")

@@ -25,17 +25,21 @@ import torch
 
 from compression_core import histograms, sensitivity
 from compression_core.compressed import CompressedModel, LayerCompression
-from compression_core.config import CompressionConfig, ConfigError
+from compression_core.config import CompressionConfig, ConfigError, PruneSpec, QuantSpec
 from compression_core.datasets import Dataset, DatasetUnavailable, list_datasets, load_dataset
 from compression_core.evaluate import DeviceUnavailable
 from compression_core.experiment import Experiment, ExperimentError
 from compression_core.export import export
+from compression_core.methods import quantizer_info
 from compression_core.models import LoadedModel, ModelLoadError, list_models, load_model
 from compression_core.models.specs import USER_CODE_ERRORS
+from compression_core.pareto import pareto_front, staircase
 from compression_core.store import Store, StoreError
+from compression_core.sweep import expand_grid
 from dashboard import uploads
 from dashboard.selection import Selection
 
+CODEBOOK_MAX_BITS = 8  # a 16-bit codebook has 65,536 levels: too slow to fit for a sweep
 USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable, StoreError, ExperimentError)
 
 
@@ -240,12 +244,50 @@ class _CachedExperiment:
 
 
 def layer_sensitivity(selection: Selection, settings_json: list[str],
-                      progress: Callable[[int, int, float | None, str | None], None] | None = None) -> list[dict]:
+                      progress: Callable[[int, int, float | None, str | None], None] | None = None
+                      ) -> tuple[list[dict], pd.DataFrame]:
     """One layer compressed at a time over the given settings (configs as JSON): the engine's tagged records.
 
     Each (layer, setting) probe goes through the cached `evaluate`, so a repeat is instant and probes are shared
     with Explore and other sessions; `progress(done, total, eta_seconds, label)` is called as probes finish.
-    Each record has `layer`, `setting` (label), `setting_hash`, `accuracy_drop_pts` and the rest of a record.
+
+    Returns:
+        (records, table): each record has `layer`, `setting` (label), `setting_hash`, `config` (the probe's,
+        only that layer compressed), `accuracy_drop_pts` and the rest of a record; the table is the layer x
+        setting accuracy drop (`compression_core.sensitivity.sensitivity_table`).
     """
     settings = [CompressionConfig.from_json(s) for s in settings_json]
-    return sensitivity.layer_sensitivity(_CachedExperiment(selection), settings, progress=progress)
+    records = sensitivity.layer_sensitivity(_CachedExperiment(selection), settings, progress=progress)
+    return records, sensitivity.sensitivity_table(records)
+
+
+# ---- pure helpers over configs and records --------------------------------------------------------
+def pareto(records: list[dict]) -> tuple[list[dict], tuple[list[float], list[float]]]:
+    """The records on the accuracy-vs-size Pareto front, and its staircase (sizes, accuracies) for the charts."""
+    front = pareto_front(records)
+    return front, staircase(front)
+
+
+def sweep_grid(bits: list, sparsities: list[float], quantizers: list[str], methods: list[str], *, scheme: str,
+               granularity: str, range_method: str, scope: str) -> tuple[list[CompressionConfig], list[str]]:
+    """The configs a sweep form describes, and one line per combination the engine rejects (those are skipped).
+
+    Integer bit-widths cross every chosen quantizer (codebooks such as k-means and power-of-two only up to
+    CODEBOOK_MAX_BITS); fixed-width quantizers (fp16 / bf16 casts) are crossed with the pruning settings only.
+    """
+    base = CompressionConfig(quant=QuantSpec(scheme=scheme, granularity=granularity, range=range_method),
+                             prune=PruneSpec(scope=scope))
+    configs: dict[str, CompressionConfig] = {}
+    problems: list[str] = []
+    combos = [(b, q) for b in bits if isinstance(b, int) for q in quantizers
+              if quantizer_info(q).kind != "codebook" or b <= CODEBOOK_MAX_BITS]
+    combos += [(quantizer_info(b).bits[0], b) for b in bits if isinstance(b, str)]
+    for b, quantizer in combos:
+        try:
+            grid = expand_grid(base, bits=[b], quantizer=[quantizer], sparsity=sparsities, prune=methods)
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
+        for config in grid:
+            configs.setdefault(config.config_hash, config)
+    return list(configs.values()), problems

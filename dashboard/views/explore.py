@@ -14,7 +14,6 @@ import streamlit as st
 from compression_core import methods
 from compression_core.config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES,
                                      SCHEMES, SCOPES, CompressionConfig, PruneSpec, QuantSpec)
-from compression_core.pareto import pareto_front, staircase
 from dashboard import components, frame, services
 from dashboard.charts import explore as explore_charts
 from dashboard.charts.common import act_bits_label, option_label
@@ -88,10 +87,10 @@ def remember(selection: Selection, record: dict) -> list[dict]:
 
 def show_points(points: list[dict], record: dict) -> None:
     frame_ = pd.DataFrame(points)
-    front = pareto_front(points)
+    front, stairs = services.pareto(points)
     fig = explore_charts.explored_points(frame_, current=record["config_hash"],
                                          baseline_accuracy=record["baseline_accuracy"],
-                                         front=staircase(front) if len(front) > 1 else None)
+                                         front=stairs if len(front) > 1 else None)
     st.plotly_chart(fig, key="explore_points_chart", config=components.CHART_CONFIG)
 
 

@@ -1,10 +1,10 @@
 """Layers: which layers suffer most when compressed alone (sensitivity), and why per-channel grids help."""
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from compression_core.config import ALLOWED_BITS, GRANULARITIES, CompressionConfig, PruneSpec, QuantSpec
-from compression_core.sensitivity import sensitivity_table
 from dashboard import components, frame, services
 from dashboard.charts import layers as layer_charts
 from dashboard.charts.common import option_label, percent_label
@@ -33,22 +33,21 @@ def settings_form() -> list[str] | None:
     return [c.to_json() for c in configs]
 
 
-def run_sensitivity(selection: Selection, settings: list[str]) -> list[dict]:
-    """The engine's sensitivity records (cached), with a progress bar while they are computed."""
+def run_sensitivity(selection: Selection, settings: list[str]) -> tuple[list[dict], pd.DataFrame]:
+    """The engine's sensitivity records and layer x setting table (cached), with a progress bar meanwhile."""
     bar = st.empty()
 
     def progress(done: int, total: int, eta: float | None, label: str | None) -> None:
         text = f"{done} / {total} layer × setting pairs" + (f" · about {eta:.0f} s left" if eta else "")
         bar.progress(done / max(total, 1), text=text)
 
-    records = services.layer_sensitivity(selection, settings, progress=progress)
+    result = services.layer_sensitivity(selection, settings, progress=progress)
     bar.empty()
-    return records
+    return result
 
 
-def show_sensitivity(selection: Selection, records: list[dict]) -> None:
+def show_sensitivity(selection: Selection, records: list[dict], table: pd.DataFrame) -> None:
     """The layer x setting heatmap, then each most affected layer's weights at its worst setting."""
-    table = sensitivity_table(records)
     st.plotly_chart(layer_charts.sensitivity_heatmap(table, title="Accuracy drop when only this layer is compressed"),
                     key="layers_heatmap", config=components.CHART_CONFIG)
     worst = table.max(axis=1).sort_values(ascending=False).head(TOP_LAYERS)
@@ -93,7 +92,7 @@ if not settings:
             "each setting and the accuracy drop is shown as a layer × setting heatmap.")
 else:
     try:
-        show_sensitivity(selection, run_sensitivity(selection, settings))
+        show_sensitivity(selection, *run_sensitivity(selection, settings))
     except services.USER_ERRORS as e:
         components.show_error(e)
 show_channel_ranges(selection)

@@ -13,7 +13,6 @@ import sqlite3
 import streamlit as st
 
 from compression_core.models import ModelLoadError
-from compression_core.pareto import pareto_front, staircase
 from dashboard import components, frame, services
 from dashboard.charts import sweep as sweep_charts
 from dashboard.charts.common import option_label
@@ -106,7 +105,7 @@ def show_overlay(records: list[dict], runs: list[dict]) -> None:
     baselines = {r["baseline_accuracy"] for rs in chosen.values() for r in rs}
     fig = sweep_charts.overlay_figure(
         {n: sweep_charts.results_frame(rs) for n, rs in chosen.items()},
-        {n: staircase(pareto_front(rs)) for n, rs in chosen.items()},
+        {n: services.pareto(rs)[1] for n, rs in chosen.items()},
         baseline_accuracy=baselines.pop() if len(baselines) == 1 else None)
     st.plotly_chart(fig, key="runs_overlay", config=components.CHART_CONFIG)
     if len({(r["model"], r["dataset"], r["limit"]) for rs in chosen.values() for r in rs}) > 1:

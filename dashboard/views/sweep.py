@@ -1,6 +1,6 @@
 """Sweep: evaluate a grid of configs in the background and read the trade-off off a Pareto plot.
 
-The form builds the grid with `compression_core.sweep.expand_grid`; `dashboard.jobs` runs it outside the script
+The form builds the grid with `services.sweep_grid`; `dashboard.jobs` runs it outside the script
 thread and writes each record to the store. This session's sweep is found again by its run id, kept in
 `st.session_state["sweep_run"]` and in the URL (`?sweep_run=<id>`), so a reload re-attaches. A fragment polls
 the job once a second while it runs; the charts read the run's records from the store, so they fill in as
@@ -15,11 +15,8 @@ import dataclasses
 
 import streamlit as st
 
-from compression_core.config import ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, SCHEMES, \
-    SCOPES, CompressionConfig, ConfigError, PruneSpec, QuantSpec
+from compression_core.config import ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, SCHEMES, SCOPES
 from compression_core.methods import DEFAULT_PRUNE_METHOD, DEFAULT_QUANTIZER, quantizer_info
-from compression_core.pareto import pareto_front, staircase
-from compression_core.sweep import expand_grid
 from dashboard import components, frame, jobs, services
 from dashboard.charts import sweep as sweep_charts
 from dashboard.charts.common import bits_label, option_label, percent_label
@@ -30,7 +27,6 @@ RUN_KEY = "sweep_run"  # session state and URL parameter: the run id (= job id) 
 # bit-widths, then the fixed-width quantizers (the float casts) as their own choices
 BIT_CHOICES = ALLOWED_BITS + tuple(q for q in QUANTIZERS if not quantizer_info(q).uses_bits)
 GRID_QUANTIZERS = tuple(q for q in QUANTIZERS if quantizer_info(q).uses_bits)
-CODEBOOK_MAX_BITS = 8  # a 16-bit codebook has 65,536 levels: too slow to fit for a sweep
 MAX_CONFIGS = 400
 POLL_S = 1.0
 
@@ -44,31 +40,6 @@ def _sparsities(lo: float, hi: float, step: float) -> list[float]:
     """lo, lo + step, ... up to hi (inclusive within rounding), rounded to 4 decimals."""
     n = int((hi - lo) / step + 1e-9) + 1 if step > 0 else 1
     return sorted({round(lo + i * step, 4) for i in range(n)})
-
-
-def build_grid(bits: list, sparsities: list[float], quantizers: list[str], methods: list[str], *, scheme: str,
-               granularity: str, range_method: str, scope: str) -> tuple[list[CompressionConfig], list[str]]:
-    """The configs the form describes, and one line per combination the engine rejects (those are skipped).
-
-    Integer bit-widths cross every chosen quantizer (codebooks such as k-means and power-of-two only up to
-    CODEBOOK_MAX_BITS); fixed-width quantizers (fp16 / bf16 casts) are crossed with the pruning settings only.
-    """
-    base = CompressionConfig(quant=QuantSpec(scheme=scheme, granularity=granularity, range=range_method),
-                             prune=PruneSpec(scope=scope))
-    configs: dict[str, CompressionConfig] = {}
-    problems: list[str] = []
-    combos = [(b, q) for b in bits if isinstance(b, int) for q in quantizers
-              if quantizer_info(q).kind != "codebook" or b <= CODEBOOK_MAX_BITS]
-    combos += [(quantizer_info(b).bits[0], b) for b in bits if isinstance(b, str)]
-    for b, quantizer in combos:
-        try:
-            grid = expand_grid(base, bits=[b], quantizer=[quantizer], sparsity=sparsities, prune=methods)
-        except ConfigError as e:
-            problems.append(str(e))
-            continue
-        for config in grid:
-            configs.setdefault(config.config_hash, config)
-    return list(configs.values()), problems
 
 
 def sweep_form(selection: Selection) -> dict | None:
@@ -112,7 +83,7 @@ def launch(selection: Selection, form: dict) -> str | None:
         st.error("Choose at least one bit-width, one quantizer and one pruning method.", icon=":material/error:")
         return None
     grid = {k: form[k] for k in ("bits", "sparsities", "quantizers", "methods")}
-    configs, problems = build_grid(form["bits"], form["sparsities"], form["quantizers"], form["methods"],
+    configs, problems = services.sweep_grid(form["bits"], form["sparsities"], form["quantizers"], form["methods"],
                                    scheme=form["scheme"], granularity=form["granularity"],
                                    range_method=form["range_method"], scope=form["scope"])
     for line in problems:
@@ -186,8 +157,8 @@ def show_details(run_selection: Selection, picked: list[dict]) -> None:
 def show_results(run_selection: Selection, records: list[dict], run_id: str) -> None:
     """Pareto plot (selectable), details of the selection, bits x sparsity heatmap, results table + CSV."""
     df = sweep_charts.results_frame(records)
-    front = pareto_front(records)
-    fig = sweep_charts.pareto_figure(df, front=staircase(front), baseline_accuracy=records[0]["baseline_accuracy"])
+    front, stairs = services.pareto(records)
+    fig = sweep_charts.pareto_figure(df, front=stairs, baseline_accuracy=records[0]["baseline_accuracy"])
     st.subheader("Accuracy vs honest size")
     event = st.plotly_chart(fig, key="sweep_pareto", on_select="rerun", selection_mode=("points", "box"),
                             config=components.CHART_CONFIG)

@@ -29,7 +29,7 @@ _EDGE_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")  # intrawor
 _AUTOLINK = re.compile(r"(?i)(?<=www)\.|:(?=//)|@")
 _LINE_START = re.compile(r"^(\s*)([-+=]|\d+[.)])")  # list items and setext lines at the start
 
-# results_frame columns (after `_display_units`) -> how st.dataframe shows them
+# results_frame columns, in the display units `results_table` gives them -> how st.dataframe shows them
 RESULT_COLUMNS = {
     "model": "Model", "dataset": "Dataset", "limit": "Evaluated on", "engine_version": "Engine",
     "label": st.column_config.TextColumn("Config", width="large"),

@@ -8,8 +8,9 @@ A bring-your-own spec (`torchvision:NAME`, or `package.module:function` from a m
 `$COMPRESSION_EXPLORER_ALLOWED_FACTORIES`) is never loaded straight from the URL: it loads only after the user
 presses **Load model** in this session, and any change to the spec or class count needs another press.
 
-Pages read what the sidebar chose with `current_selection()` (or `require_selection()`); the choice is stored
-in `st.session_state["selection"]` as a plain dict, per browser session.
+Pages read what the sidebar chose with `current_selection()` (or `require_selection()`), a
+`dashboard.selection.Selection`; the choice is stored in `st.session_state["selection"]` as a plain dict, per
+browser session. An error the user caused is shown with its Markdown escaped (`components.show_error`).
 """
 from __future__ import annotations
 

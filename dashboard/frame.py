@@ -8,64 +8,30 @@ A bring-your-own spec (`torchvision:NAME`, or `package.module:function` from a m
 `$COMPRESSION_EXPLORER_ALLOWED_FACTORIES`) is never loaded straight from the URL: it loads only after the user
 presses **Load model** in this session, and any change to the spec or class count needs another press.
 
-Pages read what the sidebar chose with `current_selection()` (or `require_selection()`); the choice is stored
-in `st.session_state["selection"]` as a plain dict, per browser session.
+Pages read what the sidebar chose with `current_selection()` (or `require_selection()`), a
+`dashboard.selection.Selection`; the choice is stored in `st.session_state["selection"]` as a plain dict, per
+browser session. An error the user caused is shown with its Markdown escaped (`components.show_error`).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import streamlit as st
 import torch
 
 from compression_core.evaluate import DeviceUnavailable, select_device
 from compression_core.models.loading import MAX_CLASSES
-from dashboard import services
+from dashboard import components, services, uploads
+from dashboard.selection import DEFAULT_DATASET, DEFAULT_LIMIT, DEFAULT_MODEL, Selection
 
 SELECTION_KEY = "selection"
 LOADED_KEY = "loaded_model"  # {"spec", "num_classes"} the user confirmed with Load model in this session
 UPLOAD_NAME_KEY = "upload_name"  # {weights content id: the file name the user uploaded}, to name it in messages
 UPLOADS_KEY = "uploads"  # {weights content id: bytes} uploaded by this session, for its quota
 CUSTOM = "custom"  # the model option "Bring your own"
-DEFAULT_MODEL = "lenet5"
-DEFAULT_DATASET = "mnist"
-DEFAULT_LIMIT = 1000
 DEVICES = ("auto", "cpu", "cuda")
 PAGE_CONFIG = {"page_title": "Compression Explorer", "page_icon": ":material/compress:", "layout": "wide",
                "initial_sidebar_state": "expanded"}
-
-
-@dataclass(frozen=True)
-class Selection:
-    """What the sidebar chose; hashable, so it keys the caches in `services`.
-
-    model: a built-in model name (e.g. "lenet5"), or for bring-your-own the factory spec ("pkg.mod:fn").
-    dataset: registry dataset name (e.g. "mnist").
-    device: the device actually used, resolved from the user's auto/cpu/cuda choice ("cpu", "cuda" or "mps").
-    limit: size of the class-stratified live evaluation subset of the test split (None = the whole split).
-    factory: the bring-your-own spec (factory or torchvision:NAME), None for built-ins.
-    weights_id: content id of the uploaded weights (sha256 prefix + suffix; bring-your-own only), else None.
-    num_classes: the class count passed to a bring-your-own constructor (None: its default).
-    """
-
-    model: str = DEFAULT_MODEL
-    dataset: str = DEFAULT_DATASET
-    device: str = "cpu"
-    limit: int | None = DEFAULT_LIMIT
-    factory: str | None = None
-    weights_id: str | None = None
-    num_classes: int | None = None
-
-    @property
-    def key(self) -> str:
-        """A stable string id of the selection, for per-selection data kept in session state."""
-        return "|".join(str(v) for v in dataclasses.astuple(self))
-
-    @property
-    def label(self) -> str:
-        """Short text for headers: 'lenet5 on mnist · cpu'."""
-        return f"{self.model} on {self.dataset} · {self.device}"
 
 
 def current_selection() -> Selection | None:
@@ -111,7 +77,7 @@ def _model_picker() -> tuple[str | None, str | None, str | None, int | None]:
 
 def _bring_your_own() -> tuple[str | None, str | None, str | None, int | None]:
     """The bring-your-own widgets; the spec counts only once Load model confirmed it (with its class count)."""
-    allowed = services.allowed_factories()
+    allowed = uploads.allowed_factories()
     spec = st.text_input("Architecture (torchvision:NAME or package.module:function)", key="factory",
                          bind="query-params", placeholder="torchvision:resnet18",
                          help="A torchvision architecture by name, or (where the operator allows it) an importable "
@@ -126,14 +92,14 @@ def _bring_your_own() -> tuple[str | None, str | None, str | None, int | None]:
         st.caption(f"Factories are allowed from: {', '.join(allowed)}.")
     else:
         st.caption("Factories (package.module:function) are off on this server; an operator enables them with "
-                   f"`{services.ALLOWED_FACTORIES_ENV}=mypkg.models` (see README).")
+                   f"`{uploads.ALLOWED_FACTORIES_ENV}=mypkg.models` (see README).")
     request = {"spec": spec, "num_classes": None if num_classes is None else int(num_classes)}
     if st.button("Load model", key="load_model", type="primary", disabled=not spec):
         st.session_state[LOADED_KEY] = request
     weights_id = None
     if upload is not None:
         session_uploads = st.session_state.setdefault(UPLOADS_KEY, {})
-        weights_id = services.save_upload(upload.name, upload.getvalue(), session_uploads)
+        weights_id = uploads.save_upload(upload.name, upload.getvalue(), session_uploads)
         st.session_state[UPLOAD_NAME_KEY] = {weights_id: upload.name}
     if spec and st.session_state.get(LOADED_KEY) == request:
         return spec, spec, weights_id, request["num_classes"]
@@ -213,6 +179,6 @@ def render_sidebar() -> Selection | None:
             except services.USER_ERRORS as e:
                 selection, problem = None, _user_words(services.error_line(e))
     if problem:
-        st.error(problem, icon=":material/error:")
+        components.show_error(problem)
     st.session_state[SELECTION_KEY] = dataclasses.asdict(selection) if selection else None
     return selection

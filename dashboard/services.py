@@ -5,22 +5,19 @@ models): one copy per server process, shared by every browser session and never 
 `compress` is out-of-place and the UI only reads them. `st.cache_data` holds results (records, histograms,
 sensitivity tables) keyed on the selection and the config JSON, so repeating a config is instant.
 
-Every function takes a `frame.Selection` (model, dataset, device, limit, factory, weights_id, num_classes) and,
-where a config is involved, the config as canonical JSON (`CompressionConfig.to_json()`), which is also its cache key.
-User mistakes raise one of `USER_ERRORS`; pages show `error_line(e)` with `st.error` and carry on.
+Every function takes a `dashboard.selection.Selection` (model, dataset, device, limit, factory, weights_id,
+num_classes) and, where a config is involved, the config as canonical JSON (`CompressionConfig.to_json()`), which
+is also its cache key. User mistakes raise one of `USER_ERRORS`; pages show `error_line(e)` (through
+`components.show_error`) and carry on.
 
-Model factories name code, so the dashboard loads them only from the module prefixes the operator lists in
-`$COMPRESSION_EXPLORER_ALLOWED_FACTORIES` (none by default); `frame` loads a spec only after a Load click.
+Bring-your-own models load through `dashboard.uploads` (allowed factories, held uploads); `frame` loads a spec
+only after a Load click.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import tempfile
-import threading
-from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import pandas as pd
 import streamlit as st
@@ -28,24 +25,22 @@ import torch
 
 from compression_core import histograms, sensitivity
 from compression_core.compressed import CompressedModel, LayerCompression
-from compression_core.config import CompressionConfig, ConfigError
+from compression_core.config import CompressionConfig, ConfigError, PruneSpec, QuantSpec
 from compression_core.datasets import Dataset, DatasetUnavailable, list_datasets, load_dataset
 from compression_core.evaluate import DeviceUnavailable
 from compression_core.experiment import Experiment, ExperimentError
-from compression_core.models import LoadedModel, ModelLoadError, check_model_name, list_models, load_model
-from compression_core.models.specs import USER_CODE_ERRORS, is_module_prefix
+from compression_core.export import export
+from compression_core.methods import quantizer_info
+from compression_core.models import LoadedModel, ModelLoadError, list_models, load_model
+from compression_core.models.specs import USER_CODE_ERRORS
+from compression_core.pareto import pareto_front, staircase
 from compression_core.store import Store, StoreError
+from compression_core.sweep import expand_grid
+from dashboard import uploads
+from dashboard.selection import Selection
 
-if TYPE_CHECKING:
-    from dashboard.frame import Selection
-
+CODEBOOK_MAX_BITS = 8  # a 16-bit codebook has 65,536 levels: too slow to fit for a sweep
 USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable, StoreError, ExperimentError)
-UPLOAD_DIR = Path(tempfile.gettempdir()) / "compression-explorer-uploads"  # files live here only while loading
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
-MAX_UPLOADS_PER_SESSION = 8  # distinct weight files one browser session may upload
-MAX_UPLOAD_BYTES_PER_SESSION = 1 << 30  # 1 GiB in all (one file is capped by server.maxUploadSize)
-MAX_HELD_UPLOADS = 4  # uploads held in memory, waiting to be loaded, for the whole server
-ALLOWED_FACTORIES_ENV = "COMPRESSION_EXPLORER_ALLOWED_FACTORIES"  # comma list of module prefixes; unset = none
 
 
 def error_line(error: BaseException) -> str:
@@ -55,24 +50,6 @@ def error_line(error: BaseException) -> str:
 
 
 # ---- what can be chosen ----------------------------------------------------------------------------
-def allowed_factories() -> tuple[str, ...]:
-    """The module prefixes the operator allows model factories from (`$COMPRESSION_EXPLORER_ALLOWED_FACTORIES`).
-
-    Returns:
-        e.g. ("mypkg.models", "team_nets"); empty (the default) allows no factory: built-ins, `torchvision:NAME`
-        architectures and uploaded state dicts only.
-
-    Raises:
-        ModelLoadError: an entry is not a dotted module name.
-    """
-    prefixes = tuple(p.strip() for p in os.environ.get(ALLOWED_FACTORIES_ENV, "").split(",") if p.strip())
-    bad = [p for p in prefixes if not is_module_prefix(p)]
-    if bad:
-        raise ModelLoadError(f"{ALLOWED_FACTORIES_ENV} holds {bad[0]!r}, not a dotted module name like "
-                             "mypkg.models; the operator must fix this server setting")
-    return prefixes
-
-
 @st.cache_data(show_spinner=False, ttl=300)
 def models() -> list[dict]:
     """Built-in models (`compression_core.models.list_models`): name, datasets, description, n_params, accuracy."""
@@ -96,7 +73,7 @@ def compatible_datasets(model: str, factory: str | None, weights_id: str | None,
     Raises:
         ModelLoadError: the model cannot be loaded, or its factory is not under the allowed module prefixes.
     """
-    return _compatible_datasets(model, factory, weights_id, num_classes, allowed_factories())
+    return _compatible_datasets(model, factory, weights_id, num_classes, uploads.allowed_factories())
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -124,81 +101,6 @@ def _compatible_datasets(model: str, factory: str | None, weights_id: str | None
     return choices
 
 
-class _HeldUploads:
-    """Uploaded weights waiting to be loaded, in memory by content id (name, bytes): the newest few only."""
-
-    def __init__(self, max_held: int = MAX_HELD_UPLOADS) -> None:
-        self._files: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.max_held = max_held
-
-    def put(self, weights_id: str, name: str, data: bytes) -> None:
-        with self._lock:
-            self._files[weights_id] = (name, data)
-            self._files.move_to_end(weights_id)
-            while len(self._files) > self.max_held:
-                self._files.popitem(last=False)
-
-    def take(self, weights_id: str) -> tuple[str, bytes] | None:
-        with self._lock:
-            return self._files.pop(weights_id, None)
-
-
-@st.cache_resource(show_spinner=False)
-def _held_uploads() -> _HeldUploads:
-    return _HeldUploads()
-
-
-def save_upload(filename: str, data: bytes, session_uploads: dict[str, int]) -> str:
-    """Hold uploaded weights in memory for loading and return their content id (same bytes -> same id).
-
-    Nothing is written to disk here; the bytes reach a private temp file only while the model loads.
-
-    Args:
-        filename: the name the user uploaded, e.g. "net.safetensors".
-        data: the file's bytes.
-        session_uploads: this session's uploads so far, {content id: bytes} (session state); updated.
-
-    Raises:
-        ModelLoadError: the name does not end in .safetensors, .pt or .pth, or the session's upload quota
-            (MAX_UPLOADS_PER_SESSION files, MAX_UPLOAD_BYTES_PER_SESSION bytes) would be exceeded.
-    """
-    suffix = Path(filename).suffix.lower()
-    if suffix not in WEIGHT_SUFFIXES:
-        raise ModelLoadError(f"weights file {filename!r} must end in {', '.join(WEIGHT_SUFFIXES)}")
-    weights_id = f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
-    if weights_id not in session_uploads:
-        if len(session_uploads) >= MAX_UPLOADS_PER_SESSION:
-            raise ModelLoadError(f"this session has uploaded {len(session_uploads)} weight files, the limit is "
-                                 f"{MAX_UPLOADS_PER_SESSION}; reload the page to start a new session")
-        used = sum(session_uploads.values())
-        if used + len(data) > MAX_UPLOAD_BYTES_PER_SESSION:
-            raise ModelLoadError(f"{filename} ({len(data) / 2**20:.1f} MiB) would take this session's uploads past "
-                                 f"{MAX_UPLOAD_BYTES_PER_SESSION / 2**20:.0f} MiB ({used / 2**20:.1f} MiB used); "
-                                 f"reload the page to start a new session")
-        session_uploads[weights_id] = len(data)
-    _held_uploads().put(weights_id, filename, data)
-    return weights_id
-
-
-def _load_upload(factory: str, weights_id: str, num_classes: int | None, allowed: tuple[str, ...]) -> LoadedModel:
-    """Build `factory` with the held upload `weights_id`, through a temp file deleted as soon as it is read."""
-    check_model_name(factory, allowed_factories=allowed)  # a refused spec is refused before the upload is touched
-    held = _held_uploads().take(weights_id)
-    if held is None:
-        raise ModelLoadError(f"the uploaded weights {weights_id} are no longer held by the server; upload the "
-                             f"file again")
-    name, data = held
-    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=UPLOAD_DIR) as folder:  # private to this load; removed, even on error
-        path = Path(folder) / f"weights{Path(weights_id).suffix}"
-        path.write_bytes(data)
-        try:
-            return load_model(factory, weights=str(path), num_classes=num_classes, allowed_factories=allowed)
-        except ModelLoadError as e:  # name the file as the user knows it, not by its temp path
-            raise ModelLoadError(str(e).replace(str(path), name)) from None
-
-
 # ---- pristine shared objects (cache_resource: never mutated) ---------------------------------------
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _loaded_model(model: str, dataset: str | None, factory: str | None, weights_id: str | None,
@@ -207,7 +109,7 @@ def _loaded_model(model: str, dataset: str | None, factory: str | None, weights_
     keyed on its weights' content id (the model is kept, not a file)."""
     if factory is None:
         return load_model(model, dataset=dataset)
-    return _load_upload(factory, weights_id, num_classes, allowed)
+    return uploads.load_upload(factory, weights_id, num_classes, allowed)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -223,7 +125,8 @@ def get_experiment(selection: Selection) -> Experiment:
         ModelLoadError, DatasetUnavailable, DeviceUnavailable: one line saying what is wrong.
     """
     loaded = _loaded_model(selection.model, None if selection.factory else selection.dataset,
-                           selection.factory, selection.weights_id, selection.num_classes, allowed_factories())
+                           selection.factory, selection.weights_id, selection.num_classes,
+                           uploads.allowed_factories())
     return Experiment(loaded, _dataset(selection.dataset), split="test", limit=selection.limit,
                       device=selection.device)
 
@@ -232,6 +135,30 @@ def get_experiment(selection: Selection) -> Experiment:
 def compress(selection: Selection, config_json: str) -> CompressedModel:
     """The compressed model for a config (shared; read it, never modify it). For details and histograms."""
     return get_experiment(selection).compress(CompressionConfig.from_json(config_json))
+
+
+def pack(selection: Selection, record: dict) -> bytes:
+    """The packed file (`compression_core.export.export`) of a stored record's config, compressed afresh.
+
+    Args:
+        selection: rebuilds the model and data the record was evaluated with.
+        record: a store record (`config`, `fingerprint`, `model`).
+
+    Returns:
+        The file's bytes (bit-packed codes, sparse index, scales / codebooks, every other tensor, header).
+
+    Raises:
+        ModelLoadError: the selection's weights are not the ones the record was made with.
+    """
+    loaded = get_experiment(selection).loaded
+    if loaded.fingerprint != record["fingerprint"]:
+        raise ModelLoadError(f"the loaded {record['model']} weights (fingerprint {loaded.fingerprint}) differ from "
+                             f"the ones this record was made with ({record['fingerprint']})")
+    compressed = compress(selection, CompressionConfig.from_dict(record["config"]).to_json())
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.cmpx"
+        export(compressed, path, loaded.source)
+        return path.read_bytes()
 
 
 @st.cache_resource(show_spinner=False)
@@ -317,12 +244,50 @@ class _CachedExperiment:
 
 
 def layer_sensitivity(selection: Selection, settings_json: list[str],
-                      progress: Callable[[int, int, float | None, str | None], None] | None = None) -> list[dict]:
+                      progress: Callable[[int, int, float | None, str | None], None] | None = None
+                      ) -> tuple[list[dict], pd.DataFrame]:
     """One layer compressed at a time over the given settings (configs as JSON): the engine's tagged records.
 
     Each (layer, setting) probe goes through the cached `evaluate`, so a repeat is instant and probes are shared
     with Explore and other sessions; `progress(done, total, eta_seconds, label)` is called as probes finish.
-    Each record has `layer`, `setting` (label), `setting_hash`, `accuracy_drop_pts` and the rest of a record.
+
+    Returns:
+        (records, table): each record has `layer`, `setting` (label), `setting_hash`, `config` (the probe's,
+        only that layer compressed), `accuracy_drop_pts` and the rest of a record; the table is the layer x
+        setting accuracy drop (`compression_core.sensitivity.sensitivity_table`).
     """
     settings = [CompressionConfig.from_json(s) for s in settings_json]
-    return sensitivity.layer_sensitivity(_CachedExperiment(selection), settings, progress=progress)
+    records = sensitivity.layer_sensitivity(_CachedExperiment(selection), settings, progress=progress)
+    return records, sensitivity.sensitivity_table(records)
+
+
+# ---- pure helpers over configs and records --------------------------------------------------------
+def pareto(records: list[dict]) -> tuple[list[dict], tuple[list[float], list[float]]]:
+    """The records on the accuracy-vs-size Pareto front, and its staircase (sizes, accuracies) for the charts."""
+    front = pareto_front(records)
+    return front, staircase(front)
+
+
+def sweep_grid(bits: list, sparsities: list[float], quantizers: list[str], methods: list[str], *, scheme: str,
+               granularity: str, range_method: str, scope: str) -> tuple[list[CompressionConfig], list[str]]:
+    """The configs a sweep form describes, and one line per combination the engine rejects (those are skipped).
+
+    Integer bit-widths cross every chosen quantizer (codebooks such as k-means and power-of-two only up to
+    CODEBOOK_MAX_BITS); fixed-width quantizers (fp16 / bf16 casts) are crossed with the pruning settings only.
+    """
+    base = CompressionConfig(quant=QuantSpec(scheme=scheme, granularity=granularity, range=range_method),
+                             prune=PruneSpec(scope=scope))
+    configs: dict[str, CompressionConfig] = {}
+    problems: list[str] = []
+    combos = [(b, q) for b in bits if isinstance(b, int) for q in quantizers
+              if quantizer_info(q).kind != "codebook" or b <= CODEBOOK_MAX_BITS]
+    combos += [(quantizer_info(b).bits[0], b) for b in bits if isinstance(b, str)]
+    for b, quantizer in combos:
+        try:
+            grid = expand_grid(base, bits=[b], quantizer=[quantizer], sparsity=sparsities, prune=methods)
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
+        for config in grid:
+            configs.setdefault(config.config_hash, config)
+    return list(configs.values()), problems

@@ -14,11 +14,10 @@ import streamlit as st
 from compression_core import methods
 from compression_core.config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES,
                                      SCHEMES, SCOPES, CompressionConfig, PruneSpec, QuantSpec)
-from compression_core.pareto import pareto_front, staircase
-from dashboard import frame, services
+from dashboard import components, frame, services
 from dashboard.charts import explore as explore_charts
-from dashboard.charts import layers as layer_charts
 from dashboard.charts.common import act_bits_label, option_label
+from dashboard.selection import Selection
 
 HISTORY_KEY = "explore_history"  # {selection key: [point dicts]}
 POINT_FIELDS = ("config_hash", "label", "bits", "quantizer", "prune_method", "sparsity", "accuracy",
@@ -75,7 +74,7 @@ def controls() -> CompressionConfig:
     return CompressionConfig(quant=quant, prune=prune, act_bits=act_bits)
 
 
-def remember(selection: frame.Selection, record: dict) -> list[dict]:
+def remember(selection: Selection, record: dict) -> list[dict]:
     """Add the record's point to this session's history for the selection; return that selection's points."""
     history = dict(_state(HISTORY_KEY, {}))
     points = list(history.get(selection.key, []))
@@ -86,74 +85,28 @@ def remember(selection: frame.Selection, record: dict) -> list[dict]:
     return points
 
 
-def show_metrics(record: dict) -> None:
-    """The headline numbers of one record as st.metric tiles."""
-    acc, drop = 100.0 * record["accuracy"], record["accuracy_drop_pts"]
-    c = st.columns(6)
-    c[0].metric("Accuracy", f"{acc:.2f} %", delta=f"{0.0 - drop:+.2f} pts vs fp32",
-                help="Top-1 accuracy on the live subset; the delta is the change against the fp32 model.")
-    c[0].caption(f"95 % CI {100 * record['accuracy_ci_low']:.1f}–{100 * record['accuracy_ci_high']:.1f} % · "
-                 f"n = {record['n_samples']:,}")
-    c[1].metric("Size", f"{record['size_bytes'] / 1024:,.1f} KiB",
-                delta=f"fp32 {record['dense_bytes'] / 1024:,.1f} KiB", delta_color="off", delta_arrow="off",
-                help="Honest size: values, sparse index, scales / codebooks and uncompressed tensors.")
-    c[2].metric("Compression", f"{record['compression_ratio']:.1f}×", help="fp32 size / compressed size.")
-    c[3].metric("Bits per weight", f"{record['bits_per_weight']:.2f}", help="All bits of the model / weights.")
-    c[4].metric("Sparsity", f"{100 * record['realized_sparsity']:.1f} %", help="Realised fraction of zero weights.")
-    agreement = record.get("agreement")
-    c[5].metric("Agreement", "—" if agreement is None else f"{100 * agreement:.1f} %",
-                help="Fraction of samples where the compressed model predicts the same class as the fp32 one.")
-
-
 def show_points(points: list[dict], record: dict) -> None:
     frame_ = pd.DataFrame(points)
-    front = pareto_front(points)
+    front, stairs = services.pareto(points)
     fig = explore_charts.explored_points(frame_, current=record["config_hash"],
                                          baseline_accuracy=record["baseline_accuracy"],
-                                         front=staircase(front) if len(front) > 1 else None)
-    st.plotly_chart(fig, key="explore_points_chart", config={"displaylogo": False})
-
-
-def show_layers(selection: frame.Selection, record: dict, config_json: str) -> None:
-    """Per-layer table, then the chosen layer's weight histogram before vs after with its grid."""
-    st.subheader("Per layer")
-    st.dataframe(layer_charts.layer_table(record["layers"]), hide_index=True, column_config={
-        "Weights": st.column_config.NumberColumn(format="localized"),
-        "Kept": st.column_config.NumberColumn(format="localized"),
-        "Sparsity (%)": st.column_config.NumberColumn(format="%.1f"),
-        "Size (KiB)": st.column_config.NumberColumn(format="%.2f"),
-        "Bits / weight": st.column_config.NumberColumn(format="%.2f"),
-    })
-    names = [l["name"] for l in record["layers"]]
-    largest = max(range(len(names)), key=lambda i: record["layers"][i]["n"])
-    c = st.columns([2, 1, 1])
-    layer = c[0].selectbox("Layer", names, index=largest, key="explore_layer",
-                           help="The largest layer is shown first.")
-    log_y = c[1].toggle("Log count axis", key="explore_log_y")
-    hide_zeros = c[2].toggle("Hide zeros", value=True, key="explore_hide_zeros",
-                             help="Leave exact zeros (pruned weights) out, so the rest stays visible.")
-    hist, grid = services.layer_histogram(selection, config_json, layer, hide_zeros=hide_zeros)
-    st.plotly_chart(layer_charts.weight_histogram(hist, grid, log_y=log_y, title=f"{layer}: weights before vs after"),
-                    key="explore_histogram", config={"displaylogo": False})
-    if grid.get("channel") is not None:
-        st.caption(f"Per-channel grid: levels shown for channel {grid['channel']} (the widest); the dashed lines "
-                   f"are the clip range over all channels.")
+                                         front=stairs if len(front) > 1 else None)
+    st.plotly_chart(fig, key="explore_points_chart", config=components.CHART_CONFIG)
 
 
 @st.fragment
-def explore(selection: frame.Selection) -> None:
+def explore(selection: Selection) -> None:
     """Controls + metrics + points + details; reruns alone when a control moves."""
     started = time.perf_counter()
     try:
         config = controls()
-        config_json = config.to_json()
-        record = services.evaluate(selection, config_json)
+        record = services.evaluate(selection, config.to_json())
     except services.USER_ERRORS as e:
-        st.error(services.error_line(e), icon=":material/error:")
+        components.show_error(e)
         return
     engine_ms = 1000 * (time.perf_counter() - started)
     st.caption(f"**{config.label}** · evaluated on {record['n_samples']:,} samples of {selection.dataset} test")
-    show_metrics(record)
+    components.metric_tiles(record)
     points = remember(selection, record)
     st.subheader("Explored configs")
     show_points(points, record)
@@ -162,7 +115,8 @@ def explore(selection: frame.Selection) -> None:
         history[selection.key] = []
         st.session_state[HISTORY_KEY] = history
         st.rerun(scope="fragment")
-    show_layers(selection, record, config_json)
+    st.subheader("Per layer")
+    components.layer_details(selection, record, "explore")
     total_ms = 1000 * (time.perf_counter() - started)
     st.caption(f"Server time for this update: {total_ms:,.0f} ms (compress + evaluate, or cache hit: "
                f"{engine_ms:,.0f} ms).", help="Measured on the server around this section's rerun; "
@@ -171,5 +125,5 @@ def explore(selection: frame.Selection) -> None:
 
 selection = frame.require_selection()
 st.title("Explore")
-st.caption(f"{selection.label} — move a control; only the settings that apply are enabled.")
+components.selection_caption(selection, "move a control; only the settings that apply are enabled.")
 explore(selection)

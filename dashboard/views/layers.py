@@ -1,13 +1,14 @@
 """Layers: which layers suffer most when compressed alone (sensitivity), and why per-channel grids help."""
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from compression_core.config import ALLOWED_BITS, GRANULARITIES, CompressionConfig, PruneSpec, QuantSpec
-from compression_core.sensitivity import only_layer, sensitivity_table
-from dashboard import frame, services
+from dashboard import components, frame, services
 from dashboard.charts import layers as layer_charts
 from dashboard.charts.common import option_label, percent_label
+from dashboard.selection import Selection
 
 SETTINGS_KEY = "layers_settings"  # {selection key: [config JSON, ...]} of the last run sensitivity
 SPARSITIES = (0.25, 0.5, 0.75, 0.9, 0.95)
@@ -32,39 +33,38 @@ def settings_form() -> list[str] | None:
     return [c.to_json() for c in configs]
 
 
-def run_sensitivity(selection: frame.Selection, settings: list[str]) -> list[dict]:
-    """The engine's sensitivity records (cached), with a progress bar while they are computed."""
+def run_sensitivity(selection: Selection, settings: list[str]) -> tuple[list[dict], pd.DataFrame]:
+    """The engine's sensitivity records and layer x setting table (cached), with a progress bar meanwhile."""
     bar = st.empty()
 
     def progress(done: int, total: int, eta: float | None, label: str | None) -> None:
         text = f"{done} / {total} layer × setting pairs" + (f" · about {eta:.0f} s left" if eta else "")
         bar.progress(done / max(total, 1), text=text)
 
-    records = services.layer_sensitivity(selection, settings, progress=progress)
+    result = services.layer_sensitivity(selection, settings, progress=progress)
     bar.empty()
-    return records
+    return result
 
 
-def show_sensitivity(selection: frame.Selection, records: list[dict], settings: list[str]) -> None:
-    table = sensitivity_table(records)
+def show_sensitivity(selection: Selection, records: list[dict], table: pd.DataFrame) -> None:
+    """The layer x setting heatmap, then each most affected layer's weights at its worst setting."""
     st.plotly_chart(layer_charts.sensitivity_heatmap(table, title="Accuracy drop when only this layer is compressed"),
-                    key="layers_heatmap", config={"displaylogo": False})
+                    key="layers_heatmap", config=components.CHART_CONFIG)
     worst = table.max(axis=1).sort_values(ascending=False).head(TOP_LAYERS)
-    names = list(services.get_experiment(selection).layer_names)
-    by_label = {CompressionConfig.from_json(s).label: CompressionConfig.from_json(s) for s in settings}
+    probes = {(r["layer"], r["setting"]): r["config"] for r in records}  # the config each probe was run with
     hists = {}
     for layer in worst.index:
         label = table.loc[layer].idxmax()
-        probe = only_layer(by_label[label], layer, names).to_json()
+        probe = CompressionConfig.from_dict(probes[layer, label]).to_json()
         hists[f"{layer} @ {label} (−{worst[layer]:.1f} pts)"] = services.layer_histogram(
             selection, probe, layer, bins=60, hide_zeros=True)
     st.subheader("Most affected layers")
     st.caption("Each layer at its worst setting: weights before vs after (exact zeros hidden); dashed lines "
                "mark the clip range, dotted lines the pruning threshold.")
-    st.plotly_chart(layer_charts.histogram_grid(hists), key="layers_small_multiples", config={"displaylogo": False})
+    st.plotly_chart(layer_charts.histogram_grid(hists), key="layers_small_multiples", config=components.CHART_CONFIG)
 
 
-def show_channel_ranges(selection: frame.Selection) -> None:
+def show_channel_ranges(selection: Selection) -> None:
     st.subheader("Per-channel weight ranges")
     st.caption("Per-channel quantization gives every output channel its own scale, so channels with a small "
                "range keep fine steps instead of sharing the coarse step the widest channel forces on the "
@@ -73,14 +73,14 @@ def show_channel_ranges(selection: frame.Selection) -> None:
     layer = st.selectbox("Layer", names, key="layers_channel_layer")
     ranges = services.channel_ranges(selection, layer)
     st.plotly_chart(layer_charts.channel_range_figure(ranges, title=f"{layer}: weight range per output channel"),
-                    key="layers_channel_ranges", config={"displaylogo": False})
+                    key="layers_channel_ranges", config=components.CHART_CONFIG)
     spread = ranges["absmax"].max() / max(ranges["absmax"].min(), 1e-12)
     st.caption(f"The widest channel's max |w| is {spread:.1f}× the narrowest one's.")
 
 
 selection = frame.require_selection()
 st.title("Layers")
-st.caption(f"{selection.label} — one layer compressed at a time, all others left fp32.")
+components.selection_caption(selection, "one layer compressed at a time, all others left fp32.")
 submitted = settings_form()
 saved = dict(st.session_state.get(SETTINGS_KEY, {}))
 if submitted is not None:
@@ -92,7 +92,7 @@ if not settings:
             "each setting and the accuracy drop is shown as a layer × setting heatmap.")
 else:
     try:
-        show_sensitivity(selection, run_sensitivity(selection, settings), settings)
+        show_sensitivity(selection, *run_sensitivity(selection, settings))
     except services.USER_ERRORS as e:
-        st.error(services.error_line(e), icon=":material/error:")
+        components.show_error(e)
 show_channel_ranges(selection)

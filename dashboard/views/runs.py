@@ -1,7 +1,7 @@
 """Runs: everything in the result store — filter it, overlay two fronts, download the table or a packed model.
 
-Records come from `services.store()` as the engine wrote them; the packed file is the engine's
-`compression_core.export.export` of the config, so its byte count is the real one next to the reported size.
+Records come from `services.store()` as the engine wrote them; the packed file is `services.pack` (the engine's
+`compression_core.export.export` of the config), so its byte count is the real one next to the reported size.
 """
 from __future__ import annotations
 
@@ -9,27 +9,19 @@ import dataclasses
 import datetime
 import json
 import sqlite3
-import tempfile
-from pathlib import Path
 
 import streamlit as st
 
-from compression_core.config import CompressionConfig
-from compression_core.export import export
 from compression_core.models import ModelLoadError
-from compression_core.pareto import pareto_front, staircase
-from dashboard import frame, services
+from dashboard import components, frame, services
 from dashboard.charts import sweep as sweep_charts
 from dashboard.charts.common import option_label
+from dashboard.components import eval_set_label
+from dashboard.selection import Selection
 
 PACKED_KEY = "runs_packed"  # {"key": record id, "name", "data": bytes, "file_bytes", "reported_bytes"}
 ALL = "__all__"
-CHART_CONFIG = {"displaylogo": False}
 COMPARE_BY = {"run": "Two runs", "prune_method": "Two pruning methods", "quantizer": "Two quantizers"}
-
-
-def _eval_set(limit: int | None) -> str:
-    return "whole test set" if limit is None else f"{limit:,} samples"
 
 
 def record_id(r: dict) -> str:
@@ -38,7 +30,7 @@ def record_id(r: dict) -> str:
 
 
 def describe(r: dict) -> str:
-    return f"{r['label']} — {r['model']} · {r['dataset']} · {_eval_set(r['limit'])}"
+    return f"{r['label']} — {r['model']} · {r['dataset']} · {eval_set_label(r['limit'])}"
 
 
 def run_name(run: dict) -> str:
@@ -55,7 +47,7 @@ def filters(records: list[dict], runs: list[dict]) -> list[dict]:
     chosen_datasets = c[1].multiselect("Dataset", datasets, key="runs_datasets", placeholder="all datasets")
     limits = sorted({r["limit"] for r in records}, key=lambda n: float("inf") if n is None else n)
     # format_func values must pickle (serializable session state): bound `get`s of plain dicts do
-    limit_names = {n: _eval_set(n) for n in limits}
+    limit_names = {n: eval_set_label(n) for n in limits}
     chosen_limits = c[2].multiselect("Evaluated on", limits, key="runs_limits", format_func=limit_names.get,
                                      placeholder="any evaluation set")
     names = {ALL: "all runs", **{run["run_id"]: run_name(run) for run in runs}}
@@ -69,20 +61,11 @@ def filters(records: list[dict], runs: list[dict]) -> list[dict]:
 
 
 def show_table(records: list[dict]) -> None:
-    df = sweep_charts.results_frame(records)
-    show = df.assign(accuracy=100 * df["accuracy"], size_kib=df["size_bytes"] / 1024,
-                     limit=[_eval_set(r["limit"]) for r in records])
-    st.dataframe(show[["model", "dataset", "limit", "label", "accuracy", "size_kib", "compression_ratio",
-                       "bits_per_weight", "engine_version"]], hide_index=True, key="runs_table", column_config={
-        "model": "Model", "dataset": "Dataset", "limit": "Evaluated on", "engine_version": "Engine",
-        "label": st.column_config.TextColumn("Config", width="large"),
-        "accuracy": st.column_config.NumberColumn("Accuracy (%)", format="%.2f"),
-        "size_kib": st.column_config.NumberColumn("Size (KiB)", format="%.2f"),
-        "compression_ratio": st.column_config.NumberColumn("Compression (×)", format="%.1f"),
-        "bits_per_weight": st.column_config.NumberColumn("Bits / weight", format="%.2f")})
+    df = components.results_table(records, ["model", "dataset", "limit", "label", "accuracy", "size_kib",
+                                            "compression_ratio", "bits_per_weight", "engine_version"],
+                                  key="runs_table")
     with st.container(horizontal=True):
-        st.download_button("Download CSV", df.to_csv(index=False), file_name="compression-runs.csv",
-                           mime="text/csv", key="runs_csv", icon=":material/download:", on_click="ignore")
+        components.csv_download(df, "compression-runs.csv", key="runs_csv")
         st.download_button("Download JSON (with per-layer data)", json.dumps(records, indent=1, default=str),
                            file_name="compression-runs.json", mime="application/json", key="runs_json",
                            icon=":material/data_object:", on_click="ignore")
@@ -122,44 +105,34 @@ def show_overlay(records: list[dict], runs: list[dict]) -> None:
     baselines = {r["baseline_accuracy"] for rs in chosen.values() for r in rs}
     fig = sweep_charts.overlay_figure(
         {n: sweep_charts.results_frame(rs) for n, rs in chosen.items()},
-        {n: staircase(pareto_front(rs)) for n, rs in chosen.items()},
+        {n: services.pareto(rs)[1] for n, rs in chosen.items()},
         baseline_accuracy=baselines.pop() if len(baselines) == 1 else None)
-    st.plotly_chart(fig, key="runs_overlay", config=CHART_CONFIG)
+    st.plotly_chart(fig, key="runs_overlay", config=components.CHART_CONFIG)
     if len({(r["model"], r["dataset"], r["limit"]) for rs in chosen.values() for r in rs}) > 1:
         st.caption("These groups mix models, datasets or evaluation sets; filter above for a like-for-like view.")
 
 
-def record_selection(record: dict) -> frame.Selection:
+def record_selection(record: dict) -> Selection:
     """A selection that rebuilds the model and data a record was evaluated with.
 
     Raises:
         ModelLoadError: a bring-your-own model that is not the one loaded in the sidebar.
     """
-    current = frame.current_selection() or frame.Selection()
+    current = frame.current_selection() or Selection()
     if current.model == record["model"] and current.dataset == record["dataset"]:
         return dataclasses.replace(current, limit=record["limit"])
     if record["model"] not in {m["name"] for m in services.models()}:
         raise ModelLoadError(f"{record['model']} is a bring-your-own model; load it in the sidebar "
-                                      f"(factory and weights) to pack this config")
-    return frame.Selection(model=record["model"], dataset=record["dataset"], device=current.device,
-                           limit=record["limit"])
+                             f"(factory and weights) to pack this config")
+    return Selection(model=record["model"], dataset=record["dataset"], device=current.device,
+                     limit=record["limit"])
 
 
 def pack(record: dict) -> dict:
-    """Compress the record's config and write the packed file; returns what the download needs."""
-    selection = record_selection(record)
-    experiment = services.get_experiment(selection)
-    if experiment.loaded.fingerprint != record["fingerprint"]:
-        raise ModelLoadError(f"the loaded {record['model']} weights (fingerprint "
-                                      f"{experiment.loaded.fingerprint}) differ from the ones this record was made "
-                                      f"with ({record['fingerprint']})")
-    cm = services.compress(selection, CompressionConfig.from_dict(record["config"]).to_json())
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.cmpx"
-        n_bytes = export(cm, path, experiment.loaded.source)
-        data = path.read_bytes()
+    """Compress the record's config and pack it (`services.pack`); returns what the download needs."""
+    data = services.pack(record_selection(record), record)
     return {"key": record_id(record), "name": f"{record['model']}-{record['config_hash']}.cmpx", "data": data,
-            "file_bytes": n_bytes, "reported_bytes": record["size_bytes"]}
+            "file_bytes": len(data), "reported_bytes": record["size_bytes"]}
 
 
 def show_export(records: list[dict]) -> None:
@@ -175,7 +148,7 @@ def show_export(records: list[dict]) -> None:
             with st.spinner("Compressing and packing…"):
                 st.session_state[PACKED_KEY] = pack(by_id[chosen])
         except services.USER_ERRORS as e:
-            st.error(services.error_line(e), icon=":material/error:")
+            components.show_error(e)
     packed = st.session_state.get(PACKED_KEY)
     if not packed or packed["key"] != chosen:
         return
@@ -195,7 +168,7 @@ try:
     store = services.store()
     all_records = store.records()
 except (*services.USER_ERRORS, sqlite3.DatabaseError) as e:  # e.g. the store file was replaced by another file
-    st.error(f"The result store cannot be read: {services.error_line(e)}", icon=":material/error:")
+    components.show_error(e, "The result store cannot be read: ")
     st.stop()
 st.caption(f"Every result in the store ({store.path}), from sweeps here and from `python -m compression_core`.")
 if not all_records:

@@ -11,7 +11,7 @@ import torchvision
 from safetensors.torch import save as save_safetensors
 
 from dashboard import frame
-from dashboard.services import ALLOWED_FACTORIES_ENV
+from dashboard.uploads import ALLOWED_FACTORIES_ENV
 from tests.core.byo_model import tiny_mlp
 
 BYO = frame.model_label(frame.CUSTOM)  # the model URL parameter holds the option's label: ?model=Bring+your+own…
@@ -154,3 +154,18 @@ def test_torchvision_architecture_with_a_class_count(make_app, monkeypatch):
     at.button(key="load_model").click().run()
     assert not at.exception and not at.error  # loaded; no installed dataset is RGB, so none is offered
     assert any("No dataset for this model" in c.value for c in at.sidebar.caption)
+
+
+HOSTILE_MARKDOWN = "[x](http://evil.example)"
+
+
+@pytest.mark.parametrize("spec, file_name", [
+    (HOSTILE_MARKDOWN, "w.safetensors"),  # the spec from the URL, echoed in the error
+    ("torchvision:squeezenet1_1", f"{HOSTILE_MARKDOWN}.pt"),  # the uploaded file's name, echoed in the error
+])
+def test_user_text_in_an_error_is_shown_literally_not_as_markdown(make_app, monkeypatch, spec, file_name):
+    monkeypatch.delenv(ALLOWED_FACTORIES_ENV, raising=False)
+    at = _load(make_app(model=BYO, factory=spec), (file_name, b"not a state dict", "application/octet-stream"))
+    message = _one_error(at)
+    assert r"\[x\]\(http\://evil.example\)" in message  # brackets, parentheses and the URL's seam escaped
+    assert HOSTILE_MARKDOWN not in message and "](" not in message.replace(r"\]\(", "")

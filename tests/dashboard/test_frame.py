@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
-from dashboard import frame, services
+from dashboard import frame, uploads
 from tests.core.byo_model import tiny_mlp
 
 PAGES = ("explore", "sweep", "layers", "runs", "learn")
@@ -119,9 +119,9 @@ def test_malicious_pickle_is_refused_without_running_it(make_app, no_exception, 
 @pytest.fixture
 def loaded_files(monkeypatch, tmp_path):
     """Uploads go to a private folder; returns the list of (path, existed, size) load_model was given."""
-    monkeypatch.setattr(services, "UPLOAD_DIR", tmp_path / "uploads")
+    monkeypatch.setattr(uploads, "UPLOAD_DIR", tmp_path / "uploads")
     seen = []
-    real = services.load_model
+    real = uploads.load_model
 
     def spy(spec, **kwargs):
         path = kwargs.get("weights")
@@ -129,7 +129,7 @@ def loaded_files(monkeypatch, tmp_path):
             seen.append((path, os.path.isfile(path), os.path.getsize(path)))
         return real(spec, **kwargs)
 
-    monkeypatch.setattr(services, "load_model", spy)
+    monkeypatch.setattr(uploads, "load_model", spy)
     return seen
 
 
@@ -163,16 +163,16 @@ def test_refused_pickle_is_deleted_at_once(make_app, no_exception, loaded_files,
 
 
 def test_upload_quota_per_session_names_the_limit(monkeypatch):
-    monkeypatch.setattr(services, "MAX_UPLOADS_PER_SESSION", 2)
-    monkeypatch.setattr(services, "MAX_UPLOAD_BYTES_PER_SESSION", 100)
+    monkeypatch.setattr(uploads, "MAX_UPLOADS_PER_SESSION", 2)
+    monkeypatch.setattr(uploads, "MAX_UPLOAD_BYTES_PER_SESSION", 100)
     mine: dict = {}
-    first = services.save_upload("a.pt", b"x" * 40, mine)
-    assert services.save_upload("a.pt", b"x" * 40, mine) == first  # the same file again costs nothing
-    with pytest.raises(services.ModelLoadError, match=r"c.pt \(0.0 MiB\) would take this session's uploads past"):
-        services.save_upload("c.pt", b"y" * 61, mine)
-    services.save_upload("b.pt", b"z" * 60, mine)
-    with pytest.raises(services.ModelLoadError, match="has uploaded 2 weight files, the limit is 2"):
-        services.save_upload("d.pt", b"w", mine)
-    assert services.save_upload("d.pt", b"w", {}) != first  # another session has its own quota
-    with pytest.raises(services.ModelLoadError, match="must end in .safetensors, .pt, .pth"):
-        services.save_upload("notes.txt", b"w", {})
+    first = uploads.save_upload("a.pt", b"x" * 40, mine)
+    assert uploads.save_upload("a.pt", b"x" * 40, mine) == first  # the same file again costs nothing
+    with pytest.raises(uploads.ModelLoadError, match=r"c.pt \(0.0 MiB\) would take this session's uploads past"):
+        uploads.save_upload("c.pt", b"y" * 61, mine)
+    uploads.save_upload("b.pt", b"z" * 60, mine)
+    with pytest.raises(uploads.ModelLoadError, match="has uploaded 2 weight files, the limit is 2"):
+        uploads.save_upload("d.pt", b"w", mine)
+    assert uploads.save_upload("d.pt", b"w", {}) != first  # another session has its own quota
+    with pytest.raises(uploads.ModelLoadError, match="must end in .safetensors, .pt, .pth"):
+        uploads.save_upload("notes.txt", b"w", {})

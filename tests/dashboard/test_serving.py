@@ -12,6 +12,7 @@ import pytest
 
 from compression_core.store import ENV_VAR
 from dashboard import services
+from dashboard.components import plain
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,6 +77,7 @@ def junk_store(tmp_path, monkeypatch):
 def test_store_that_is_not_sqlite_is_one_line(make_app, no_exception, junk_store, page, prefix):
     at = make_app(page)
     no_exception(at)
-    assert [e.value for e in at.error] == [f"{prefix}result store {junk_store} is not a SQLite file; give another "
-                                           f"path with --store or ${ENV_VAR}, or move the file away"]
+    line = (f"result store {junk_store} is not a SQLite file; give another path with --store or ${ENV_VAR}, or "
+            f"move the file away")
+    assert [e.value for e in at.error] == [prefix + plain(line)]  # shown literally: the "$" is escaped
     assert junk_store.read_bytes().startswith(b"not a database")  # left as it was

@@ -3,7 +3,7 @@ import torch
 
 from compression_core.models import load_model
 from dashboard import services
-from dashboard.frame import Selection
+from dashboard.selection import Selection
 
 
 def test_two_sessions_do_not_see_each_other_and_the_cached_model_stays_pristine(make_app, no_exception,

@@ -17,7 +17,7 @@ from compression_core.pareto import pareto_front, staircase
 from compression_core.store import Store
 from compression_core.sweep import expand_grid, sweep
 from dashboard import jobs
-from dashboard.frame import Selection
+from dashboard.selection import Selection
 from tests.dashboard.conftest import decode_figure
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,9 +145,10 @@ def test_selecting_a_point_opens_its_details(swept, no_exception):
     assert f"Selected: {record['label']}" in [h.value for h in at.subheader]
     layers = table_with(at, "Layer")
     assert list(layers["Layer"]) == [l["name"] for l in record["layers"]]
-    assert at.selectbox(key="sweep_detail_layer").value == record["layers"][0]["name"]
+    largest = max(record["layers"], key=lambda l: l["n"])  # the layer shown first, as on Explore
+    assert at.selectbox(key="sweep_detail_layer").value == largest["name"]
     hist = spec(at, "sweep_detail_histogram")["data"]
-    n_weights = record["layers"][0]["n"]
+    n_weights = largest["n"]
     before = next(t for t in hist if t.get("name", "").startswith("before"))
     assert sum(before["y"]) <= n_weights and sum(before["y"]) > 0
 

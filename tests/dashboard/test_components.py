@@ -1,0 +1,36 @@
+"""Shared components: `plain` shows user text literally in Markdown-rendering elements (st.error, st.caption)."""
+import re
+import string
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dashboard.components import plain
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("[x](http://evil.example)", r"\[x\]\(http\://evil.example\)"),  # a link
+    ("![a](http://evil.example/p.png)", r"\!\[a\]\(http\://evil.example/p.png\)"),  # an image
+    ("<img src=x onerror=alert(1)>", r"\<img src=x onerror=alert\(1\)\>"),  # HTML
+    ("see https://evil.example now", r"see https\://evil.example now"),  # a GFM autolink
+    ("www.evil.example", r"www\.evil.example"),
+    ("mail me@evil.example", r"mail me\@evil.example"),
+    ("*bold* _em_ ~~gone~~ `code` $x^2$", r"\*bold\* \_em\_ \~\~gone\~\~ \`code\` \$x^2\$"),
+    (":red[alert] a|b", r":red\[alert\] a\|b"),  # Streamlit's colour directive, a table cell
+    ("# big", r"\# big"), ("- item", r"\- item"), ("12. item", r"12\. item"), ("+ x", r"\+ x"),
+    ("byo_marker:build", "byo_marker:build"),  # intraword underscores and plain colons stay as typed
+    ("C:\\models", "C:\\\\models"),
+    ("two\nlines\r\nhere", "two lines here"),  # one line: no list or heading can start after a line break
+])
+def test_plain_escapes_markdown(text, shown):
+    assert plain(text) == shown
+
+
+@given(st.text())
+def test_plain_loses_nothing_and_uses_only_valid_escapes(text):
+    shown = plain(text)
+    assert "\n" not in shown and "\r" not in shown
+    # CommonMark drops a backslash only before ASCII punctuation: every backslash we add must be one of those
+    assert all(m.group(1) in string.punctuation for m in re.finditer(r"\\(.)", shown, flags=re.S))
+    assert re.sub(r"\\(.)", r"\1", shown, flags=re.S) == " ".join(text.splitlines())

@@ -160,6 +160,7 @@ def render_sidebar() -> Selection | None:
             if model and (factory is None or weights_id is not None):
                 choices = services.compatible_datasets(model, factory, weights_id, num_classes)
             elif factory is not None:
+                services.check_model(factory)  # a refused spec says so at once, before any upload
                 st.caption("Upload the weights file to load the model.")
         except services.USER_ERRORS as e:
             problem = _user_words(services.error_line(e))

@@ -31,7 +31,7 @@ from compression_core.evaluate import DeviceUnavailable
 from compression_core.experiment import Experiment, ExperimentError
 from compression_core.export import export
 from compression_core.methods import quantizer_info
-from compression_core.models import LoadedModel, ModelLoadError, list_models, load_model
+from compression_core.models import LoadedModel, ModelLoadError, check_model_name, list_models, load_model
 from compression_core.models.specs import USER_CODE_ERRORS
 from compression_core.pareto import pareto_front, staircase
 from compression_core.store import Store, StoreError
@@ -60,6 +60,16 @@ def models() -> list[dict]:
 def datasets() -> list[dict]:
     """All registry datasets with `available` and, when not, the `reason` (how to get it)."""
     return list_datasets()
+
+
+def check_model(spec: str) -> None:
+    """Refuse a bring-your-own spec this server would not build (malformed, standard library, not allowed by the
+    operator), importing nothing; a spec that passes may still fail when it is built.
+
+    Raises:
+        ModelLoadError: one line saying what is wrong and what is allowed.
+    """
+    check_model_name(spec, allowed_factories=uploads.allowed_factories())
 
 
 def compatible_datasets(model: str, factory: str | None, weights_id: str | None,

@@ -91,6 +91,15 @@ def test_url_factory_is_not_loaded_and_stdlib_never_runs_even_after_load(make_ap
     assert at.session_state["selection"] is None
 
 
+@pytest.mark.parametrize("spec", ["os:abort", "tempfile:mkdtemp", ".rel:x"])
+def test_a_refused_spec_says_so_when_load_is_pressed_even_before_an_upload(make_app, tripwires, spec):
+    at = make_app(model=BYO, factory=spec)
+    at.button(key="load_model").click().run()
+    assert ("standard library" if spec[0] != "." else "package.module:function") in _one_error(at)
+    assert not any("Upload the weights" in c.value for c in at.sidebar.caption)
+    assert tripwires == [] and at.session_state["selection"] is None
+
+
 def test_allowed_factory_from_the_url_loads_only_after_load_is_pressed(make_app, user_module, monkeypatch):
     monkeypatch.setenv(ALLOWED_FACTORIES_ENV, "byo_marker")
     at = make_app(model=BYO, factory="byo_marker:build")

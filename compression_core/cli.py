@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 from ._version import __version__
-from .cli_flags import UserError, add_config_flags, configs_from_args, out_path, positive_int, seed, shown
+from .cli_flags import UserError, add_config_flags, configs_from_args, out_path, positive_int, seed
+from .errors import error_line, shown
 
 EXIT_USER_ERROR = 2
-MAX_LINE = 600  # an error line longer than this keeps its start and its end (what is allowed)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -255,19 +255,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true")
         p.set_defaults(fn=fn)
     return parser
-
-
-def error_line(err: BaseException) -> str:
-    """One line for an error: control characters (a newline in a value) escaped, a very long one shortened.
-
-    A long line keeps its start and its end, where messages say what is allowed.
-    """
-    if isinstance(err, OSError) and err.strerror:  # a path the OS refused: name it, shortened
-        text = f"{shown(err.filename)}: {err.strerror}" if err.filename else err.strerror
-    else:
-        text = str(err).strip() or type(err).__name__
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return text if len(text) <= MAX_LINE else f"{text[:MAX_LINE // 2]} … {text[-MAX_LINE // 2:]}"
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from .compressed import CompressedModel, LayerCompression
+from .errors import shown
 from .export_format import DTYPES, MAGIC, PREFIX, VERSION, ExportError, check_fits, pack_file, parse_file
-from .models.specs import short
 from .methods import quantizers
 from .quantize import qrange
 from .size import SKIPPED_BUFFERS, LayerSize, flat_positions, needs_zero_code, relative_fillers, scale_kind, \
@@ -349,7 +349,7 @@ def _rebuild(source: dict, build: Callable[[dict], nn.Module] | None, path: obje
     """The untrained model: the caller's `build`, or a built-in / torchvision architecture (never a factory)."""
     if build is None:
         if source["kind"] not in ("builtin", "torchvision"):
-            raise ExportError(f"{path}: the file's model source is {source['kind']} {short(source.get('factory'))}; "
+            raise ExportError(f"{path}: the file's model source is {source['kind']} {shown(source.get('factory'))}; "
                               "load_exported never imports code a file names: pass build= (source -> nn.Module)")
         from .models import ModelLoadError, build_architecture
         try:

@@ -109,26 +109,22 @@ def _row(r: dict) -> str:
 
 
 def cmd_evaluate(args) -> None:
-    import sqlite3
+    """A sweep of one config: served from --store when there, else computed (and claimed) and stored.
 
-    from .store import StoreError
+    A store that cannot be written is one warning line on stderr; the computed record is still printed.
+    """
+    from types import SimpleNamespace
+
+    from .sweep import sweep
 
     configs = configs_from_args(args)  # bad settings fail before any loading
     if len(configs) != 1:
         raise UserError("evaluate takes one value per flag; use sweep for comma lists")
     store = _store(args) if args.store is not None else None
     exp = _experiment(args, configs)
-    record = store.get(exp.key(configs[0])) if store is not None else None
-    if record is not None:
-        _emit(args, record)
-        return
-    record = exp.run(configs[0], progress=_stage_progress())
-    _emit(args, record)  # shown before the store write, so a store failure loses nothing
-    if store is not None:
-        try:
-            store.put(record)
-        except (sqlite3.Error, StoreError, OSError) as err:
-            _log(f"warning: the result above was not saved to the store {shown(args.store)} ({_store_failure(err)})")
+    staged = SimpleNamespace(key=exp.key, run=lambda config: exp.run(config, progress=_stage_progress()))
+    (record,) = sweep(staged, configs, store=store, on_warning=_log)
+    _emit(args, record)
 
 
 def cmd_sweep(args) -> None:

@@ -153,8 +153,7 @@ class _Book:
         except (sqlite3.Error, OSError, StoreError) as e:
             self.writable = False
             self._warn(f"warning: the result store {self.store.path} cannot be written "
-                       f"({error_line(e, first_line=True)}); this sweep's "
-                       f"results are still returned but not stored")
+                       f"({error_line(e, first_line=True)}); results are still returned but not stored")
             return fallback
 
     def get(self, experiment: ExperimentLike, config: CompressionConfig) -> dict | None:

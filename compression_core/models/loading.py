@@ -109,7 +109,8 @@ def _call_factory(spec: str, factory: Callable[..., nn.Module], kwargs: dict) ->
         model = factory(**kwargs)
     except USER_CODE_ERRORS as err:  # user code: any failure, even sys.exit(), is reported as one line
         args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-        raise ModelLoadError(f"model factory {spec}({args}) failed: {type(err).__name__}: {error_line(err, first_line=True)}") from None
+        raise ModelLoadError(f"model factory {spec}({args}) failed"
+                             f": {type(err).__name__}: {error_line(err, first_line=True)}") from None
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"model factory {spec} must return a torch.nn.Module; got {type(model).__name__}")
     return model

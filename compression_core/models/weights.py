@@ -49,7 +49,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path), device="cpu")
         except Exception as err:  # safetensors raises several types for a bad header or truncated data
-            raise ModelLoadError(f"weights file {path} is not a valid safetensors file ({error_line(err, first_line=True)})") from None
+            raise ModelLoadError(f"weights file {path} is not a valid safetensors file "
+                                 f"({error_line(err, first_line=True)})") from None
     if suffix not in TORCH_SUFFIXES:
         raise ModelLoadError(f"weights file {path} must end in {', '.join(WEIGHT_SUFFIXES)}; got {suffix or 'none'}")
     try:

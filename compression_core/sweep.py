@@ -287,24 +287,7 @@ def _run_pending(experiment: ExperimentLike, pending: list[CompressionConfig], b
                 others.discard(config.config_hash)
                 take_stored(stored)
                 report()
-        mine = []
-        for config in pending:
-            if len(mine) == batch:
-                break
-            h = config.config_hash
-            if h in done or (h in others and book.held_by_other(experiment, config)):
-                continue
-            if book.claim(experiment, config):
-                others.discard(h)
-                mine.append(config)
-                continue
-            stored = book.get(experiment, config)  # claim refused: stored meanwhile, or computed elsewhere now
-            if stored is None:
-                others.add(h)
-            else:
-                others.discard(h)
-                take_stored(stored)
-                report()
+        mine = _claim_batch(experiment, pending, book, done, others, batch, take_stored, report)
         if not mine:
             if not others:
                 return
@@ -326,6 +309,32 @@ def _run_pending(experiment: ExperimentLike, pending: list[CompressionConfig], b
             report()
             if _cancelled(cancel):
                 return
+
+
+def _claim_batch(experiment: ExperimentLike, pending: list[CompressionConfig], book: _Book, done: dict[str, dict],
+                 others: set[str], batch: int, take_stored: Callable[[dict], None],
+                 report: Callable[[], None]) -> list[CompressionConfig]:
+    """Claim up to `batch` pending configs for this sweep; take those stored meanwhile; note in `others` the
+    config hashes another live process holds."""
+    mine: list[CompressionConfig] = []
+    for config in pending:
+        if len(mine) == batch:
+            break
+        h = config.config_hash
+        if h in done or (h in others and book.held_by_other(experiment, config)):
+            continue
+        if book.claim(experiment, config):
+            others.discard(h)
+            mine.append(config)
+            continue
+        stored = book.get(experiment, config)  # claim refused: stored meanwhile, or computed elsewhere now
+        if stored is None:
+            others.add(h)
+        else:
+            others.discard(h)
+            take_stored(stored)
+            report()
+    return mine
 
 
 def _cancelled(cancel: threading.Event | None) -> bool:

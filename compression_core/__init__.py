@@ -8,7 +8,10 @@ top of this package. Everything a notebook needs is importable from the top:
 - doing it: `compress` (one model, out-of-place), `evaluate` (metrics of a model on tensors), `Experiment`
   (compress + evaluate + size for one model and split, returning a record dict);
 - many configs: `expand_grid`, `sweep` (resumable through a `Store`), `pareto_front`, `layer_sensitivity`;
-- sizes and files: `size_report` (honest bits per layer), `export` / `load_exported` (the packed file).
+- sizes and files: `size_report` (honest bits per layer), `export` / `load_exported` (the packed file);
+- what comes back: `Record` / `LayerRow` (typed dicts) and `RECORD_FIELDS` (each field's type, unit and meaning);
+- the method tables: `quantizers`, `prune_methods`, `quantizer_info`, `prune_method_info`, and
+  `register_quantizer` / `register_prune_method` to add one (docs/REGISTRIES.md).
 
 Example (the digits set and its small CNN ship with the package and run in about a second on a CPU):
     >>> from compression_core import (CompressionConfig, Experiment, PruneSpec, QuantSpec, compress, evaluate,
@@ -35,6 +38,12 @@ Example (the digits set and its small CNN ship with the package and run in about
     >>> x, y = load_dataset("digits").split("test")
     >>> evaluate(model, x, y)["correct"] == evaluate(cm.model, x, y)["correct"] == record["correct"]
     True
+
+    The method tables say what each name means; every record field has a unit:
+    >>> quantizer_info("kmeans").kind, prune_method_info("taylor").needs_calibration
+    ('codebook', True)
+    >>> {f.name: f.unit for f in RECORD_FIELDS}["size_bytes"]
+    'bytes'
 """
 from ._version import __version__
 from .compress import compress
@@ -43,17 +52,22 @@ from .config import CompressionConfig, ConfigError, LayerOverride, PruneSpec, Qu
 from .datasets import Dataset, DatasetUnavailable, load_dataset
 from .evaluate import evaluate
 from .experiment import Experiment
+from .methods import prune_method_info, prune_methods, quantizer_info, quantizers, register_prune_method, \
+    register_quantizer
 from .export import ExportError, export, load_exported
 from .models import LoadedModel, ModelLoadError, load_model
 from .pareto import pareto_front
+from .record import RECORD_FIELDS, LayerRow, Record
 from .sensitivity import layer_sensitivity
 from .size import SizeReport, size_report
 from .store import Store
 from .sweep import expand_grid, sweep
 
 __all__ = [
-    "CompressedModel", "CompressionConfig", "ConfigError", "Dataset", "DatasetUnavailable", "Experiment",
-    "ExportError", "LayerOverride", "LoadedModel", "ModelLoadError", "PruneSpec", "QuantSpec", "SizeReport", "Store",
-    "__version__", "compress", "evaluate", "expand_grid", "export", "layer_sensitivity", "load_dataset",
-    "load_exported", "load_model", "pareto_front", "size_report", "sweep",
+    "RECORD_FIELDS", "CompressedModel", "CompressionConfig", "ConfigError", "Dataset", "DatasetUnavailable",
+    "Experiment", "ExportError", "LayerOverride", "LayerRow", "LoadedModel", "ModelLoadError", "PruneSpec",
+    "QuantSpec", "Record", "SizeReport", "Store", "__version__", "compress", "evaluate", "expand_grid", "export",
+    "layer_sensitivity", "load_dataset", "load_exported", "load_model", "pareto_front", "prune_method_info",
+    "prune_methods", "quantizer_info", "quantizers", "register_prune_method", "register_quantizer", "size_report",
+    "sweep",
 ]

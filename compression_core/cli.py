@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 from ._version import __version__
-from .cli_flags import UserError, add_config_flags, configs_from_args, out_path, positive_int, seed, shown
+from .cli_flags import UserError, add_config_flags, configs_from_args, out_path, positive_int, seed
+from .errors import error_line, shown
 
 EXIT_USER_ERROR = 2
-MAX_LINE = 600  # an error line longer than this keeps its start and its end (what is allowed)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,26 +109,22 @@ def _row(r: dict) -> str:
 
 
 def cmd_evaluate(args) -> None:
-    import sqlite3
+    """A sweep of one config: served from --store when there, else computed (and claimed) and stored.
 
-    from .store import StoreError
+    A store that cannot be written is one warning line on stderr; the computed record is still printed.
+    """
+    from types import SimpleNamespace
+
+    from .sweep import sweep
 
     configs = configs_from_args(args)  # bad settings fail before any loading
     if len(configs) != 1:
         raise UserError("evaluate takes one value per flag; use sweep for comma lists")
     store = _store(args) if args.store is not None else None
     exp = _experiment(args, configs)
-    record = store.get(exp.key(configs[0])) if store is not None else None
-    if record is not None:
-        _emit(args, record)
-        return
-    record = exp.run(configs[0], progress=_stage_progress())
-    _emit(args, record)  # shown before the store write, so a store failure loses nothing
-    if store is not None:
-        try:
-            store.put(record)
-        except (sqlite3.Error, StoreError, OSError) as err:
-            _log(f"warning: the result above was not saved to the store {shown(args.store)} ({_store_failure(err)})")
+    staged = SimpleNamespace(key=exp.key, run=lambda config: exp.run(config, progress=_stage_progress()))
+    (record,) = sweep(staged, configs, store=store, on_warning=_log)
+    _emit(args, record)
 
 
 def cmd_sweep(args) -> None:
@@ -255,19 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true")
         p.set_defaults(fn=fn)
     return parser
-
-
-def error_line(err: BaseException) -> str:
-    """One line for an error: control characters (a newline in a value) escaped, a very long one shortened.
-
-    A long line keeps its start and its end, where messages say what is allowed.
-    """
-    if isinstance(err, OSError) and err.strerror:  # a path the OS refused: name it, shortened
-        text = f"{shown(err.filename)}: {err.strerror}" if err.filename else err.strerror
-    else:
-        text = str(err).strip() or type(err).__name__
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return text if len(text) <= MAX_LINE else f"{text[:MAX_LINE // 2]} … {text[-MAX_LINE // 2:]}"
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

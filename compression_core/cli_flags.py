@@ -10,11 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, SCHEMES, SCOPES,
-                     CompressionConfig, ConfigError, LayerOverride)
+                     CompressionConfig, ConfigError, LayerOverride, parse_nm)
+from .errors import shown
 from .methods import prune_method_info
+from .sweep import GRID_FIELDS, expand_grid
 
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes at most a signed 64-bit integer
-SHOWN_CHARS = 80  # user values longer than this are shown shortened in messages
 LAYER_KEYS = ("bits", "quantizer", "scheme", "granularity", "range", "sparsity", "prune", "scope", "nm", "skip")
 NM_KEY = "nm"  # the --layer key of an N:M pattern, named like the --nm flag
 SKIP_VALUES = {"1": True, "true": True, "yes": True, "": True, "0": False, "false": False, "no": False}
@@ -22,14 +23,6 @@ SKIP_VALUES = {"1": True, "true": True, "yes": True, "": True, "0": False, "fals
 
 class UserError(Exception):
     """Bad input: printed as one line, exit code 2."""
-
-
-def shown(value) -> str:
-    """`repr` of a user value for a message, shortened in the middle when long (a 5,000-character path)."""
-    text = repr(value)
-    if len(text) <= SHOWN_CHARS:
-        return text
-    return f"{text[:SHOWN_CHARS // 2]}…{text[-SHOWN_CHARS // 4:]} ({len(str(value))} characters)"
 
 
 # ---- value types ------------------------------------------------------------------------------------------
@@ -52,17 +45,12 @@ def csv(cast, allowed=None, name=""):
     return parse
 
 
-def nm(text: str, name: str = "--nm") -> tuple[int, int]:
-    """`2:4` -> (2, 4); the range 1 <= N < M <= 64 is checked by PruneSpec."""
-    try:
-        n, m = (int(v) for v in str(text).split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{name} must look like N:M, e.g. 2:4; got {shown(text)}") from None
-    return n, m
-
-
 def nm_list(text: str) -> list[tuple[int, int]]:
-    return [nm(v) for v in str(text).split(",")]
+    """`2:4,1:4` -> [(2, 4), (1, 4)]: the --nm patterns of a sweep."""
+    try:
+        return [parse_nm(v, "--nm") for v in str(text).split(",")]
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def positive_int(name: str):
@@ -107,8 +95,9 @@ def out_path(text: str) -> Path:
 
 # ---- config flags ---------------------------------------------------------------------------------------
 
-GRID_FLAGS = ("bits", "quantizer", "scheme", "granularity", "range", "percentile", "sparsity", "prune", "scope",
-              "nm", "act_bits", "index_bits", "finetune_steps")  # names shared with sweep.expand_grid
+SINGLE_FLAGS = ("bias_correction", "seed")  # sweep settings the CLI takes once (a switch, one seed)
+# sweep settings with a comma-list flag, in product order; `norm` has no flag (the default L1 ranks channels)
+GRID_FLAGS = tuple(name for name in GRID_FIELDS if name not in (*SINGLE_FLAGS, "norm"))
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -149,8 +138,6 @@ def _check_unused_flags(args) -> None:
 
 def configs_from_args(args) -> list[CompressionConfig]:
     """The product of all comma lists, deduplicated by config hash (meaningless combinations collapse)."""
-    from .sweep import expand_grid
-
     _check_unused_flags(args)
     lists = {flag: getattr(args, flag) for flag in GRID_FLAGS}
     lists["sparsity"] = args.sparsity if args.sparsity is not None else [0.0]
@@ -194,7 +181,7 @@ def parse_layer_override(text: str, base: CompressionConfig) -> LayerOverride:
             elif key == "scope":
                 p["scope"] = value
             elif key == NM_KEY:
-                p["n"], p["m"] = nm(value, NM_KEY)
+                p["n"], p["m"] = parse_nm(value, NM_KEY)
             elif key == "skip" and value.lower() in SKIP_VALUES:
                 skip = SKIP_VALUES[value.lower()]
             elif key == "skip":

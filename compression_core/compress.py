@@ -93,16 +93,45 @@ def _masks(model, modules, specs, config, calib) -> dict[str, torch.Tensor | Non
 
 
 @torch.no_grad()
+def compress_weight(weight: torch.Tensor, quant: QuantSpec = QuantSpec(), prune: PruneSpec = PruneSpec(), *,
+                    mask: torch.Tensor | None = None, name: str = "weight", seed: int = 0) -> LayerCompression:
+    """Prune one weight tensor, then quantize its survivors: the per-layer step of `compress`, out of place.
+
+    Args:
+        weight: a layer's weight, (C_out, ...) — not modified.
+        quant: how the (surviving) values are quantized.
+        prune: how the tensor is pruned on its own (global ranking needs all layers: `compress` passes `mask`).
+            Methods that need calibration data (taylor) need `mask`.
+        mask: bool, True = kept, computed elsewhere; None = from `prune` (no mask when it is not enabled).
+        name: the layer's name (it also seeds random pruning, with `seed`).
+        seed: seeds random pruning.
+
+    Returns:
+        LayerCompression with the new weight (exactly 0 where pruned), the mask and the quantizer's codes.
+
+    Example:
+        >>> layer = compress_weight(torch.randn(4, 8), QuantSpec(bits=2), PruneSpec(sparsity=0.5))
+        >>> layer.nnz, int(layer.weight.count_nonzero()) <= 16, layer.codes.unique().numel() <= 4
+        (16, True, True)
+    """
+    if mask is None and prune.enabled:
+        mask = prune_ops.compute_masks({name: weight}, {name: prune}, seed=seed)[name]
+    q = quant_ops.quantize_weight(weight, quant, mask)
+    return LayerCompression(name, tuple(weight.shape), q.weight, quant, prune, mask=mask, codes=q.codes,
+                            scale=q.scale, zero_point=q.zero_point, codebook=q.codebook)
+
+
+@torch.no_grad()
 def _compress_layer(name: str, module: nn.Module, mask, quant: QuantSpec, prune: PruneSpec,
                     skip: bool) -> LayerCompression:
+    """`compress_weight` with the layer's mask, written into `module` (the layer keeps the module's weight)."""
     w = module.weight.detach()
-    shape = tuple(w.shape)
     if skip:
-        return LayerCompression(name, shape, w, QuantSpec(), PruneSpec(), skipped=True)
-    q = quant_ops.quantize_weight(w, quant, mask)
-    module.weight.copy_(q.weight)
-    return LayerCompression(name, shape, module.weight.detach(), quant, prune, mask=mask, codes=q.codes,
-                            scale=q.scale, zero_point=q.zero_point, codebook=q.codebook)
+        return LayerCompression(name, tuple(w.shape), w, QuantSpec(), PruneSpec(), skipped=True)
+    layer = compress_weight(w, quant, prune, mask=mask, name=name)
+    module.weight.copy_(layer.weight)
+    layer.weight = module.weight.detach()
+    return layer
 
 
 def _check_finite(model: nn.Module) -> None:

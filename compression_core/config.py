@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 
+from .errors import shown
 from .methods import DEFAULT_PRUNE_METHOD, DEFAULT_QUANTIZER, prune_methods, quantizers
 
 ALLOWED_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
@@ -37,6 +38,27 @@ class ConfigError(ValueError):
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def parse_nm(value: object, name: str = "nm") -> tuple[int, int]:
+    """An N:M pattern as `(n, m)`, from "2:4" or (2, 4); the range 1 <= N < M <= 64 is checked by PruneSpec.
+
+    Args:
+        value: the text "N:M" or a pair of integers.
+        name: what the value is called in the message (the CLI passes "--nm").
+
+    Raises:
+        ConfigError: not two integers separated by ':'.
+
+    Examples:
+        >>> parse_nm("2:4"), parse_nm((1, 8))
+        ((2, 4), (1, 8))
+    """
+    try:
+        n, m = value.split(":") if isinstance(value, str) else value
+        return int(n), int(m)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must look like N:M, e.g. 2:4; got {shown(value)}") from None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from .config import CompressionConfig
 from .datasets import Dataset, stratified_indices
 from .evaluate import evaluate, evaluate_stacked, layer_macs, select_device, tune_forward
 from .models import LoadedModel
-from .models.weights import line
+from .errors import error_line
 from .record import LayerRow, Record
 from .size import size_report
 
@@ -56,7 +56,8 @@ def check_fits(model: torch.nn.Module, name: str, dataset: Dataset, sample: torc
             out = model(sample)
     except Exception as err:  # user code: any failure of the forward pass is reported as one line
         raise ExperimentError(f"model {name!r} cannot take {info.name} samples of shape {tuple(sample.shape[1:])} "
-                              f"(its first layer {first} takes {takes}): {type(err).__name__}: {line(err)}") from None
+                              f"(its first layer {first} takes {takes})"
+                              f": {type(err).__name__}: {error_line(err, first_line=True)}") from None
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != info.num_classes:
         outputs = f"{out.shape[1]} classes" if isinstance(out, torch.Tensor) and out.dim() == 2 else f"shape {shape}"

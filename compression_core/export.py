@@ -39,9 +39,9 @@ import torch
 from torch import nn
 
 from .compressed import CompressedModel, LayerCompression
+from .errors import shown
 from .export_format import DTYPES, MAGIC, PREFIX, VERSION, ExportError, check_fits, pack_file, parse_file
-from .models.specs import short
-from .methods import quantizers
+from .methods import quantizer_info
 from .quantize import qrange
 from .size import SKIPPED_BUFFERS, LayerSize, flat_positions, needs_zero_code, relative_fillers, scale_kind, \
     size_report, value_kind
@@ -194,7 +194,7 @@ def _decode_layer(entry: dict, payload: memoryview) -> torch.Tensor:
         dtype, int_dtype = FLOAT_KINDS[kind]
         size = int_dtype.itemsize
         w = torch.from_numpy(values.astype(f"<u{size}").view(f"<i{size}")).view(dtype).float()
-    elif _scale_storage(entry) == "scale":
+    elif quantizer_info(entry["quant"]["quantizer"]).scale_storage == "scale":  # known: the header check built it
         scale = torch.from_numpy(np.frombuffer(section("scale"), dtype="<f4").copy())
         zp = (np.frombuffer(section("zero_point"), dtype="<i4").astype(np.int64) if "zero_point" in entry["sections"]
               else np.zeros(scale.numel(), np.int64))
@@ -209,16 +209,6 @@ def _decode_layer(entry: dict, payload: memoryview) -> torch.Tensor:
     full = torch.zeros(n, dtype=torch.float32)
     full[torch.from_numpy(pos)] = w
     return full.reshape(shape)
-
-
-def _scale_storage(entry: dict) -> str:
-    """The scale_storage of the quantizer a code layer was written with; one line if this build lacks it."""
-    name = entry["quant"]["quantizer"]
-    known = quantizers()
-    if name not in known:
-        raise ExportError(f"layer {entry['name']!r} uses quantizer {name!r}, which this build does not know "
-                          f"(known: {', '.join(known)})")
-    return known[name].scale_storage
 
 
 # ---- public API --------------------------------------------------------------------------------
@@ -349,7 +339,7 @@ def _rebuild(source: dict, build: Callable[[dict], nn.Module] | None, path: obje
     """The untrained model: the caller's `build`, or a built-in / torchvision architecture (never a factory)."""
     if build is None:
         if source["kind"] not in ("builtin", "torchvision"):
-            raise ExportError(f"{path}: the file's model source is {source['kind']} {short(source.get('factory'))}; "
+            raise ExportError(f"{path}: the file's model source is {source['kind']} {shown(source.get('factory'))}; "
                               "load_exported never imports code a file names: pass build= (source -> nn.Module)")
         from .models import ModelLoadError, build_architecture
         try:

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from .config import CompressionConfig, ConfigError, QuantSpec
+from .errors import shown
 from .methods import quantizer_info
-from .models.specs import short
 from .size import SKIPPED_BUFFERS
 
 MAGIC = b"CMPX"
@@ -128,13 +128,13 @@ def _keys(value: object, where: str, keys: set[str]) -> dict:
 
 def _int(value: object, where: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise _Invalid(f"{where} must be an integer in [{lo}, {hi}]; got {short(value, 40)}")
+        raise _Invalid(f"{where} must be an integer in [{lo}, {hi}]; got {shown(value, 40)}")
     return value
 
 
 def _name(value: object, where: str) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME or not value.isprintable():
-        raise _Invalid(f"{where} must be a printable name of 1 to {MAX_NAME} characters; got {short(value, 40)}")
+        raise _Invalid(f"{where} must be a printable name of 1 to {MAX_NAME} characters; got {shown(value, 40)}")
     return value
 
 
@@ -158,7 +158,7 @@ def _shape(value: object, where: str, min_dims: int, smallest: int) -> int:
 def _section(value: object, where: str, payload_len: int, size: int) -> None:
     pair = _list(value, where)
     if len(pair) != 2:
-        raise _Invalid(f"{where} must be [offset, size]; got {short(pair, 40)}")
+        raise _Invalid(f"{where} must be [offset, size]; got {shown(pair, 40)}")
     off, got = _int(pair[0], f"{where} offset", 0, payload_len), _int(pair[1], f"{where} size", 0, payload_len)
     if off + got > payload_len:
         raise _Invalid(f"{where} [{off}, {got}] runs past the {payload_len}-byte payload")
@@ -171,14 +171,14 @@ def check_header(header: object, version: int, payload_len: int) -> None:
     header = _keys(header, "the header", HEADER_KEYS)
     if header["format"] != "compression-explorer" or header["version"] != version:
         raise _Invalid(f"format/version must be 'compression-explorer'/{version}; got "
-                       f"{short(header['format'], 40)}/{short(header['version'], 20)}")
+                       f"{shown(header['format'], 40)}/{shown(header['version'], 20)}")
     source = header["source"]
     if not isinstance(source, dict) or not isinstance(source.get("kind"), str):
-        raise _Invalid(f"source must be an object with a 'kind'; got {short(source, 60)}")
+        raise _Invalid(f"source must be an object with a 'kind'; got {shown(source, 60)}")
     try:
         CompressionConfig.from_dict(header["config"])
     except (ConfigError, TypeError, KeyError, ValueError, AttributeError) as e:
-        raise _Invalid(f"config is not a valid compression config ({short(str(e), 100)})") from None
+        raise _Invalid(f"config is not a valid compression config ({shown(str(e), 100)})") from None
     _check_act_qparams(header["act_qparams"])
     _int(header["report_bytes"], "report_bytes", 0, 1 << 62)
     names = [f"{_check_layer(e, f'layers[{i}]', payload_len)}.weight"
@@ -188,7 +188,7 @@ def check_header(header: object, version: int, payload_len: int) -> None:
         t = _keys(t, where, TENSOR_KEYS)
         names.append(_name(t["name"], f"{where}.name"))
         if not isinstance(t["dtype"], str) or t["dtype"] not in DTYPES:
-            raise _Invalid(f"{where}.dtype must be one of {', '.join(DTYPES)}; got {short(t['dtype'], 40)}")
+            raise _Invalid(f"{where}.dtype must be one of {', '.join(DTYPES)}; got {shown(t['dtype'], 40)}")
         n = _shape(t["shape"], f"{where}.shape", 0, 0)
         _section(t["section"], f"{where}.section", payload_len, n * DTYPES[t["dtype"]].itemsize)
     if len(set(names)) != len(names):
@@ -199,12 +199,12 @@ def _check_act_qparams(act: object) -> None:
     if not isinstance(act, dict):
         raise _Invalid(f"act_qparams must be an object; got {type(act).__name__}")
     for name, params in act.items():
-        where = f"act_qparams[{short(name, 40)}]"
+        where = f"act_qparams[{shown(name, 40)}]"
         _name(name, where)
         params = _list(params, where)
         if len(params) != 4 or isinstance(params[0], bool) or not isinstance(params[0], (int, float)) \
                 or not (math.isfinite(params[0]) and params[0] > 0):
-            raise _Invalid(f"{where} must be [scale > 0, zero point, qmin, qmax]; got {short(params, 60)}")
+            raise _Invalid(f"{where} must be [scale > 0, zero point, qmin, qmax]; got {shown(params, 60)}")
         _, qmin, qmax = (_int(v, where, *INT32) for v in params[1:])
         if qmin > qmax:
             raise _Invalid(f"{where} has qmin {qmin} > qmax {qmax}")
@@ -217,7 +217,7 @@ def _check_layer(entry: object, where: str, payload_len: int) -> str:
     n = _shape(e["shape"], f"{where}.shape", 1, 1)
     if e["format"] not in FORMATS or not isinstance(e["kind"], str) or e["kind"] not in KINDS:
         raise _Invalid(f"{where} format/kind must be one of {'/'.join(FORMATS)} / {'/'.join(KINDS)}; got "
-                       f"{short(e['format'], 30)}/{short(e['kind'], 30)}")
+                       f"{shown(e['format'], 30)}/{shown(e['kind'], 30)}")
     fixed = KINDS[e["kind"]]
     bits = _int(e["value_bits"], f"{where}.value_bits", fixed or 0, fixed or 32)
     entries = _int(e["entries"], f"{where}.entries", n if e["format"] == "dense" else 0, n)
@@ -231,7 +231,7 @@ def _check_layer(entry: object, where: str, payload_len: int) -> str:
     try:
         quant = QuantSpec(**e["quant"])
     except (ConfigError, TypeError, ValueError) as err:
-        raise _Invalid(f"{where}.quant is not a valid quantizer spec ({short(str(err), 80)})") from None
+        raise _Invalid(f"{where}.quant is not a valid quantizer spec ({shown(str(err), 80)})") from None
     rows = e["shape"][0]
     sizes = {"values": entries * bits, "mask": n, "row_ptr": (rows + 1) * nnz.bit_length(),
              "cols": nnz * (n // rows - 1).bit_length(), "gaps": entries * index_bits}
@@ -246,7 +246,7 @@ def _check_layer(entry: object, where: str, payload_len: int) -> str:
             count = _list(sections[key], f"{where}.sections.{key}")[1:2] or [0]
             allowed = (1, rows) if key != "codebook" else range(1, (1 << bits) + 1)
             if not isinstance(count[0], int) or count[0] % 4 or count[0] // 4 not in allowed:
-                raise _Invalid(f"{where}.sections.{key} size {short(count[0], 20)} is not 4 x an allowed count")
+                raise _Invalid(f"{where}.sections.{key} size {shown(count[0], 20)} is not 4 x an allowed count")
             sizes[key] = count[0] * 8
         _section(sections[key], f"{where}.sections.{key}", payload_len, -(-sizes[key] // 8))
     return name
@@ -266,7 +266,7 @@ def check_fits(header: dict, model: nn.Module, path: object) -> None:
     for key, shape in given.items():
         if key not in expected or list(expected[key].shape) != shape:
             have = tuple(expected[key].shape) if key in expected else "nothing"
-            raise ExportError(f"{path}: weights do not fit the rebuilt {type(model).__name__}: {short(key)} has "
+            raise ExportError(f"{path}: weights do not fit the rebuilt {type(model).__name__}: {shown(key)} has "
                               f"shape {tuple(shape)} in the file, {have} in the model")
     missing = [k for k in expected if k not in given and k.rsplit(".", 1)[-1] not in SKIPPED_BUFFERS]
     modules = dict(model.named_modules())

@@ -34,6 +34,7 @@ from .compress import attach_activation_quant
 from .compressed import CompressedModel, LayerCompression
 from .evaluate import predict
 from .export import ExportError
+from .methods import quantizer_info
 
 OPSET = 21  # first opset with int4 / uint4 DequantizeLinear
 INSTALL_HINT = "pip install compression-explorer[onnx]"
@@ -76,7 +77,8 @@ def _onnx():
 
 def is_grid_layer(lc: LayerCompression) -> bool:
     """True when the layer's weight is integer codes on a uniform grid (stored as DequantizeLinear in ONNX)."""
-    return (not lc.skipped and lc.quant.enabled and lc.quant.quantizer == "uniform" and lc.codes is not None)
+    grid = lc.quant.enabled and quantizer_info(lc.quant.quantizer).kind == "grid"
+    return not lc.skipped and grid and lc.codes is not None
 
 
 # ---- integer weights -----------------------------------------------------------------------------

@@ -18,8 +18,9 @@ quantize-dequantize is bit-identical to `torch.fake_quantize_per_tensor_affine` 
 
 A scale is never below float32 eps (an all-zero range), as in torch's observers.
 
-Non-uniform quantizers return integer codes into a float32 codebook: k-means weight sharing (Deep Compression)
-and power-of-two levels. Every quantizer takes an optional `mask` (True = kept): statistics come from the kept
+Non-uniform quantizers (`quantize_codebook`, re-exported here) return integer codes into a float32 codebook:
+k-means weight sharing (Deep Compression) and power-of-two levels. The built-in quantizers register here, in
+display order. Every quantizer takes an optional `mask` (True = kept): statistics come from the kept
 weights only, and the returned weight is exactly +0.0 wherever the mask is False.
 """
 from __future__ import annotations
@@ -32,10 +33,10 @@ import torch
 
 from .config import ALLOWED_BITS, GRANULARITIES, RANGES, SCHEMES, ConfigError, QuantSpec
 from .methods import QuantizerInfo, quantizer_info, register_quantizer
+from .quantize_codebook import kmeans_quantize, pow2_quantize
 
 EPS = torch.finfo(torch.float32).eps  # smallest scale, as torch's observers use for all-zero ranges
 MSE_SHRINKS = torch.linspace(1.0, 0.05, 80)  # candidate fractions of the min-max range for range="mse"
-KMEANS_ITERS = 50
 _ROUNDER = 1.5 * 2**23  # float32 x + _ROUNDER - _ROUNDER == round(x), half to even, for |x| < 2^22
 
 
@@ -233,101 +234,6 @@ def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch
     """(codes - zero_point) * scale as float32, scale / zero point broadcast along axis 0."""
     zp = _per_row(zero_point, codes.dim()).to(torch.int32)
     return (codes.to(torch.int32) - zp).float() * _per_row(scale.float(), codes.dim())
-
-
-# ---- codebook quantizers ---------------------------------------------------------------------------
-
-def _kept_values(w: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    flat = w.detach().reshape(-1).float()
-    return flat if mask is None else flat[mask.reshape(-1)]
-
-
-def _nearest(w: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest level of a sorted codebook (linear distance; a tie goes to the lower level)."""
-    midpoints = (codebook[:-1] + codebook[1:]) / 2
-    return torch.bucketize(w.detach().float(), midpoints).to(torch.int32)
-
-
-def kmeans_quantize(w: torch.Tensor, bits: int, mask: torch.Tensor | None = None,
-                    iters: int = KMEANS_ITERS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight sharing by 1-D k-means (Lloyd) with 2^bits centroids, linearly initialised between min and max.
-
-    Deterministic. Only kept weights take part; centroids whose cluster ends up empty are dropped, so the
-    codebook has at most 2^bits entries. Lloyd runs on the sorted kept values with prefix sums: a 1-D cluster is
-    an interval, found by binary search, so one iteration costs O(k log n) after a single sort. `iters` caps
-    the iterations; the loop stops early once the centroids no longer move.
-
-    Returns:
-        (codes int32 like w, index into codebook; codebook float32 sorted ascending).
-
-    Example:
-        >>> codes, codebook = kmeans_quantize(torch.tensor([0.0, 0.1, 0.9, 1.0]), bits=1)
-        >>> codebook, codebook[codes]
-        (tensor([0.0500, 0.9500]), tensor([0.0500, 0.0500, 0.9500, 0.9500]))
-    """
-    kept = _kept_values(w, mask)
-    if kept.numel() == 0:
-        return torch.zeros(w.shape, dtype=torch.int32, device=w.device), torch.zeros(1, device=w.device)
-    # the 1-D fit is small and full of tiny steps, so it runs in numpy on the CPU (no per-op threading cost)
-    values = np.sort(kept.cpu().numpy()).astype(np.float64)  # (n,) ascending
-    prefix = np.concatenate([[0.0], np.cumsum(values)])  # prefix[i] = sum of the i smallest
-
-    def cluster_counts(centroids):
-        # cluster j holds the values in (mid[j-1], mid[j]]; ends[j] = number of values in clusters 0..j
-        ends = np.append(np.searchsorted(values, (centroids[:-1] + centroids[1:]) / 2, side="right"), values.size)
-        starts = np.concatenate([[0], ends[:-1]])
-        return ends - starts, prefix[ends] - prefix[starts]
-
-    centroids = np.linspace(values[0], values[-1], 2**bits)
-    for _ in range(iters):
-        counts, sums = cluster_counts(centroids)
-        # an empty cluster keeps its centroid; in 1-D the centroids stay sorted
-        updated = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
-        if np.array_equal(updated, centroids):
-            break
-        centroids = updated
-    counts, _ = cluster_counts(centroids)
-    codebook = torch.from_numpy(centroids[counts > 0]).float().to(w.device)  # drop empty clusters
-    codes = _nearest(w, codebook)
-    if mask is not None:
-        codes = torch.where(mask, codes, torch.zeros_like(codes))
-    return codes, codebook
-
-
-def pow2_quantize(w: torch.Tensor, bits: int, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Power-of-two (log) levels: 0 and ±2^k for the 2^(b-1) - 1 exponents k_max, k_max - 1, ...
-
-    With b bits, one bit is the sign and 2^(b-1) magnitude codes remain; one of them encodes 0, the others
-    the exponents counting down from k_max = round(log2(max |w|)) over the kept weights. With 1 bit there is
-    no room for 0: the levels are ±2^k with k = round(log2(mean |w|)) (mean |w| is the L2-optimal scale of a
-    sign code). Levels too small for float32 are merged. Each weight takes the nearest level in the linear
-    domain (the least squared error), not the nearest exponent.
-
-    Returns:
-        (codes int32 like w, index into codebook; codebook float32 sorted ascending, at most 2^bits - 1
-        entries for bits >= 2 and 2 for bits = 1).
-
-    Example:
-        >>> codes, codebook = pow2_quantize(torch.tensor([0.9, -0.3, 0.05]), bits=3)
-        >>> codebook.tolist(), codebook[codes].tolist()
-        ([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0], [1.0, -0.25, 0.0])
-    """
-    magnitude = _kept_values(w, mask).abs()
-    if magnitude.numel() == 0 or float(magnitude.max()) == 0.0:
-        return torch.zeros(w.shape, dtype=torch.int32, device=w.device), torch.zeros(1, device=w.device)
-    if bits == 1:
-        k = round(math.log2(float(magnitude.mean())))
-        levels = torch.tensor([2.0**k], dtype=torch.float64)
-    else:
-        k_max = round(math.log2(float(magnitude.max())))
-        exponents = torch.arange(k_max - (2 ** (bits - 1) - 2), k_max + 1, dtype=torch.float64)
-        levels = torch.cat([torch.zeros(1, dtype=torch.float64), torch.exp2(exponents)])
-    # sorted; levels that underflow float32 merge into 0; + 0.0 turns a surviving -0.0 into +0.0
-    codebook = (torch.unique(torch.cat([-levels, levels]).float()) + 0.0).to(w.device)
-    codes = _nearest(w, codebook)
-    if mask is not None:
-        codes = torch.where(mask, codes, torch.zeros_like(codes))
-    return codes, codebook
 
 
 # ---- one entry point --------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""The store's schema versions: the version number in the file, the migrations up to it, the newer-file check.
+"""The store's schema: its tables and key columns, the version number in the file, the migrations up to it.
+
+A record's key is (model fingerprint, dataset, split, limit, config hash); `key_tuple` turns a key or record dict
+into the values of the key columns `KEY_COLS`, which every table shares.
 
 The version is SQLite's `PRAGMA user_version`. Version 1 never set it, so 0 (with the tables present) reads as
 1. Each entry of `MIGRATIONS` upgrades a store of the version before it and runs inside the opener's write
@@ -15,8 +18,75 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+KEY_FIELDS = ("fingerprint", "dataset", "split", "limit", "config_hash")
+FULL_SPLIT = -1  # stored in the `limit_n` column when the whole split was evaluated (limit None)
 SCHEMA_VERSION = 2  # the `PRAGMA user_version` this build reads and writes
 UNKNOWN_ENGINE = "unknown"  # engine_version of records stored before records carried one
+
+
+class StoreError(ValueError):
+    """The store file cannot be used, or a record or key lacks a field; the one-line message says which."""
+
+
+# Version 1's tables, created on every open (idempotent); changes to existing tables go in MIGRATIONS
+TABLES = """
+CREATE TABLE IF NOT EXISTS records (
+    fingerprint TEXT NOT NULL,
+    dataset     TEXT NOT NULL,
+    split       TEXT NOT NULL,
+    limit_n     INTEGER NOT NULL,
+    config_hash TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    record      TEXT NOT NULL,
+    PRIMARY KEY (fingerprint, dataset, split, limit_n, config_hash)
+);
+CREATE INDEX IF NOT EXISTS records_by_model ON records (model, dataset, split);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id     TEXT PRIMARY KEY,
+    label      TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    meta       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS run_members (
+    run_id      TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    dataset     TEXT NOT NULL,
+    split       TEXT NOT NULL,
+    limit_n     INTEGER NOT NULL,
+    config_hash TEXT NOT NULL,
+    added_at    REAL NOT NULL,
+    PRIMARY KEY (run_id, fingerprint, dataset, split, limit_n, config_hash)
+);
+CREATE TABLE IF NOT EXISTS claims (
+    fingerprint TEXT NOT NULL,
+    dataset     TEXT NOT NULL,
+    split       TEXT NOT NULL,
+    limit_n     INTEGER NOT NULL,
+    config_hash TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    expires_at  REAL NOT NULL,
+    PRIMARY KEY (fingerprint, dataset, split, limit_n, config_hash)
+);
+"""
+KEY_COLS = "fingerprint, dataset, split, limit_n, config_hash"
+HIT = f"({KEY_COLS}) = (?,?,?,?,?) AND engine_version = ?"  # a cache hit: same key, this engine's version
+
+
+def key_cols(alias: str) -> str:
+    """The key columns qualified by a table alias, e.g. 'm.fingerprint, m.dataset, ...'."""
+    return ", ".join(f"{alias}.{c}" for c in KEY_COLS.split(", "))
+
+
+def key_tuple(key: dict) -> tuple:
+    """(fingerprint, dataset, split, limit_n, config_hash) from a key or record dict."""
+    missing = [f for f in KEY_FIELDS if f not in key]
+    if missing:
+        raise StoreError(f"record/key lacks field(s) {', '.join(missing)}; a key needs {', '.join(KEY_FIELDS)}")
+    limit = key["limit"]
+    return (str(key["fingerprint"]), str(key["dataset"]), str(key["split"]),
+            FULL_SPLIT if limit is None else int(limit), str(key["config_hash"]))
+
 
 # (version, statements): each entry upgrades a store of the version before it to `version`, in order
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (

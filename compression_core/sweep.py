@@ -35,7 +35,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
-from .config import CompressionConfig, ConfigError
+from .config import CompressionConfig, ConfigError, parse_nm
+from .errors import error_line
 from .store import CLAIM_TTL_S, Store, StoreError, new_owner
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,9 @@ GRID_FIELDS: dict[str, tuple[str, str]] = {
     "norm": ("prune", "norm"),
     "nm": ("prune", "n:m"),  # "2:4" or (2, 4)
     "act_bits": ("config", "act_bits"),
-    "bias_correction": ("config", "bias_correction"),
-    "finetune_steps": ("config", "finetune_steps"),
     "index_bits": ("config", "index_bits"),
+    "finetune_steps": ("config", "finetune_steps"),
+    "bias_correction": ("config", "bias_correction"),
     "seed": ("config", "seed"),
 }
 
@@ -91,14 +92,6 @@ class SerialExecutor:
 
 
 # ---- grids ---------------------------------------------------------------------------------------
-def _parse_nm(value: Any) -> tuple[int, int]:
-    try:
-        n, m = (value.split(":") if isinstance(value, str) else value)
-        return int(n), int(m)
-    except (TypeError, ValueError):
-        raise ConfigError(f"nm must look like '2:4' (N:M); got {value!r}") from None
-
-
 def expand_grid(base: CompressionConfig | None = None, **lists: Any) -> list[CompressionConfig]:
     """Every combination of the given settings applied to `base`, canonical and de-duplicated by config hash.
 
@@ -106,7 +99,7 @@ def expand_grid(base: CompressionConfig | None = None, **lists: Any) -> list[Com
         base: the config the grid varies (its overrides, seed, ... are kept); None = `CompressionConfig()`.
         **lists: setting name -> list of values (a single value is a one-element list). Names are those of
             `GRID_FIELDS`: bits, quantizer, scheme, granularity, range, percentile, sparsity, prune (method),
-            scope, norm, nm ("2:4"), act_bits, bias_correction, finetune_steps, index_bits, seed.
+            scope, norm, nm ("2:4"), act_bits, index_bits, finetune_steps, bias_correction, seed.
 
     Returns:
         Configs in itertools.product order of the arguments (first occurrence kept). bits=32 with sparsity 0 is
@@ -127,7 +120,7 @@ def expand_grid(base: CompressionConfig | None = None, **lists: Any) -> list[Com
         for name, value in zip(names, combo):
             part, fld = GRID_FIELDS[name]
             if fld == "n:m":
-                parts[part]["n"], parts[part]["m"] = _parse_nm(value)
+                parts[part]["n"], parts[part]["m"] = parse_nm(value)
             else:
                 parts[part][fld] = value
         try:  # QuantSpec / PruneSpec reset settings that another choice makes meaningless
@@ -159,9 +152,8 @@ class _Book:
             return operation()
         except (sqlite3.Error, OSError, StoreError) as e:
             self.writable = False
-            line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            self._warn(f"warning: the result store {self.store.path} cannot be written ({line}); this sweep's "
-                       f"results are still returned but not stored")
+            self._warn(f"warning: the result store {self.store.path} cannot be written "
+                       f"({error_line(e, first_line=True)}); results are still returned but not stored")
             return fallback
 
     def get(self, experiment: ExperimentLike, config: CompressionConfig) -> dict | None:
@@ -295,24 +287,7 @@ def _run_pending(experiment: ExperimentLike, pending: list[CompressionConfig], b
                 others.discard(config.config_hash)
                 take_stored(stored)
                 report()
-        mine = []
-        for config in pending:
-            if len(mine) == batch:
-                break
-            h = config.config_hash
-            if h in done or (h in others and book.held_by_other(experiment, config)):
-                continue
-            if book.claim(experiment, config):
-                others.discard(h)
-                mine.append(config)
-                continue
-            stored = book.get(experiment, config)  # claim refused: stored meanwhile, or computed elsewhere now
-            if stored is None:
-                others.add(h)
-            else:
-                others.discard(h)
-                take_stored(stored)
-                report()
+        mine = _claim_batch(experiment, pending, book, done, others, batch, take_stored, report)
         if not mine:
             if not others:
                 return
@@ -334,6 +309,32 @@ def _run_pending(experiment: ExperimentLike, pending: list[CompressionConfig], b
             report()
             if _cancelled(cancel):
                 return
+
+
+def _claim_batch(experiment: ExperimentLike, pending: list[CompressionConfig], book: _Book, done: dict[str, dict],
+                 others: set[str], batch: int, take_stored: Callable[[dict], None],
+                 report: Callable[[], None]) -> list[CompressionConfig]:
+    """Claim up to `batch` pending configs for this sweep; take those stored meanwhile; note in `others` the
+    config hashes another live process holds."""
+    mine: list[CompressionConfig] = []
+    for config in pending:
+        if len(mine) == batch:
+            break
+        h = config.config_hash
+        if h in done or (h in others and book.held_by_other(experiment, config)):
+            continue
+        if book.claim(experiment, config):
+            others.discard(h)
+            mine.append(config)
+            continue
+        stored = book.get(experiment, config)  # claim refused: stored meanwhile, or computed elsewhere now
+        if stored is None:
+            others.add(h)
+        else:
+            others.discard(h)
+            take_stored(stored)
+            report()
+    return mine
 
 
 def _cancelled(cancel: threading.Event | None) -> bool:

@@ -115,22 +115,9 @@ def train_model(name: str, dataset: str | Dataset | None, *, epochs: int | None 
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps)
         history, start = [], time.perf_counter()
         for epoch in range(1, recipe.epochs + 1):
-            model.train()
-            order = torch.randperm(len(y), generator=generator, device=dev)
-            total = torch.zeros((), device=dev)
-            for batch in order.split(recipe.batch_size):
-                xb = x[batch]
-                if recipe.shift:
-                    xb = random_shift(xb, recipe.shift, generator, fill)
-                loss = F.cross_entropy(model(xb), y[batch], label_smoothing=recipe.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total += loss.detach() * len(batch)
-            model.eval()
+            train_loss = _train_epoch(model, x, y, recipe, optimizer, schedule, generator, fill)
             metrics = evaluate(model, x_test, y_test)
-            history.append({"epoch": epoch, "train_loss": float(total) / len(y), "test_accuracy": metrics["accuracy"]})
+            history.append({"epoch": epoch, "train_loss": train_loss, "test_accuracy": metrics["accuracy"]})
             if progress:
                 progress(f"{name} on {data.info.name}: epoch {epoch}/{recipe.epochs}, train loss "
                          f"{history[-1]['train_loss']:.4f}, test accuracy {metrics['accuracy']:.2%}")
@@ -139,6 +126,30 @@ def train_model(name: str, dataset: str | Dataset | None, *, epochs: int | None 
         "loss": metrics["loss"], "epochs": recipe.epochs, "seconds": round(time.perf_counter() - start, 1),
         "recipe": asdict(recipe), "seed": seed, "history": history,
     }
+
+
+def _train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, optimizer, schedule,
+                 generator: torch.Generator, fill: torch.Tensor) -> float:
+    """One pass over (x, y) in a seeded random order, shifted as the recipe says; the model is left in eval mode.
+
+    Returns:
+        The mean training loss over the samples.
+    """
+    model.train()
+    order = torch.randperm(len(y), generator=generator, device=x.device)
+    total = torch.zeros((), device=x.device)
+    for batch in order.split(recipe.batch_size):
+        xb = x[batch]
+        if recipe.shift:
+            xb = random_shift(xb, recipe.shift, generator, fill)
+        loss = F.cross_entropy(model(xb), y[batch], label_smoothing=recipe.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        total += loss.detach() * len(batch)
+    model.eval()
+    return float(total) / len(y)
 
 
 def _check_input(model: nn.Module, name: str, data: Dataset, x: torch.Tensor) -> None:

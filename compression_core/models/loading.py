@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from .architectures import ARCHITECTURES
-from .specs import USER_CODE_ERRORS, check_spec, resolve_factory, short
-from .weights import ModelLoadError, file_sha256, line, load_weights, read_state_dict, state_fingerprint
+from ..errors import error_line, shown
+from .specs import USER_CODE_ERRORS, check_spec, resolve_factory
+from .weights import ModelLoadError, file_sha256, load_weights, read_state_dict, state_fingerprint
 
 SOURCE_KINDS = ("builtin", "factory", "torchvision")
 MAX_CLASSES = 100_000  # a classifier head beyond this is a typo or an attack on memory, not a dataset
@@ -64,7 +65,7 @@ def build_architecture(source: dict, *, allowed_factories: Sequence[str] | None 
     """
     kind = source.get("kind") if isinstance(source, dict) else None
     if kind not in SOURCE_KINDS:
-        raise ModelLoadError(f"model source kind must be one of {', '.join(SOURCE_KINDS)}; got {short(kind)}")
+        raise ModelLoadError(f"model source kind must be one of {', '.join(SOURCE_KINDS)}; got {shown(kind)}")
     num_classes = _checked_classes(source.get("num_classes"))
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     factory = resolve_factory(source.get("factory"), allowed_prefixes=allowed_factories) if kind == "factory" \
@@ -73,7 +74,7 @@ def build_architecture(source: dict, *, allowed_factories: Sequence[str] | None 
         torch.manual_seed(0)
         if kind == "builtin":
             if not isinstance(source.get("name"), str) or source["name"] not in ARCHITECTURES:
-                raise ModelLoadError(f"unknown built-in model {short(source.get('name'))}; use one of "
+                raise ModelLoadError(f"unknown built-in model {shown(source.get('name'))}; use one of "
                                      f"{', '.join(ARCHITECTURES)}")
             model = ARCHITECTURES[source["name"]].build(num_classes or 10)
         elif kind == "factory":
@@ -87,7 +88,7 @@ def _checked_classes(num_classes: object) -> int | None:
     if num_classes is None:
         return None
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
-        raise ModelLoadError(f"num_classes must be an integer in [1, {MAX_CLASSES}]; got {short(num_classes)}")
+        raise ModelLoadError(f"num_classes must be an integer in [1, {MAX_CLASSES}]; got {shown(num_classes)}")
     return num_classes
 
 
@@ -95,11 +96,11 @@ def _torchvision(name: object, kwargs: dict) -> nn.Module:
     import torchvision
 
     if not isinstance(name, str) or not name.isidentifier():
-        raise ModelLoadError(f"torchvision model name must be a name like resnet18; got {short(name)}")
+        raise ModelLoadError(f"torchvision model name must be a name like resnet18; got {shown(name)}")
     try:
         return torchvision.models.get_model(name, weights=None, **kwargs)
     except (ValueError, KeyError, TypeError) as err:
-        raise ModelLoadError(f"torchvision model {name!r} cannot be built ({line(err)}); "
+        raise ModelLoadError(f"torchvision model {name!r} cannot be built ({error_line(err, first_line=True)}); "
                              "see torchvision.models.list_models()") from None
 
 
@@ -108,7 +109,8 @@ def _call_factory(spec: str, factory: Callable[..., nn.Module], kwargs: dict) ->
         model = factory(**kwargs)
     except USER_CODE_ERRORS as err:  # user code: any failure, even sys.exit(), is reported as one line
         args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-        raise ModelLoadError(f"model factory {spec}({args}) failed: {type(err).__name__}: {line(err)}") from None
+        raise ModelLoadError(f"model factory {spec}({args}) failed"
+                             f": {type(err).__name__}: {error_line(err, first_line=True)}") from None
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"model factory {spec} must return a torch.nn.Module; got {type(model).__name__}")
     return model
@@ -142,7 +144,7 @@ def _checkpoint(name: str, dataset: str | None) -> tuple[Path, dict]:
 
 def _source(name: str, num_classes: int | None) -> dict:
     if not isinstance(name, str):
-        raise ModelLoadError(f"model name must be a string; got {short(name)}")
+        raise ModelLoadError(f"model name must be a string; got {shown(name)}")
     if name in ARCHITECTURES:
         return {"kind": "builtin", "name": name, "num_classes": num_classes or 10}
     if name.startswith("torchvision:"):

@@ -18,19 +18,14 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from .weights import ModelLoadError, line
+from ..errors import error_line, shown
+from .weights import ModelLoadError
 
 STDLIB = frozenset(sys.stdlib_module_names) | {"builtins", "__main__"}
 USER_CODE_ERRORS = (Exception, SystemExit, KeyboardInterrupt)  # what user code may raise at import or call time
 MAX_SPEC = 200  # characters
 FORM = "package.module:function (dotted Python identifiers, one ':', no spaces)"
 ALLOWED = "a class subclassing torch.nn.Module or a function defined in your own module"
-
-
-def short(text: object, limit: int = 80) -> str:
-    """repr() of a value cut to `limit` characters, safe to put in a one-line message."""
-    shown = repr(text)
-    return shown if len(shown) <= limit else shown[:limit - 1] + "…"
 
 
 def _is_name(part: str) -> bool:
@@ -66,19 +61,19 @@ def check_spec(spec: object, allowed_prefixes: Sequence[str] | None = None) -> t
         ModelLoadError: one line saying what is wrong and what is allowed.
     """
     if not isinstance(spec, str) or len(spec) > MAX_SPEC or spec.count(":") != 1:
-        raise ModelLoadError(f"model factory {short(spec)} must look like {FORM}, at most {MAX_SPEC} characters")
+        raise ModelLoadError(f"model factory {shown(spec)} must look like {FORM}, at most {MAX_SPEC} characters")
     module, attr = spec.split(":")
     if not is_module_prefix(module) or not _is_name(attr):
-        raise ModelLoadError(f"model factory {short(spec)} must look like {FORM}")
+        raise ModelLoadError(f"model factory {shown(spec)} must look like {FORM}")
     if _is_dunder(attr):
-        raise ModelLoadError(f"model factory {short(spec)} names the special attribute {attr!r}; name {ALLOWED}")
+        raise ModelLoadError(f"model factory {shown(spec)} names the special attribute {attr!r}; name {ALLOWED}")
     top = module.split(".")[0]
     if top in STDLIB:
-        raise ModelLoadError(f"model factory {short(spec)} is in the Python standard library ({top}); "
+        raise ModelLoadError(f"model factory {shown(spec)} is in the Python standard library ({top}); "
                              f"a factory must be {ALLOWED}")
     if allowed_prefixes is not None and not under_prefix(module, allowed_prefixes):
         allowed = ", ".join(allowed_prefixes) or "none (built-in models and torchvision:NAME only)"
-        raise ModelLoadError(f"model factory {short(spec)} is not from an allowed module; allowed module "
+        raise ModelLoadError(f"model factory {shown(spec)} is not from an allowed module; allowed module "
                              f"prefixes: {allowed}")
     return module, attr
 
@@ -107,7 +102,7 @@ def resolve_factory(spec: str, *, allowed_prefixes: Sequence[str] | None = None)
         module = importlib.import_module(module_name)
     except USER_CODE_ERRORS as err:  # user code: SyntaxError, a raise at import, even sys.exit()
         raise ModelLoadError(f"cannot import {module_name!r} for model factory {spec!r}: "
-                             f"{type(err).__name__}: {line(err)}") from None
+                             f"{type(err).__name__}: {error_line(err, first_line=True)}") from None
     try:
         found = getattr(module, attr)
     except USER_CODE_ERRORS:  # a module-level __getattr__ is user code too

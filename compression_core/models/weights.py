@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import error_line
+
 TORCH_SUFFIXES = (".pt", ".pth")
 WEIGHT_SUFFIXES = (".safetensors",) + TORCH_SUFFIXES
 STATE_KEYS = ("state_dict", "model_state_dict", "model")  # common wrappers around a saved state dict
@@ -19,12 +21,6 @@ STATE_KEYS = ("state_dict", "model_state_dict", "model")  # common wrappers arou
 
 class ModelLoadError(Exception):
     """A model cannot be built or its weights cannot be used; the one-line message says why and what to do."""
-
-
-def line(err: BaseException) -> str:
-    """The first non-empty line of an exception's message (library errors can span many lines)."""
-    lines = [text.strip() for text in str(err).splitlines() if text.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -53,7 +49,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path), device="cpu")
         except Exception as err:  # safetensors raises several types for a bad header or truncated data
-            raise ModelLoadError(f"weights file {path} is not a valid safetensors file ({line(err)})") from None
+            raise ModelLoadError(f"weights file {path} is not a valid safetensors file "
+                                 f"({error_line(err, first_line=True)})") from None
     if suffix not in TORCH_SUFFIXES:
         raise ModelLoadError(f"weights file {path} must end in {', '.join(WEIGHT_SUFFIXES)}; got {suffix or 'none'}")
     try:
@@ -65,7 +62,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                                  "could run code; save model.state_dict() with torch.save or use .safetensors") from None
         # torch's own text here advises weights_only=False, which is exactly what we must not do: name the cause
         found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n|$)", str(err))
-        cause = found.group(1) if found else line(err)
+        cause = found.group(1) if found else error_line(err, first_line=True)
         raise ModelLoadError(f"weights file {path} is corrupt or not a torch state dict ({cause}); "
                              "save model.state_dict() with torch.save, or use .safetensors") from None
     if isinstance(obj, dict):

@@ -1,8 +1,9 @@
 """Learn: the formula behind each compression method, each with a live toy plot computed by the engine itself.
 
 The toy tensor is 2,000 seeded normal weights plus a few outliers; every level, threshold and mask drawn here
-comes from `compression_core.quantize` / `compression_core.prune` / `compression_core.histograms` — the same
-code that compresses real models, nothing re-implemented in the UI.
+comes from `compression_core.compress.compress_weight` (the per-layer step of `compress`), the quantizer's own
+transfer function and `compression_core.histograms` — the same code that compresses real models, nothing
+re-implemented in the UI.
 """
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from compression_core import prune as prune_ops
 from compression_core import quantize as quant_ops
+from compression_core.compress import compress_weight
 from compression_core.compressed import LayerCompression
 from compression_core.config import PruneSpec, QuantSpec
 from compression_core.methods import prune_methods, quantizers
@@ -30,15 +31,6 @@ def toy_tensor(shift: float = 0.0, outliers: tuple[float, ...] = OUTLIERS) -> to
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(TOY_SIZE, generator=gen) * 0.05 + shift
     return torch.cat([w, torch.tensor(outliers)]).unsqueeze(0)
-
-
-def toy_layer(w: torch.Tensor, quant: QuantSpec, mask: torch.Tensor | None = None,
-              prune: PruneSpec | None = None) -> LayerCompression:
-    """Quantize (the survivors of) `w` with the engine and wrap the result like a compressed model's layer."""
-    q = quant_ops.quantize_weight(w, quant, mask)
-    return LayerCompression(name="toy", shape=tuple(w.shape), weight=q.weight, quant=quant,
-                            prune=prune or PruneSpec(), mask=mask, codes=q.codes, scale=q.scale,
-                            zero_point=q.zero_point, codebook=q.codebook)
 
 
 def plot_layer(w: torch.Tensor, layer: LayerCompression, key: str, *, hide_zeros: bool = False,
@@ -62,7 +54,7 @@ def uniform_symmetric() -> None:
                 "The outliers set `max |w|`, so most weights share only a few levels at low bit-widths.")
     bits = st.slider("Bits", 2, 8, 3, key="learn_sym_bits")
     w = toy_tensor()
-    layer = toy_layer(w, QuantSpec(bits=bits, scheme="sym", granularity="tensor"))
+    layer = compress_weight(w, QuantSpec(bits=bits, scheme="sym", granularity="tensor"))
     plot_layer(w, layer, "learn_sym_hist", title=f"{bits}-bit symmetric grid: {2 ** bits - 1} levels")
     error_caption(w, layer)
 
@@ -76,7 +68,7 @@ def asymmetric() -> None:
                 "never occur.")
     bits = st.slider("Bits", 1, 8, 3, key="learn_asym_bits")
     w = toy_tensor(shift=0.05, outliers=SKEWED_OUTLIERS)
-    layer = toy_layer(w, QuantSpec(bits=bits, scheme="asym", granularity="tensor"))
+    layer = compress_weight(w, QuantSpec(bits=bits, scheme="asym", granularity="tensor"))
     plot_layer(w, layer, "learn_asym_hist", title=f"{bits}-bit asymmetric grid on a shifted tensor")
     lo, hi = float(w.min()), float(w.max())
     xs = torch.linspace(lo - 0.05, hi + 0.05, 600).unsqueeze(0)
@@ -90,7 +82,7 @@ def asymmetric() -> None:
                                                       f"z = {int(layer.zero_point)}"),
                     key="learn_asym_curve", config={"displaylogo": False})
     sym_bits = max(bits, 2)
-    sym = toy_layer(w, QuantSpec(bits=sym_bits, scheme="sym", granularity="tensor"))
+    sym = compress_weight(w, QuantSpec(bits=sym_bits, scheme="sym", granularity="tensor"))
     st.caption(f"Mean squared error: asymmetric {float(((layer.weight - w) ** 2).mean()):.2e} vs symmetric "
                f"({sym_bits}-bit) {float(((sym.weight - w) ** 2).mean()):.2e}")
 
@@ -105,10 +97,10 @@ def percentile_clipping() -> None:
     bits = c[0].slider("Bits", 2, 8, 3, key="learn_clip_bits")
     percentile = c[1].slider("Percentile p", 90.0, 100.0, 99.0, 0.1, key="learn_clip_percentile")
     w = toy_tensor()
-    layer = toy_layer(w, QuantSpec(bits=bits, scheme="sym", granularity="tensor", range="percentile",
+    layer = compress_weight(w, QuantSpec(bits=bits, scheme="sym", granularity="tensor", range="percentile",
                                    percentile=percentile))
     plot_layer(w, layer, "learn_clip_hist", title=f"{bits}-bit grid clipped at the {percentile:g}th percentile")
-    minmax = toy_layer(w, QuantSpec(bits=bits, scheme="sym", granularity="tensor"))
+    minmax = compress_weight(w, QuantSpec(bits=bits, scheme="sym", granularity="tensor"))
     st.caption(f"Mean squared error: clipped {float(((layer.weight - w) ** 2).mean()):.2e} vs min-max "
                f"{float(((minmax.weight - w) ** 2).mean()):.2e}")
 
@@ -123,18 +115,16 @@ def magnitude_pruning() -> None:
     bits = c[1].select_slider("Then quantize to", [2, 3, 4, 5, 6, 7, 8, 32], value=32, key="learn_prune_bits",
                               format_func=bits_label)
     w = toy_tensor()
-    prune = PruneSpec(sparsity=sparsity)
-    mask = prune_ops.magnitude_mask(w, sparsity)
-    layer = toy_layer(w, QuantSpec(bits=bits, granularity="tensor"), mask=mask, prune=prune)
+    layer = compress_weight(w, QuantSpec(bits=bits, granularity="tensor"), PruneSpec(sparsity=sparsity))
     plot_layer(w, layer, "learn_prune_hist", hide_zeros=True,
-               title=f"{int((~mask).sum()):,} of {w.numel():,} weights removed")
+               title=f"{layer.n - layer.nnz:,} of {w.numel():,} weights removed")
 
 
 def codebook_demo(quantizer: str, title) -> None:
     """A bits slider driving a codebook quantizer (kmeans / pow2) on the toy tensor; `title(bits)` names the plot."""
     bits = st.slider("Bits", 1, 6, 3, key=f"learn_{quantizer}_bits")
     w = toy_tensor()
-    layer = toy_layer(w, QuantSpec(bits=bits, quantizer=quantizer))
+    layer = compress_weight(w, QuantSpec(bits=bits, quantizer=quantizer))
     plot_layer(w, layer, f"learn_{quantizer}_hist", title=title(bits))
     error_caption(w, layer)
 
@@ -165,7 +155,7 @@ def n_of_m() -> None:
                                    key="learn_nm_pattern") or "2:4"
     n, m = (int(v) for v in pattern.split(":"))
     w = toy_tensor()[:, :128].reshape(8, 16)  # (rows, columns): groups run along the columns
-    mask = prune_ops.nm_mask(w, n, m)
+    mask = compress_weight(w, prune=PruneSpec(method="nm", n=n, m=m)).mask
     kept = pd.DataFrame(torch.where(mask, w, torch.full_like(w, float("nan"))).tolist())
     st.plotly_chart(learn_charts.mask_pattern(kept, m=m, title=f"{pattern}: {int(mask.sum())} of {w.numel()} kept"),
                     key="learn_nm_pattern_chart", config={"displaylogo": False})

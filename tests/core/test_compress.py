@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from compression_core.compress import compress
+from compression_core.compress import compress, compress_weight
 from compression_core.config import CompressionConfig, LayerOverride, PruneSpec, QuantSpec
 
 
@@ -131,3 +131,29 @@ def test_finetune_keeps_masks_and_logs_loss(calib):
         assert (layer.weight[~layer.mask] == 0).all()
     assert any(not torch.equal(cm.layers[n].weight, plain.layers[n].weight) for n in cm.layers)
     assert not cm.model.training
+
+
+@pytest.mark.parametrize("quant, prune", [
+    (QuantSpec(bits=3), PruneSpec(sparsity=0.6)),
+    (QuantSpec(bits=4, quantizer="kmeans"), PruneSpec(method="nm", n=2, m=4)),
+    (QuantSpec(bits=2, scheme="asym", granularity="tensor"), PruneSpec(sparsity=0.3, method="random")),
+])
+def test_compress_weight_is_the_per_layer_step_of_compress(quant, prune):
+    model = small_cnn()
+    before = snapshot(model)
+    cm = compress(model, CompressionConfig(quant=quant, prune=prune))
+    for name, layer in cm.layers.items():
+        weight = before[f"{name}.weight"]
+        kept = weight.clone()
+        alone = compress_weight(weight, quant, prune, name=name)
+        assert torch.equal(alone.weight, layer.weight) and torch.equal(alone.mask, layer.mask)
+        assert torch.equal(alone.codes, layer.codes) and alone.nnz == layer.nnz
+        assert torch.equal(weight, kept)  # out of place
+
+
+def test_compress_weight_keeps_a_given_mask_and_zeros():
+    weight = torch.linspace(-1, 1, 24).reshape(4, 6)
+    mask = torch.rand(4, 6, generator=torch.Generator().manual_seed(1)) > 0.5
+    layer = compress_weight(weight, QuantSpec(bits=4), PruneSpec(sparsity=0.9), mask=mask)
+    assert torch.equal(layer.mask, mask) and layer.nnz == int(mask.sum())
+    assert torch.all(layer.weight[~mask] == 0) and layer.codes is not None

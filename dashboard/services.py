@@ -27,6 +27,7 @@ from compression_core import histograms, sensitivity
 from compression_core.compressed import CompressedModel, LayerCompression
 from compression_core.config import CompressionConfig, ConfigError, PruneSpec, QuantSpec
 from compression_core.datasets import Dataset, DatasetUnavailable, list_datasets, load_dataset
+from compression_core.errors import error_line as core_error_line
 from compression_core.evaluate import DeviceUnavailable
 from compression_core.experiment import Experiment, ExperimentError
 from compression_core.export import export
@@ -44,9 +45,8 @@ USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailabl
 
 
 def error_line(error: BaseException) -> str:
-    """The one line shown to the user for an engine error (its first line, without the traceback)."""
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    """The one line shown to the user for an engine error: its first line, control characters escaped."""
+    return core_error_line(error, first_line=True)
 
 
 # ---- what can be chosen ----------------------------------------------------------------------------

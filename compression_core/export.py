@@ -263,16 +263,23 @@ def export(cm: CompressedModel, path: str | os.PathLike, source: dict) -> int:
         head = json.dumps(header, separators=(",", ":")).encode()
     except TypeError as e:
         raise ExportError(f"source must be a JSON-serialisable dict as models.build_architecture takes; {e}") from None
-    blob = pack_file(head, payload)
-    path = Path(path)
+    return write_atomically(Path(path), pack_file(head, payload))
+
+
+def write_atomically(path: Path, data: bytes) -> int:
+    """Write `data` to `path` through a temp file and a rename (no half-written file); return the byte count.
+
+    Raises:
+        ExportError: the path cannot be written (one line).
+    """
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_bytes(blob)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise ExportError(f"cannot write {path}: {e.strerror}; choose a writable path") from None
-    return len(blob)
+    return len(data)
 
 
 def _verify(cm: CompressedModel, state: dict, layers: list[dict], payload: memoryview) -> None:

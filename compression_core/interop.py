@@ -33,7 +33,7 @@ from ._version import __version__
 from .compress import attach_activation_quant
 from .compressed import CompressedModel, LayerCompression
 from .evaluate import predict
-from .export import ExportError
+from .export import ExportError, write_atomically
 from .methods import quantizer_info
 
 OPSET = 21  # first opset with int4 / uint4 DequantizeLinear
@@ -234,18 +234,6 @@ def _float_copy(cm: CompressedModel) -> torch.nn.Module:
     return model
 
 
-def _write(path: Path, data: bytes) -> int:
-    """Write atomically (temp file + rename); return the byte count."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"cannot write {path}: {e.strerror}; choose a writable path") from None
-    return len(data)
-
-
 def export_onnx(cm: CompressedModel, path: str | os.PathLike, example: torch.Tensor) -> StandardExport:
     """Write `cm` as an ONNX model whose uniform-grid weights are integer initializers + DequantizeLinear.
 
@@ -278,7 +266,7 @@ def export_onnx(cm: CompressedModel, path: str | os.PathLike, example: torch.Ten
     if cm.act_qparams:
         _quantize_activations(onnx, proto.graph, cm.act_qparams)
     onnx.checker.check_model(proto)
-    size = _write(Path(path), proto.SerializeToString())
+    size = write_atomically(Path(path), proto.SerializeToString())
     floats = tuple(name for name in cm.layers if name not in integer_layers)
     return StandardExport(str(path), size, "onnx", integer_layers, floats)
 
@@ -306,7 +294,7 @@ def export_safetensors(cm: CompressedModel, path: str | os.PathLike) -> Standard
     meta = {"format": "compression-explorer-dequantized", "config": cm.config.to_json(),
             "act_qparams": json.dumps({k: list(v) for k, v in cm.act_qparams.items()})}
     meta["engine_version"] = __version__
-    size = _write(Path(path), save(state, metadata=meta))
+    size = write_atomically(Path(path), save(state, metadata=meta))
     return StandardExport(str(path), size, "safetensors", (), tuple(cm.layers))
 
 

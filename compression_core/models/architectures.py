@@ -96,8 +96,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mnist1d-cnn": Architecture(MNIST1DCNN, "mnist1d",
                                 "CNN for MNIST-1D (Greydanus 2020): 3 Conv1d of 25 channels, stride 2, then fc 125-10"),
     "resnet20": Architecture(ResNet20, "fashion-mnist",
-                             "ResNet-20 (He et al. 2016): BatchNorm, 3 stages x 3 residual blocks at 16/32/64 channels, "
-                             "stride-2 stem for 28x28, global average pool, fc"),
+                             "ResNet-20 (He et al. 2016): BatchNorm, 3 stages x 3 residual blocks at 16/32/64 "
+                             "channels, stride-2 stem for 28x28, global average pool, fc"),
     "mobilenet-s": Architecture(MobileNetS, "fashion-mnist",
                                 "Small MobileNet-v1: stride-2 stem, 5 depthwise-separable blocks (depthwise 3x3 + "
                                 "pointwise 1x1, BatchNorm, ReLU6) up to 256 channels, global average pool, fc"),

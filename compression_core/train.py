@@ -47,6 +47,9 @@ RECIPES: dict[str, Recipe] = {
     "digits-cnn": Recipe(epochs=15, batch_size=64, lr=3e-3),
     "mnist1d-mlp": Recipe(epochs=200, batch_size=100, lr=2e-3, weight_decay=5e-2, shift=2),
     "mnist1d-cnn": Recipe(epochs=200, batch_size=100, lr=1e-2, weight_decay=1e-3, shift=3),
+    "resnet20": Recipe(epochs=12, batch_size=128, lr=3e-3, shift=1, label_smoothing=0.1),
+    "mobilenet-s": Recipe(epochs=10, batch_size=128, lr=3e-3, shift=1, label_smoothing=0.1),
+    "vit-tiny": Recipe(epochs=15, batch_size=128, lr=2e-3, weight_decay=5e-2, shift=1, label_smoothing=0.1),
 }
 
 

@@ -172,7 +172,8 @@ def test_installed_wheel_runs_from_another_directory(venv, tmp_path):
     r = _run(venv, tmp_path, "compression-explorer", "models", "--json")
     assert r.returncode == 0, r.stderr
     models = {m["name"]: m for m in json.loads(r.stdout)}
-    assert set(models) == {"lenet300", "lenet5", "digits-cnn", "mnist1d-mlp", "mnist1d-cnn"}
+    assert set(models) == {"lenet300", "lenet5", "digits-cnn", "mnist1d-mlp", "mnist1d-cnn", "resnet20", "mobilenet-s",
+                           "vit-tiny"}
     assert models["lenet5"]["datasets"] == ["mnist", "fashion-mnist"]
     assert models["digits-cnn"]["accuracy"]["digits"] > 0.97  # read from the installed manifest
 

@@ -1,12 +1,14 @@
 """Named models: the built-in architectures with their shipped checkpoints, and bring-your-own models with weights.
 
-A model name is a built-in (`lenet300`, `lenet5`, `digits-cnn`, `mnist1d-mlp`, `mnist1d-cnn`), a factory
-`package.module:function` or `torchvision:NAME`; see `load_model`. The model a `LoadedModel` holds is shared by
-caches and experiments: never modify it; copy it first (`copy.deepcopy`) when you need to change it.
+A model name is a built-in (`lenet300`, `lenet5`, `digits-cnn`, `mnist1d-mlp`, `mnist1d-cnn`, `resnet20`,
+`mobilenet-s`, `vit-tiny`), a factory `package.module:function` or `torchvision:NAME`; see `load_model`. The model
+a `LoadedModel` holds is shared by caches and experiments: never modify it; copy it first (`copy.deepcopy`) when
+you need to change it.
 
-Modules: `architectures` (the built-in networks), `weights` (reading and checking state dicts), `specs` (factory
-specs checked before import: never the standard library, optionally only from allowed module prefixes), `loading`
-(names -> models, the checkpoint manifest).
+Modules: `architectures` (the built-in networks and their registry; `architectures_zoo` holds the ResNet, MobileNet
+and ViT), `weights` (reading and checking state dicts), `specs` (factory specs checked before import: never the
+standard library, optionally only from allowed module prefixes), `loading` (names -> models, the checkpoint
+manifest).
 """
 from .architectures import ARCHITECTURES, Architecture
 from .loading import (CHECKPOINT_DIR, MANIFEST, LoadedModel, build_architecture, check_model_name, list_models,

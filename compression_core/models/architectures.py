@@ -1,4 +1,5 @@
-"""The built-in architectures (LeNet-5, LeNet-300-100, small CNN / MLP for digits and MNIST-1D) and their registry."""
+"""The built-in architectures (LeNet-5, LeNet-300-100, small CNN / MLP for digits and MNIST-1D, and from
+`architectures_zoo` a ResNet-20, a MobileNet and a ViT) and their registry."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +8,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .architectures_zoo import MobileNetS, ResNet20, ViTTiny
 
 
 class LeNet5(nn.Module):
@@ -92,4 +95,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mnist1d-mlp": Architecture(lambda c: MLP((40, 100, 100), c), "mnist1d", "MLP for MNIST-1D: 40-100-100-10 ReLU"),
     "mnist1d-cnn": Architecture(MNIST1DCNN, "mnist1d",
                                 "CNN for MNIST-1D (Greydanus 2020): 3 Conv1d of 25 channels, stride 2, then fc 125-10"),
+    "resnet20": Architecture(ResNet20, "fashion-mnist",
+                             "ResNet-20 (He et al. 2016): BatchNorm, 3 stages x 3 residual blocks at 16/32/64 "
+                             "channels, stride-2 stem for 28x28, global average pool, fc"),
+    "mobilenet-s": Architecture(MobileNetS, "fashion-mnist",
+                                "Small MobileNet-v1: stride-2 stem, 5 depthwise-separable blocks (depthwise 3x3 + "
+                                "pointwise 1x1, BatchNorm, ReLU6) up to 256 channels, global average pool, fc"),
+    "vit-tiny": Architecture(ViTTiny, "mnist",
+                             "Small ViT: 7x7 patches (16 tokens + class token), 4 pre-norm blocks of dim 64, 4 heads "
+                             "(qkv and output Linears), GELU MLP 128, LayerNorm, linear head"),
 }

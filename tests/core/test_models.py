@@ -23,7 +23,9 @@ MIN_ACCURACY = {("lenet5", "mnist"): 0.99, ("lenet300", "mnist"): 0.98, ("digits
 
 def test_every_builtin_has_its_checkpoints():
     assert set(SHIPPED) == {("lenet300", "mnist"), ("lenet5", "mnist"), ("lenet5", "fashion-mnist"),
-                            ("digits-cnn", "digits"), ("mnist1d-mlp", "mnist1d"), ("mnist1d-cnn", "mnist1d")}
+                            ("digits-cnn", "digits"), ("mnist1d-mlp", "mnist1d"), ("mnist1d-cnn", "mnist1d"),
+                            ("resnet20", "fashion-mnist"), ("mobilenet-s", "fashion-mnist"), ("vit-tiny", "mnist"),
+                            ("vit-tiny", "fashion-mnist")}
     for entry in read_manifest().values():
         assert file_sha256(CHECKPOINT_DIR / entry["file"]) == entry["sha256"]
         assert {"accuracy", "n_test", "recipe", "seed", "torch", "num_classes"} <= entry.keys()

@@ -6,11 +6,13 @@ In eval mode BN computes y = (x - mean) / sqrt(var + eps) * gamma + beta per cha
 and the BN's four tensors are no longer stored; the BN module becomes an `nn.Identity`.
 
 Which BN follows which conv is read from the model's graph (`torch.fx.symbolic_trace`): a BN is folded only when
-its one input is a conv's output, nothing else reads that output, each module is called once, the channel counts
-agree and the BN keeps running statistics. A model fx cannot trace (data-dependent control flow in `forward`) is
+its one input is a conv's output, nothing else reads that output, each module is called once, the conv's weight
+is not shared with another module (tied), the channel counts agree and the BN keeps running statistics. A model fx cannot trace (data-dependent control flow in `forward`) is
 left unfolded and the note says why; folding never fails a compression.
 """
 from __future__ import annotations
+
+from collections import Counter
 
 import torch
 from torch import fx, nn
@@ -42,6 +44,7 @@ def conv_bn_pairs(model: nn.Module) -> tuple[list[tuple[str, str]], str]:
     for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))  # > 1: tied
     pairs = []
     for node in graph.nodes:
         bn = modules.get(node.target) if node.op == "call_module" else None
@@ -50,7 +53,8 @@ def conv_bn_pairs(model: nn.Module) -> tuple[list[tuple[str, str]], str]:
         prev = node.args[0]
         conv = modules.get(prev.target) if isinstance(prev, fx.Node) and prev.op == "call_module" else None
         if (isinstance(conv, CONVS) and len(prev.users) == 1 and calls[prev.target] == calls[node.target] == 1
-                and bn.running_mean is not None and conv.out_channels == bn.num_features):
+                and uses[id(conv.weight)] == 1 and bn.running_mean is not None
+                and conv.out_channels == bn.num_features):
             pairs.append((prev.target, node.target))
     return pairs, "" if pairs else "no BatchNorm directly follows a conv"
 

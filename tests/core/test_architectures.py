@@ -14,6 +14,7 @@ from compression_core.config import CompressionConfig, PruneSpec, QuantSpec
 from compression_core.evaluate import layer_macs
 from compression_core.export import ExportError, export, load_exported
 from compression_core.size import layer_size, size_report
+from compression_core.sweep import expand_grid
 from tests.core.test_export_safety import resign, split
 
 INT4_HALF = CompressionConfig(quant=QuantSpec(bits=4), prune=PruneSpec(sparsity=0.5))
@@ -129,6 +130,25 @@ def test_bn_after_an_addition_or_read_twice_is_not_folded():
     assert cm.folded == () and cm.fold_note == "no BatchNorm directly follows a conv"
 
 
+def test_a_conv_whose_weight_is_tied_is_not_folded():
+    class SharedFilters(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1)
+            self.b.weight = self.a.weight
+            self.bn_a, self.bn_b = nn.BatchNorm2d(2), nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            return self.bn_a(self.a(x)) + self.bn_b(self.b(x))
+
+    model = with_bn_statistics(SharedFilters(), torch.randn(4, 2, 3, 3))
+    cm = compress(model, CompressionConfig())
+    assert cm.folded == () and list(cm.layers) == ["a"]
+    with torch.no_grad():
+        x = torch.randn(2, 2, 3, 3)
+        assert torch.equal(cm.model(x), model(x))
+
+
 def test_untraceable_model_compresses_unfolded_and_says_why():
     class DataDependent(nn.Module):
         def __init__(self):
@@ -153,6 +173,7 @@ def test_fold_bn_off_keeps_the_batchnorm_and_the_default_keeps_old_hashes():
     assert "fold_bn" not in on.to_dict() and off.to_dict()["fold_bn"] is False
     assert CompressionConfig.from_dict(off.to_dict()) == off and on.config_hash != off.config_hash
     assert off.label.endswith("BN unfolded")
+    assert [c.fold_bn for c in expand_grid(bits=[4], fold_bn=[True, False])] == [True, False]
     model = with_bn_statistics(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)), torch.randn(4, 1, 5, 5))
     cm = compress(model, off)
     assert cm.folded == () and cm.fold_note == "off (fold_bn is False)" and isinstance(cm.model[1], nn.BatchNorm2d)

@@ -6,9 +6,9 @@ File layout (little-endian; the prefix, checksum and header checks live in `expo
 
 The sha256 covers the prefix fields, the header and the payload. The JSON header holds the architecture `source`
 (for models.build_architecture), the config, act_qparams, `folded` ([conv, BatchNorm] name pairs: the rebuilt
-model's BN becomes an Identity and its conv gets a bias before loading; absent in files without folding) and, per layer, its shape, storage format, value kind /
-width and the byte ranges of its payload sections. Payload sections are byte-aligned bitstreams (LSB first, `width`
-bits per entry):
+model's BN becomes an Identity and its conv gets a bias before loading; absent in files without folding) and, per
+layer, its shape, storage format, value kind / width and the byte ranges of its payload sections. Payload sections
+are byte-aligned bitstreams (LSB first, `width` bits per entry):
 
     values      entries x value_bits      integer codes (grids: code - qmin) or raw fp32 / fp16 / bf16 bits
     mask        n x 1                     bitmask format
@@ -41,10 +41,10 @@ from torch import nn
 
 from .compressed import CompressedModel, LayerCompression
 from .errors import shown
-from .export_format import DTYPES, MAGIC, PREFIX, VERSION, ExportError, check_fits, pack_file, parse_file
+from .export_format import DTYPES, MAGIC, PREFIX, VERSION, ExportError, check_fits, pack_file, parse_file, \
+    refold
 from .methods import quantizer_info
 from .quantize import qrange
-from .fold import BATCHNORMS, CONVS, replace_with_identity
 from .size import LayerSize, flat_positions, needs_zero_code, other_tensors, relative_fillers, scale_kind, \
     size_report, value_kind
 
@@ -324,7 +324,7 @@ def load_exported(path: str | os.PathLike,
     """
     header, payload = read_header(path)
     model = _rebuild(header["source"], build, path)
-    _refold(model, header.get("folded", []), path)
+    refold(header, model, path)
     check_fits(header, model, path)
     state = {f"{e['name']}.weight": _decode_layer(e, payload) for e in header["layers"]}
     for t in header["tensors"]:
@@ -341,20 +341,6 @@ def load_exported(path: str | os.PathLike,
         act = header["act_qparams"]  # checked: [scale > 0, zero point, qmin <= qmax] per known layer
         attach_activation_quant(model, {k: (float(s), z, lo, hi) for k, (s, z, lo, hi) in act.items()})
     return model, {**header, "file_bytes": Path(path).stat().st_size}
-
-
-def _refold(model: nn.Module, folded: list[list[str]], path: object) -> None:
-    """Give the rebuilt model the folded layout the file was written from: each folded BN becomes an Identity and
-    its conv gets a bias (the file's values fill it). Names come from the file, so each is checked first."""
-    modules = dict(model.named_modules())
-    for conv_name, bn_name in folded:
-        conv, bn = modules.get(conv_name), modules.get(bn_name)
-        if not isinstance(conv, CONVS) or not isinstance(bn, BATCHNORMS):
-            raise ExportError(f"{path}: the file folds {shown(bn_name)} into {shown(conv_name)}, but the rebuilt "
-                              f"{type(model).__name__} has no such conv and BatchNorm; export the model again")
-        if conv.bias is None:
-            conv.bias = nn.Parameter(torch.zeros(conv.out_channels))
-        replace_with_identity(model, bn_name)
 
 
 def _rebuild(source: dict, build: Callable[[dict], nn.Module] | None, path: object) -> nn.Module:

@@ -29,6 +29,7 @@ from torch import nn
 from .compressed import tied_keys
 from .config import CompressionConfig, ConfigError, QuantSpec
 from .errors import shown
+from .fold import BATCHNORMS, CONVS, replace_with_identity
 from .methods import quantizer_info
 from .size import SKIPPED_BUFFERS
 
@@ -257,6 +258,25 @@ def _check_layer(entry: object, where: str, payload_len: int) -> str:
             sizes[key] = count[0] * 8
         _section(sections[key], f"{where}.sections.{key}", payload_len, -(-sizes[key] // 8))
     return name
+
+
+def refold(header: dict, model: nn.Module, path: object) -> None:
+    """Give the rebuilt model the folded layout the file was written from (before `check_fits`): each folded BN
+    becomes an Identity and its conv gets a bias (the file's values fill it). The names come from the file, so
+    each must be a conv / BatchNorm of the rebuilt model.
+
+    Raises:
+        ExportError: one line naming the pair that does not fit.
+    """
+    modules = dict(model.named_modules())
+    for conv_name, bn_name in header.get("folded", []):  # absent in files written before folding
+        conv, bn = modules.get(conv_name), modules.get(bn_name)
+        if not isinstance(conv, CONVS) or not isinstance(bn, BATCHNORMS):
+            raise ExportError(f"{path}: the file folds {shown(bn_name)} into {shown(conv_name)}, but the rebuilt "
+                              f"{type(model).__name__} has no such conv and BatchNorm; export the model again")
+        if conv.bias is None:
+            conv.bias = nn.Parameter(torch.zeros(conv.out_channels))
+        replace_with_identity(model, bn_name)
 
 
 def check_fits(header: dict, model: nn.Module, path: object) -> None:

@@ -7,8 +7,9 @@ and the BN's four tensors are no longer stored; the BN module becomes an `nn.Ide
 
 Which BN follows which conv is read from the model's graph (`torch.fx.symbolic_trace`): a BN is folded only when
 its one input is a conv's output, nothing else reads that output, each module is called once, the conv's weight
-is not shared with another module (tied), the channel counts agree and the BN keeps running statistics. A model fx cannot trace (data-dependent control flow in `forward`) is
-left unfolded and the note says why; folding never fails a compression.
+is not shared with another module (tied), the channel counts agree and the BN keeps running statistics. A model
+fx cannot trace (data-dependent control flow in `forward`) is left unfolded and the note says why; folding never
+fails a compression.
 """
 from __future__ import annotations
 

@@ -124,7 +124,6 @@ def cmd_evaluate(args) -> None:
     exp = _experiment(args, configs)
     staged = SimpleNamespace(key=exp.key, run=lambda config: exp.run(config, progress=_stage_progress()))
     (record,) = sweep(staged, configs, store=store, on_warning=_log)
-    _log(f"BatchNorm: {record.get('bn_fold_note', 'unknown (a record stored before folding was reported)')}")
     _emit(args, record)
 
 

@@ -33,7 +33,7 @@ def test_evaluate_json_record_shape(tmp_path):
     assert rec["accuracy_ci_low"] <= rec["accuracy"] <= rec["accuracy_ci_high"]
     assert 0.49 < rec["realized_sparsity"] < 0.51
     assert rec["size_bytes"] < rec["dense_bytes"] / 6
-    assert rec["bn_folded"] == [] and "BatchNorm: the model has no BatchNorm" in r.stderr
+    assert rec["bn_folded"] == [] and rec["bn_fold_note"] == "the model has no BatchNorm"
     assert all(LAYER_FIELDS <= l.keys() for l in rec["layers"])
     assert json.loads(json.dumps(rec["config"]))["quant"]["bits"] == 4
 

@@ -1,8 +1,8 @@
 """compress(): the one verb that turns a model and a CompressionConfig into a new, compressed model.
 
-Out-of-place: the model passed in is never touched. Order: fold BatchNorm into the conv before it (`fold.py`,
-when config.fold_bn) -> prune -> quantize the survivors (zeros stay exactly
-zero) -> activation calibration -> bias correction -> fine-tuning with fixed masks (re-quantized after).
+Out-of-place: the model passed in is never touched. Order: fold each BatchNorm into the conv before it (`fold.py`,
+when config.fold_bn) -> prune -> quantize the survivors (zeros stay exactly zero) -> activation calibration ->
+bias correction -> fine-tuning with fixed masks (re-quantized after).
 """
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ def out_path(text: str) -> Path:
 
 # ---- config flags ---------------------------------------------------------------------------------------
 
-SINGLE_FLAGS = ("bias_correction", "seed")  # sweep settings the CLI takes once (a switch, one seed)
+SINGLE_FLAGS = ("bias_correction", "fold_bn", "seed")  # sweep settings the CLI takes once (switches, one seed)
 # sweep settings with a comma-list flag, in product order; `norm` has no flag (the default L1 ranks channels)
 GRID_FLAGS = tuple(name for name in GRID_FIELDS if name not in (*SINGLE_FLAGS, "norm"))
 
@@ -118,6 +118,8 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--index-bits", dest="index_bits", type=csv(int, None, "--index-bits"), default=[4])
     g.add_argument("--finetune-steps", dest="finetune_steps", type=csv(int, None, "--finetune-steps"), default=[0])
     g.add_argument("--bias-correction", action="store_true")
+    g.add_argument("--fold-bn", dest="fold_bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold each BatchNorm into the conv it follows before compressing (default: on)")
     g.add_argument("--seed", type=seed, default=0)
     g.add_argument("--layer", action="append", default=[], metavar="NAME:key=value[,key=value]",
                    help=f"per-layer override, repeatable; keys: {' '.join(LAYER_KEYS)}")
@@ -143,7 +145,8 @@ def configs_from_args(args) -> list[CompressionConfig]:
     lists["sparsity"] = args.sparsity if args.sparsity is not None else [0.0]
     lists["nm"] = args.nm if args.nm is not None else [(2, 4)]
     lists["percentile"] = args.percentile if args.percentile is not None else [99.9]
-    configs = expand_grid(CompressionConfig(bias_correction=args.bias_correction, seed=args.seed), **lists)
+    configs = expand_grid(CompressionConfig(bias_correction=args.bias_correction, fold_bn=args.fold_bn,
+                                                   seed=args.seed), **lists)
     names = [text.partition(":")[0] for text in args.layer]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:

@@ -1,7 +1,8 @@
 """compress(): the one verb that turns a model and a CompressionConfig into a new, compressed model.
 
-Out-of-place: the model passed in is never touched. Order: prune -> quantize the survivors (zeros stay exactly
-zero) -> activation calibration -> bias correction -> fine-tuning with fixed masks (re-quantized after).
+Out-of-place: the model passed in is never touched. Order: fold each BatchNorm into the conv before it (`fold.py`,
+when config.fold_bn) -> prune -> quantize the survivors (zeros stay exactly zero) -> activation calibration ->
+bias correction -> fine-tuning with fixed masks (re-quantized after).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from . import prune as prune_ops
 from . import quantize as quant_ops
 from .compressed import CompressedModel, LayerCompression, compressible_layers
 from .config import CompressionConfig, PruneSpec, QuantSpec
+from .fold import conv_bn_pairs, fold_batchnorms, fold_note
 from .methods import prune_method_info, prune_methods
 
 Progress = Callable[[str, float], None]  # (stage, fraction done)
@@ -33,7 +35,8 @@ def compress(
     """Return a compressed copy of `model` as described by `config`.
 
     Args:
-        model: any module with Linear / Conv1d / Conv2d layers; not modified.
+        model: any module with Linear / Conv1d / Conv2d / Conv3d layers (compressed.COMPRESSIBLE_TYPES); not
+            modified.
         config: what to do (global specs plus per-layer overrides).
         calib: (x, y) training samples on the model's device; needed for pruning methods that need calibration
             (taylor), activation quantization, bias correction and fine-tuning.
@@ -61,16 +64,20 @@ def compress(
                          "fine-tuning): pass calib=(x, y)")
 
     new = copy.deepcopy(model).eval()
+    pairs, note = conv_bn_pairs(new) if config.fold_bn else ([], "")
+    fold_batchnorms(new, pairs)
+    reference = copy.deepcopy(new) if config.bias_correction else model  # bias correction compares folded to folded
     modules = dict(compressible_layers(new))
     masks = _masks(new, modules, specs, config, calib)
     layers = {name: _compress_layer(name, modules[name], masks.get(name), *specs[name]) for name in modules}
 
-    cm = CompressedModel(model=new, config=config, layers=layers)
+    cm = CompressedModel(model=new, config=config, layers=layers, folded=tuple(pairs),
+                         fold_note=fold_note(pairs, note, config.fold_bn))
     if config.act_bits < 32:
         cm.act_qparams = _calibrate_activations(new, modules, config.act_bits, calib)
         attach_activation_quant(new, cm.act_qparams)
     if config.bias_correction:
-        _correct_biases(model, new, modules, calib)
+        _correct_biases(reference, new, modules, calib)
     if config.finetune_steps > 0:
         cm.finetune_log = _finetune(cm, modules, calib, config.finetune_steps, config.seed, progress)
     return cm

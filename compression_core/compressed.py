@@ -8,12 +8,53 @@ from torch import nn
 
 from .config import CompressionConfig, PruneSpec, QuantSpec
 
-COMPRESSIBLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+# Module types whose `weight` is compressed -> the weight's layout. Axis 0 is always the output channel: it is the
+# per-channel quantization axis, the structured-pruning unit and the CSR row. Grouped and depthwise convs keep
+# (C_out, C_in / groups, ...). Embedding is not here: its rows are tokens, not output channels.
+COMPRESSIBLE_TYPES: dict[type[nn.Module], str] = {
+    nn.Linear: "(out, in)",
+    nn.Conv1d: "(out, in / groups, k)",
+    nn.Conv2d: "(out, in / groups, kh, kw)",
+    nn.Conv3d: "(out, in / groups, kd, kh, kw)",
+}
+COMPRESSIBLE = tuple(COMPRESSIBLE_TYPES)
+COMPRESSIBLE_NAMES = ", ".join(f"nn.{t.__name__}" for t in COMPRESSIBLE_TYPES)
 
 
 def compressible_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Named Linear / Conv1d / Conv2d modules in definition order: the layers whose weights we compress."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, COMPRESSIBLE)]
+    """Named Linear / Conv1d / Conv2d / Conv3d modules in definition order: the layers whose weights we compress.
+
+    A weight Parameter shared by several modules (tied weights) is listed once, under its first module: it is
+    compressed once, and every module that shares it computes with the compressed values.
+    """
+    seen: set[int] = set()
+    layers = []
+    for name, m in model.named_modules():
+        if isinstance(m, COMPRESSIBLE) and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            layers.append((name, m))
+    return layers
+
+
+def tied_keys(model: nn.Module, owners: set[str]) -> set[str]:
+    """State-dict keys whose Parameter another key already holds (tied weights): stored and counted once.
+
+    Args:
+        model: the module whose parameters are compared by identity.
+        owners: keys that hold their Parameter when tied (the compressed layers' `NAME.weight`); among other
+            keys, the first in `named_parameters` order holds it.
+
+    Returns:
+        The keys that are aliases: the model rebuilds their values from the holder when the tie is made again.
+    """
+    holders: dict[int, list[str]] = {}
+    for key, p in model.named_parameters(remove_duplicate=False):
+        holders.setdefault(id(p), []).append(key)
+    aliases = set()
+    for keys in holders.values():
+        holder = next((k for k in keys if k in owners), keys[0])
+        aliases.update(k for k in keys if k != holder)
+    return aliases
 
 
 @dataclass
@@ -59,6 +100,8 @@ class CompressedModel:
 
     act_qparams maps a layer name to (scale, zero_point, qmin, qmax) for the fake-quantized input of that layer
     when activation quantization is on. finetune_log holds (step, loss) pairs when fine-tuning ran.
+    folded: (conv name, BatchNorm name) pairs whose BN was folded into the conv (the BN is an Identity in
+    `model`); fold_note says in one line what folding did, or why it did not run.
     """
 
     model: nn.Module
@@ -66,6 +109,8 @@ class CompressedModel:
     layers: dict[str, LayerCompression]
     act_qparams: dict[str, tuple[float, int, int, int]] = field(default_factory=dict)
     finetune_log: list[tuple[int, float]] = field(default_factory=list)
+    folded: tuple[tuple[str, str], ...] = ()
+    fold_note: str = ""
 
     @property
     def n_weights(self) -> int:

@@ -213,6 +213,7 @@ class CompressionConfig:
     index_bits: int = 4  # bits per entry of Deep-Compression relative indices
     overrides: tuple[LayerOverride, ...] = ()
     seed: int = 0
+    fold_bn: bool = True  # fold each BatchNorm into the conv it follows before compressing (fold.py)
 
     def __post_init__(self) -> None:
         _check(self.act_bits in ACT_BITS, f"act_bits must be one of 2-8, 16 or 32 (32 = off); got {self.act_bits!r}")
@@ -228,6 +229,7 @@ class CompressionConfig:
             isinstance(self.seed, int) and 0 <= self.seed < 2 ** 63,
             f"seed must be an integer in [0, 2^63) (what torch.manual_seed takes); got {self.seed!r}",
         )
+        _check(isinstance(self.fold_bn, bool), f"fold_bn must be true or false; got {self.fold_bn!r}")
         names = [o.name for o in self.overrides]
         _check(len(names) == len(set(names)), f"each layer may be overridden once; got {names}")
         # overrides are kept sorted so equal configs hash equally
@@ -247,7 +249,12 @@ class CompressionConfig:
 
     # ---- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as plain data. `fold_bn` appears only when False (folding, the default, is implied), so
+        configs written before the field existed keep their hash and stored records stay valid."""
+        d = dataclasses.asdict(self)
+        if self.fold_bn:
+            del d["fold_bn"]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -301,4 +308,5 @@ class CompressionConfig:
         extra = (f" · act{self.act_bits}" if self.act_bits < 32 else "") + (" · biascorr" if self.bias_correction else "")
         extra += f" · ft{self.finetune_steps}" if self.finetune_steps else ""
         extra += f" · {len(self.overrides)} overrides" if self.overrides else ""
+        extra += "" if self.fold_bn else " · BN unfolded"
         return qs + ps + extra

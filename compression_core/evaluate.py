@@ -222,11 +222,9 @@ def layer_macs(model: nn.Module, sample: torch.Tensor) -> dict[str, int]:
 
     def hook(name):
         def fn(m, inputs, out):
-            if isinstance(m, nn.Linear):
-                macs[name] = out.numel() // out.shape[0] * m.in_features
-            else:
-                k = math.prod(m.kernel_size) * m.in_channels // m.groups
-                macs[name] = out.numel() // out.shape[0] * k
+            per_output = m.in_features if isinstance(m, nn.Linear) else (
+                math.prod(m.kernel_size) * m.in_channels // m.groups)
+            macs[name] = macs.get(name, 0) + out.numel() // out.shape[0] * per_output  # a module called twice adds up
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, COMPRESSIBLE)]

@@ -14,7 +14,7 @@ import torch
 
 from ._version import __version__
 from .compress import compress
-from .compressed import CompressedModel, compressible_layers
+from .compressed import COMPRESSIBLE_NAMES, CompressedModel, compressible_layers
 from .config import CompressionConfig
 from .datasets import Dataset, stratified_indices
 from .evaluate import evaluate, evaluate_stacked, layer_macs, select_device, tune_forward
@@ -47,7 +47,7 @@ def check_fits(model: torch.nn.Module, name: str, dataset: Dataset, sample: torc
     layers = compressible_layers(model)
     if not layers:
         raise ExperimentError(f"model {name!r} has no Linear/Conv layer to compress; give a model with at least one "
-                              "nn.Linear, nn.Conv1d or nn.Conv2d")
+                              f"of {COMPRESSIBLE_NAMES}")
     first, layer = layers[0]
     takes = (f"{layer.in_features} input features" if isinstance(layer, torch.nn.Linear)
              else f"{layer.in_channels} input channels")
@@ -250,5 +250,7 @@ class Experiment:
             "eval_group": metrics["eval_group"],
             "latency_ms_per_batch": metrics["latency_ms_per_batch"],
             "finetune_final_loss": cm.finetune_log[-1][1] if cm.finetune_log else None,
+            "bn_folded": [list(pair) for pair in cm.folded],
+            "bn_fold_note": cm.fold_note,
             "layers": layers,
         }

@@ -5,9 +5,10 @@ File layout (little-endian; the prefix, checksum and header checks live in `expo
     b"CMPX" | version 2 u16 | header length u32 | payload length u64 | sha256 | header JSON | payload
 
 The sha256 covers the prefix fields, the header and the payload. The JSON header holds the architecture `source`
-(for models.build_architecture), the config, act_qparams and, per layer, its shape, storage format, value kind /
-width and the byte ranges of its payload sections. Payload sections are byte-aligned bitstreams (LSB first, `width`
-bits per entry):
+(for models.build_architecture), the config, act_qparams, `folded` ([conv, BatchNorm] name pairs: the rebuilt
+model's BN becomes an Identity and its conv gets a bias before loading; absent in files without folding) and, per
+layer, its shape, storage format, value kind / width and the byte ranges of its payload sections. Payload sections
+are byte-aligned bitstreams (LSB first, `width` bits per entry):
 
     values      entries x value_bits      integer codes (grids: code - qmin) or raw fp32 / fp16 / bf16 bits
     mask        n x 1                     bitmask format
@@ -40,10 +41,11 @@ from torch import nn
 
 from .compressed import CompressedModel, LayerCompression
 from .errors import shown
-from .export_format import DTYPES, MAGIC, PREFIX, VERSION, ExportError, check_fits, pack_file, parse_file
+from .export_format import DTYPES, MAGIC, PREFIX, VERSION, ExportError, check_fits, pack_file, parse_file, \
+    refold
 from .methods import quantizer_info
 from .quantize import qrange
-from .size import SKIPPED_BUFFERS, LayerSize, flat_positions, needs_zero_code, relative_fillers, scale_kind, \
+from .size import LayerSize, flat_positions, needs_zero_code, other_tensors, relative_fillers, scale_kind, \
     size_report, value_kind
 
 CHUNK = 1 << 18  # entries packed per step; a multiple of 8, so every chunk ends on a byte boundary
@@ -246,18 +248,16 @@ def export(cm: CompressedModel, path: str | os.PathLike, source: dict) -> int:
         sections = _layer_sections(lc, ls, index_bits)
         entry["sections"] = {key: add(data) for key, data in sections.items()}
         layers.append(entry)
-    weight_keys = {f"{name}.weight" for name in cm.layers}
     tensors = []
-    for key, t in state.items():
-        if key in weight_keys or key.rsplit(".", 1)[-1] in SKIPPED_BUFFERS:
-            continue
+    for key, t in other_tensors(cm, state).items():
         raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         tensors.append({"name": key, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
                         "section": add(raw)})
     payload = b"".join(chunks)
     header = {"format": "compression-explorer", "version": VERSION, "source": source,
               "config": cm.config.to_dict(), "act_qparams": {k: list(v) for k, v in cm.act_qparams.items()},
-              "layers": layers, "tensors": tensors, "report_bytes": report.total_bytes}
+              "layers": layers, "tensors": tensors, "report_bytes": report.total_bytes,
+              "folded": [list(pair) for pair in cm.folded]}
     _verify(cm, state, layers, memoryview(payload))
     try:
         head = json.dumps(header, separators=(",", ":")).encode()
@@ -324,6 +324,7 @@ def load_exported(path: str | os.PathLike,
     """
     header, payload = read_header(path)
     model = _rebuild(header["source"], build, path)
+    refold(header, model, path)
     check_fits(header, model, path)
     state = {f"{e['name']}.weight": _decode_layer(e, payload) for e in header["layers"]}
     for t in header["tensors"]:

@@ -26,8 +26,10 @@ import zlib
 import torch
 from torch import nn
 
+from .compressed import tied_keys
 from .config import CompressionConfig, ConfigError, QuantSpec
 from .errors import shown
+from .fold import BATCHNORMS, CONVS, replace_with_identity
 from .methods import quantizer_info
 from .size import SKIPPED_BUFFERS
 
@@ -43,6 +45,7 @@ FORMATS = ("dense", "bitmask", "csr", "relative")
 KINDS = {"float32": 32, "float16": 16, "bfloat16": 16, "code": None}  # kind -> its fixed value width
 FORMAT_SECTIONS = {"dense": (), "bitmask": ("mask",), "csr": ("row_ptr", "cols"), "relative": ("gaps",)}
 HEADER_KEYS = {"format", "version", "source", "config", "act_qparams", "layers", "tensors", "report_bytes"}
+OPTIONAL_HEADER_KEYS = {"folded"}  # [conv, BatchNorm] name pairs; absent in files written before BN folding
 LAYER_KEYS = {"name", "shape", "format", "kind", "value_bits", "entries", "nnz", "index_bits", "qmin", "skipped",
               "quant", "sections"}
 TENSOR_KEYS = {"name", "dtype", "shape", "section"}
@@ -117,10 +120,10 @@ def _no_constant(name: str) -> None:
 
 # ---- field checks ------------------------------------------------------------------------------
 
-def _keys(value: object, where: str, keys: set[str]) -> dict:
+def _keys(value: object, where: str, keys: set[str], optional: set[str] = frozenset()) -> dict:
     if not isinstance(value, dict):
         raise _Invalid(f"{where} must be an object; got {type(value).__name__}")
-    missing, unknown = keys - value.keys(), value.keys() - keys
+    missing, unknown = keys - value.keys(), value.keys() - keys - optional
     if missing or unknown:
         raise _Invalid(f"{where} has missing keys {sorted(missing)} / unknown keys {sorted(map(str, unknown))[:5]}")
     return value
@@ -168,7 +171,7 @@ def _section(value: object, where: str, payload_len: int, size: int) -> None:
 
 def check_header(header: object, version: int, payload_len: int) -> None:
     """Check every field of a parsed header against the payload length (raises _Invalid)."""
-    header = _keys(header, "the header", HEADER_KEYS)
+    header = _keys(header, "the header", HEADER_KEYS, OPTIONAL_HEADER_KEYS)
     if header["format"] != "compression-explorer" or header["version"] != version:
         raise _Invalid(f"format/version must be 'compression-explorer'/{version}; got "
                        f"{shown(header['format'], 40)}/{shown(header['version'], 20)}")
@@ -193,6 +196,11 @@ def check_header(header: object, version: int, payload_len: int) -> None:
         _section(t["section"], f"{where}.section", payload_len, n * DTYPES[t["dtype"]].itemsize)
     if len(set(names)) != len(names):
         raise _Invalid("a tensor name appears twice")
+    for i, pair in enumerate(_list(header.get("folded", []), "folded")):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise _Invalid(f"folded[{i}] must be a [conv, BatchNorm] pair of names; got {shown(pair, 60)}")
+        for name in pair:
+            _name(name, f"folded[{i}]")
 
 
 def _check_act_qparams(act: object) -> None:
@@ -252,6 +260,25 @@ def _check_layer(entry: object, where: str, payload_len: int) -> str:
     return name
 
 
+def refold(header: dict, model: nn.Module, path: object) -> None:
+    """Give the rebuilt model the folded layout the file was written from (before `check_fits`): each folded BN
+    becomes an Identity and its conv gets a bias (the file's values fill it). The names come from the file, so
+    each must be a conv / BatchNorm of the rebuilt model.
+
+    Raises:
+        ExportError: one line naming the pair that does not fit.
+    """
+    modules = dict(model.named_modules())
+    for conv_name, bn_name in header.get("folded", []):  # absent in files written before folding
+        conv, bn = modules.get(conv_name), modules.get(bn_name)
+        if not isinstance(conv, CONVS) or not isinstance(bn, BATCHNORMS):
+            raise ExportError(f"{path}: the file folds {shown(bn_name)} into {shown(conv_name)}, but the rebuilt "
+                              f"{type(model).__name__} has no such conv and BatchNorm; export the model again")
+        if conv.bias is None:
+            conv.bias = nn.Parameter(torch.zeros(conv.out_channels))
+        replace_with_identity(model, bn_name)
+
+
 def check_fits(header: dict, model: nn.Module, path: object) -> None:
     """Every name and shape in a checked header is the rebuilt model's, and the header covers all of it.
 
@@ -268,7 +295,8 @@ def check_fits(header: dict, model: nn.Module, path: object) -> None:
             have = tuple(expected[key].shape) if key in expected else "nothing"
             raise ExportError(f"{path}: weights do not fit the rebuilt {type(model).__name__}: {shown(key)} has "
                               f"shape {tuple(shape)} in the file, {have} in the model")
-    missing = [k for k in expected if k not in given and k.rsplit(".", 1)[-1] not in SKIPPED_BUFFERS]
+    tied = tied_keys(model, {f"{e['name']}.weight" for e in header["layers"]})  # the model re-ties them
+    missing = [k for k in expected if k not in given and k not in tied and k.rsplit(".", 1)[-1] not in SKIPPED_BUFFERS]
     modules = dict(model.named_modules())
     unknown = [k for k in header["act_qparams"] if k not in modules]
     if missing or unknown:

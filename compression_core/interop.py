@@ -284,15 +284,17 @@ def onnx_predictions(path: str | os.PathLike, x: torch.Tensor, batch_size: int =
 def export_safetensors(cm: CompressedModel, path: str | os.PathLike) -> StandardExport:
     """Write the compressed model's state dict (dequantized float32 weights) as a plain safetensors file.
 
-    The metadata holds `config` (CompressionConfig JSON), `act_qparams` (JSON; empty unless act_bits < 32) and
-    `engine_version`. Load it with `safetensors.torch.load_file` or as
-    `--weights FILE` for the same architecture.
+    The metadata holds `config` (CompressionConfig JSON), `act_qparams` (JSON; empty unless act_bits < 32),
+    `folded` (JSON [conv, BatchNorm] pairs) and `engine_version`. Load it with `safetensors.torch.load_file` or as
+    `--weights FILE` for the same architecture — when no BatchNorm was folded: a folded model's state dict has
+    its BNs' statistics in the convs' weights and biases (compress with `fold_bn=False` for a drop-in file).
     """
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous().clone() for k, v in cm.model.state_dict().items()}
     meta = {"format": "compression-explorer-dequantized", "config": cm.config.to_json(),
-            "act_qparams": json.dumps({k: list(v) for k, v in cm.act_qparams.items()})}
+            "act_qparams": json.dumps({k: list(v) for k, v in cm.act_qparams.items()}),
+            "folded": json.dumps([list(pair) for pair in cm.folded])}
     meta["engine_version"] = __version__
     size = write_atomically(Path(path), save(state, metadata=meta))
     return StandardExport(str(path), size, "safetensors", (), tuple(cm.layers))

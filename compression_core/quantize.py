@@ -11,10 +11,10 @@ quantize-dequantize is bit-identical to `torch.fake_quantize_per_tensor_affine` 
 | sym    | [-(2^(b-1)-1), 2^(b-1)-1] | [-max(-lo, hi), max(-lo, hi)]    | max(-lo, hi)/(2^(b-1)-1) | 0             |
 | asym   | [0, 2^b-1]                | [min(lo, 0), max(hi, 0)]         | (hi - lo)/(2^b - 1)     | -round(lo/scale) |
 
-| granularity | weight shape                                          | scale / zero_point shape |
-|-------------|-------------------------------------------------------|--------------------------|
-| tensor      | any                                                   | (1,)                     |
-| channel     | Linear (O, I), Conv1d (O, I, K), Conv2d (O, I, H, W)  | (O,): axis 0             |
+| granularity | weight shape                                                      | scale / zero_point shape |
+|-------------|-------------------------------------------------------------------|--------------------------|
+| tensor      | any                                                               | (1,)                     |
+| channel     | Linear (O, I), Conv1d/2d/3d (O, I / groups, *kernel), depthwise: I / groups = 1 | (O,): axis 0 |
 
 A scale is never below float32 eps (an all-zero range), as in torch's observers.
 

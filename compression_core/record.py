@@ -101,6 +101,8 @@ class Record(TypedDict):
     eval_group: int
     latency_ms_per_batch: float
     finetune_final_loss: float | None
+    bn_folded: list[list[str]]
+    bn_fold_note: str
     layers: list[LayerRow]
     created_at: NotRequired[float]
     cached: NotRequired[bool]
@@ -184,6 +186,10 @@ RECORD_FIELDS: tuple[Field, ...] = (
     Field("latency_ms_per_batch", float, "milliseconds", "eval_seconds per evaluation batch"),
     Field("finetune_final_loss", float | None, "nats", "training loss of the last fine-tuning step; null "
           "without fine-tuning"),
+    Field("bn_folded", list[list[str]], NO_UNIT, "[conv, BatchNorm] module-name pairs whose BatchNorm was folded "
+          "into the conv before compression (the BN is an Identity in the compressed model); empty when none"),
+    Field("bn_fold_note", str, NO_UNIT, "one line on BatchNorm folding: how many were folded, `off`, or why none "
+          "was (no BatchNorm after a conv; torch.fx cannot trace the model)"),
     Field("layers", list[LayerRow], NO_UNIT, "one row per compressible layer, in model order (`LAYER_FIELDS`)"),
     # ---- added after the run
     Field("created_at", float, "Unix seconds", "when the store last wrote the record", added_by="store"),
@@ -191,9 +197,10 @@ RECORD_FIELDS: tuple[Field, ...] = (
           added_by="sweep"),
 )
 
-# Fields that fit one cell of a table or CSV, in record order: the computed ones except the per-layer rows
-# (`config` goes in as JSON text).
-TABLE_COLUMNS: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS if not f.added_by and f.name != "layers")
+# Fields that fit one cell of a table or CSV, in record order: the computed ones except the per-layer rows and
+# the folded pairs (`bn_fold_note` sums them up; `config` goes in as JSON text).
+TABLE_COLUMNS: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS
+                                       if not f.added_by and f.name not in ("layers", "bn_folded"))
 
 
 def table_row(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,9 @@ qmin / qmax follow from the config's act_bits.
 
 Other tensors: every state-dict entry that is not a compressible layer's weight (biases, norm weights, running
 statistics) is counted at its own dtype's width. BatchNorm's `num_batches_tracked` is skipped: inference does
-not read it. The dense reference counts the same tensors, floats at 32 bits (other dtypes at their own width).
+not read it. A Parameter shared by several modules (tied weights) is counted once (`compressed.tied_keys`).
+A BatchNorm folded into its conv (fold.py) is gone from the model: its four tensors are not counted, the conv's
+new bias is. The dense reference counts the same tensors, floats at 32 bits (other dtypes at their own width).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .compressed import CompressedModel, LayerCompression
+from .compressed import CompressedModel, LayerCompression, tied_keys
 from .methods import quantizer_info
 
 FORMATS = ("dense", "bitmask", "csr", "relative")
@@ -108,11 +110,8 @@ def size_report(cm: CompressedModel, model_state: dict[str, torch.Tensor] | None
     """
     state = cm.model.state_dict() if model_state is None else model_state
     layers = tuple(layer_size(lc, cm.config.index_bits, lc.name in cm.act_qparams) for lc in cm.layers.values())
-    weight_keys = {f"{name}.weight" for name in cm.layers}
     other_bits = dense_other = 0
-    for key, t in state.items():
-        if key in weight_keys or key.rsplit(".", 1)[-1] in SKIPPED_BUFFERS:
-            continue
+    for key, t in other_tensors(cm, state).items():
         own = t.numel() * t.element_size() * 8
         other_bits += own
         dense_other += t.numel() * FLOAT_BITS if t.is_floating_point() else own
@@ -125,6 +124,13 @@ def size_report(cm: CompressedModel, model_state: dict[str, torch.Tensor] | None
         dense_bits=dense, dense_bytes=math.ceil(dense / 8), compression_ratio=dense / max(total, 1),
         bits_per_weight=layer_bits / max(n_weights, 1),
     )
+
+
+def other_tensors(cm: CompressedModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state-dict entries stored as they are: not a compressed weight, not a tied alias, not skipped."""
+    weight_keys = {f"{name}.weight" for name in cm.layers}
+    skip = weight_keys | tied_keys(cm.model, weight_keys)
+    return {key: t for key, t in state.items() if key not in skip and key.rsplit(".", 1)[-1] not in SKIPPED_BUFFERS}
 
 
 def layer_size(lc: LayerCompression, index_bits: int, act_quantized: bool = False) -> LayerSize:

@@ -61,6 +61,7 @@ GRID_FIELDS: dict[str, tuple[str, str]] = {
     "index_bits": ("config", "index_bits"),
     "finetune_steps": ("config", "finetune_steps"),
     "bias_correction": ("config", "bias_correction"),
+    "fold_bn": ("config", "fold_bn"),
     "seed": ("config", "seed"),
 }
 
@@ -99,7 +100,7 @@ def expand_grid(base: CompressionConfig | None = None, **lists: Any) -> list[Com
         base: the config the grid varies (its overrides, seed, ... are kept); None = `CompressionConfig()`.
         **lists: setting name -> list of values (a single value is a one-element list). Names are those of
             `GRID_FIELDS`: bits, quantizer, scheme, granularity, range, percentile, sparsity, prune (method),
-            scope, norm, nm ("2:4"), act_bits, index_bits, finetune_steps, bias_correction, seed.
+            scope, norm, nm ("2:4"), act_bits, index_bits, finetune_steps, bias_correction, fold_bn, seed.
 
     Returns:
         Configs in itertools.product order of the arguments (first occurrence kept). bits=32 with sparsity 0 is

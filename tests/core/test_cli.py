@@ -33,6 +33,7 @@ def test_evaluate_json_record_shape(tmp_path):
     assert rec["accuracy_ci_low"] <= rec["accuracy"] <= rec["accuracy_ci_high"]
     assert 0.49 < rec["realized_sparsity"] < 0.51
     assert rec["size_bytes"] < rec["dense_bytes"] / 6
+    assert rec["bn_folded"] == [] and rec["bn_fold_note"] == "the model has no BatchNorm"
     assert all(LAYER_FIELDS <= l.keys() for l in rec["layers"])
     assert json.loads(json.dumps(rec["config"]))["quant"]["bits"] == 4
 
@@ -118,17 +119,19 @@ def test_models_and_datasets_listing():
     assert rows["mnist"]["available"] and rows["digits"]["available"]
 
 
-def test_every_sweep_setting_but_norm_bias_correction_and_seed_is_a_comma_list_flag():
+def test_every_sweep_setting_but_norm_the_switches_and_seed_is_a_comma_list_flag():
     from compression_core.cli import build_parser
     from compression_core.cli_flags import GRID_FLAGS, configs_from_args
     from compression_core.sweep import GRID_FIELDS
 
     args = build_parser().parse_args(["sweep", "--model", "digits-cnn", "--bits", "4,8", "--index-bits", "4,8",
-                                      "--finetune-steps", "0,5", "--seed", "3", "--bias-correction"])
-    assert set(GRID_FIELDS) - set(GRID_FLAGS) == {"norm", "bias_correction", "seed"}
+                                      "--finetune-steps", "0,5", "--seed", "3", "--bias-correction",
+                                      "--no-fold-bn"])
+    assert set(GRID_FIELDS) - set(GRID_FLAGS) == {"norm", "bias_correction", "fold_bn", "seed"}
     assert all(isinstance(getattr(args, flag), list) for flag in GRID_FLAGS if flag not in
                ("sparsity", "nm", "percentile"))  # these three default to None: "not given"
     configs = configs_from_args(args)
     assert [(c.quant.bits, c.index_bits, c.finetune_steps) for c in configs] == [
         (4, 4, 0), (4, 4, 5), (4, 8, 0), (4, 8, 5), (8, 4, 0), (8, 4, 5), (8, 8, 0), (8, 8, 5)]
-    assert all(c.seed == 3 and c.bias_correction for c in configs)
+    assert all(c.seed == 3 and c.bias_correction and not c.fold_bn for c in configs)
+    assert all(c.fold_bn for c in configs_from_args(build_parser().parse_args(["sweep", "--model", "digits-cnn"])))

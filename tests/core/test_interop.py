@@ -180,6 +180,7 @@ def test_safetensors_round_trip_is_exact(tmp_path):
         meta = f.metadata()
     assert CompressionConfig.from_json(meta["config"]) == config
     assert json.loads(meta["act_qparams"]) == {k: list(v) for k, v in cm.act_qparams.items()}
+    assert json.loads(meta["folded"]) == [list(pair) for pair in cm.folded]
 
 
 def test_onnx_without_the_extra_exits_2_with_pip_line(monkeypatch, capsys, tmp_path):

@@ -59,7 +59,7 @@ def test_readers_take_their_lists_from_the_table():
     names = [f.name for f in RECORD_FIELDS]
     assert set(KEY_FIELDS) <= set(TABLE_COLUMNS) and "engine_version" in TABLE_COLUMNS
     assert TRANSIENT_FIELDS == ("created_at", "cached")
-    assert list(TABLE_COLUMNS) == [n for n in names if n not in ("layers", "created_at", "cached")]
+    assert list(TABLE_COLUMNS) == [n for n in names if n not in ("layers", "bn_folded", "created_at", "cached")]
     units = {f.name: f.unit for f in RECORD_FIELDS}
     assert (units["accuracy"], units["size_bytes"], units["eval_seconds"], units["accuracy_drop_pts"]) == (
         "fraction 0-1", "bytes", "seconds", "percentage points")

@@ -17,7 +17,7 @@ from . import prune as prune_ops
 from . import quantize as quant_ops
 from .compressed import CompressedModel, LayerCompression, compressible_layers
 from .config import CompressionConfig, PruneSpec, QuantSpec
-from .fold import conv_bn_pairs, fold_batchnorms, fold_note
+from .fold import cached_conv_bn_pairs, fold_batchnorms, fold_note
 from .methods import prune_method_info, prune_methods
 
 Progress = Callable[[str, float], None]  # (stage, fraction done)
@@ -63,8 +63,8 @@ def compress(
         raise ValueError(f"this config needs calibration data ({calibrated} pruning, act_bits, bias correction or "
                          "fine-tuning): pass calib=(x, y)")
 
+    pairs, note = cached_conv_bn_pairs(model) if config.fold_bn else ([], "")  # names are the same in the copy
     new = copy.deepcopy(model).eval()
-    pairs, note = conv_bn_pairs(new) if config.fold_bn else ([], "")
     fold_batchnorms(new, pairs)
     reference = copy.deepcopy(new) if config.bias_correction else model  # bias correction compares folded to folded
     modules = dict(compressible_layers(new))

@@ -10,9 +10,17 @@ its one input is a conv's output, nothing else reads that output, each module is
 is not shared with another module (tied), the channel counts agree and the BN keeps running statistics. A model
 fx cannot trace (data-dependent control flow in `forward`) is left unfolded and the note says why; folding never
 fails a compression.
+
+Tracing patches `nn.Module.__call__` for the whole process while it runs, so it is done under one lock (two
+tracers interleaving could leave the patch in place) and at most once per model object (`cached_conv_bn_pairs`):
+a dashboard traces each loaded model once, not once per config. A forward running in another thread during that
+one trace can still fail (it then reports one error line; nothing wrong is stored).
 """
 from __future__ import annotations
 
+import copy
+import threading
+import weakref
 from collections import Counter
 
 import torch
@@ -22,6 +30,20 @@ from .errors import shown
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+_TRACE_LOCK = threading.Lock()
+_PAIRS: "weakref.WeakKeyDictionary[nn.Module, tuple[list[tuple[str, str]], str]]" = weakref.WeakKeyDictionary()
+
+
+def cached_conv_bn_pairs(model: nn.Module) -> tuple[list[tuple[str, str]], str]:
+    """`conv_bn_pairs` of a copy of `model` (tracing may add attributes to what it traces), once per model object:
+    we never modify a model, so the answer holds."""
+    with _TRACE_LOCK:
+        if model not in _PAIRS:
+            _PAIRS[model] = conv_bn_pairs(copy.deepcopy(model))
+        pairs, note = _PAIRS[model]
+    return list(pairs), note
 
 
 def conv_bn_pairs(model: nn.Module) -> tuple[list[tuple[str, str]], str]:

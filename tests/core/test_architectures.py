@@ -255,3 +255,37 @@ def test_tied_weights_are_compressed_once_and_counted_once(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), cms[True].model(x))
     assert math.isclose(cms[True].realized_sparsity, 0.5)
+
+
+def test_each_model_is_traced_once_and_concurrent_compressions_leave_torch_unpatched(monkeypatch):
+    import threading
+
+    from torch import fx
+
+    from compression_core import fold
+
+    traced = []
+    real_trace = fx.symbolic_trace
+    monkeypatch.setattr(fold.fx, "symbolic_trace", lambda m: traced.append(m) or real_trace(m))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4))
+    model(torch.randn(1, 3, 8, 8))
+    model.eval()
+    call_before = nn.Module.__call__
+    config = CompressionConfig(quant=QuantSpec(bits=4))
+    errors, results = [], []
+
+    def work():
+        try:
+            results.append(compress(model, config).folded)
+        except Exception as e:  # noqa: BLE001 - collected and asserted on below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and results == [(("0", "1"),)] * 4
+    assert len(traced) == 1 and traced[0] is not model  # once, on a copy: the caller's model is never traced
+    assert nn.Module.__call__ is call_before

@@ -7,13 +7,10 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 import tomllib
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import pytest
 
 import compression_core
 from compression_core import _version
+from tests.app_process import running_app
 
 ROOT = Path(__file__).resolve().parents[1]
 API = ["compress", "evaluate", "Experiment", "sweep", "expand_grid", "export", "load_exported", "size_report",
@@ -203,34 +201,12 @@ def test_installed_app_renders_its_pages(venv, tmp_path):
 
 @pytest.mark.slow
 def test_installed_app_starts_on_loopback(venv, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     log = tmp_path / "app.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(venv / "bin" / "compression-explorer-app"), "--server.port", str(port)],
-                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
-                    assert response.read().decode().strip() == "ok"
-                    break
-            except OSError:
-                assert proc.poll() is None, log.read_text()[-2000:]
-                assert time.monotonic() < deadline, "the installed app did not become healthy in 120 s"
-                time.sleep(0.5)
-        assert f"server started on 127.0.0.1:{port}" in log.read_text()
+    with running_app([str(venv / "bin" / "compression-explorer-app")], cwd=tmp_path, env=env, log=log,
+                     timeout_s=120) as (url, proc):
+        assert f"server started on {url.removeprefix('http://')}" in log.read_text()
         # the launcher became the server (exec), so terminating it leaves no orphaned Streamlit behind
         cmdline = Path(f"/proc/{proc.pid}/cmdline")
         if cmdline.exists():
             assert b"streamlit" in cmdline.read_bytes().split(b"\0")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)

@@ -9,14 +9,13 @@ a missing browser is a failure.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.app_process import running_app
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,20 +36,6 @@ def _python() -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-            return response.read().decode().strip() == "ok"
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def chromium_path() -> str:
     if not CHROMIUM.exists():
@@ -63,27 +48,11 @@ def chromium_path() -> str:
 @pytest.fixture(scope="session")
 def app_url(chromium_path, tmp_path_factory) -> str:
     """Start the dashboard like `make run` does and return its base URL once /_stcore/health says ok."""
-    port = _free_port()
     env = {**os.environ, "COMPRESSION_EXPLORER_STORE": str(tmp_path_factory.mktemp("e2e-store") / "runs.sqlite")}
     log = tmp_path_factory.mktemp("e2e-log") / "streamlit.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([_python(), "-m", "dashboard.launch", "--server.port", str(port)], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the app did not become healthy (exit code {proc.poll()}):\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with running_app([_python(), "-m", "dashboard.launch"], cwd=ROOT, env=env, log=log,
+                     timeout_s=STARTUP_S) as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture(scope="session")

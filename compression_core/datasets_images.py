@@ -10,6 +10,7 @@ the same with the Fashion-MNIST constants; none = pixels as stored (all images m
 with the mean/std of the train split (of the one split when there is no train/).
 `auto` (`resolve_transform`) is, for a built-in model, the transform it was trained with (gray28 or
 gray28-fashion for the 28x28 built-ins, none for the others), and imagenet for any other model.
+Each folder is decoded once per preset: the uint8 arrays are cached on disk (`datasets_cache`).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .datasets_cache import cache_key, read_cache, write_cache
 from .datasets_files import FASHION_MEAN, FASHION_STD, MNIST_MEAN, MNIST_STD, DatasetUnavailable
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16")
@@ -89,40 +91,46 @@ def _split_roots(folder: Path) -> dict[str, Path]:
     return roots or {"test": folder}
 
 
-def _read_split(root: Path, classes: tuple[str, ...], transform: Transform, state: dict) -> tuple[list, list]:
-    """Decode one split's images; `state` carries the mode and size the first image fixed and the skip count."""
-    from PIL import Image
+def _list_split(root: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]:
+    """(image file, class index) of one split, in ImageFolder's order (class, then file name)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
+    return [(path, label) for label, cls in enumerate(classes)
+            for path in (sorted((root / cls).iterdir()) if (root / cls).is_dir() else [])
+            if path.suffix.lower() in IMG_EXTENSIONS]
+
+
+def _decode_split(files: list[tuple[Path, int]], transform: Transform, state: dict) -> tuple[list, list]:
+    """Decode one split's images; `state` carries the mode and size the first image fixed and the skip count."""
+    from PIL import Image
+
     images, labels = [], []
-    for label, cls in enumerate(classes):
-        for path in sorted((root / cls).iterdir()) if (root / cls).is_dir() else []:
-            if path.suffix.lower() not in IMG_EXTENSIONS:
-                continue
-            try:
-                with Image.open(path) as image:
-                    state["mode"] = transform.mode or state["mode"] or ("L" if image.mode in GREY_MODES else "RGB")
-                    pixels = _apply(image, transform, state["mode"])
-            except (OSError, ValueError, Image.DecompressionBombError):  # truncated, not an image, too large
-                state["skipped"] += 1
-                continue
-            state["size"] = state["size"] or pixels.shape
-            if pixels.shape != state["size"]:
-                raise DatasetUnavailable(
-                    f"image {path} has shape {pixels.shape}, the first image {state['size']}; with --transform none "
-                    "resize all images to one size, or pick --transform imagenet, cifar or gray28")
-            images.append(pixels)
-            labels.append(label)
+    for path, label in files:
+        try:
+            with Image.open(path) as image:
+                state["mode"] = transform.mode or state["mode"] or ("L" if image.mode in GREY_MODES else "RGB")
+                pixels = _apply(image, transform, state["mode"])
+        except (OSError, ValueError, Image.DecompressionBombError):  # truncated, not an image, too large
+            state["skipped"] += 1
+            continue
+        state["size"] = state["size"] or pixels.shape
+        if pixels.shape != state["size"]:
+            raise DatasetUnavailable(
+                f"image {path} has shape {pixels.shape}, the first image {state['size']}; with --transform none "
+                "resize all images to one size, or pick --transform imagenet, cifar or gray28")
+        images.append(pixels)
+        labels.append(label)
     return images, labels
 
 
-def read_image_folder(folder: Path, transform: str = "none"
+def read_image_folder(folder: Path, transform: str = "none", cache_dir: Path | None = None
                       ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...], int]:
-    """Decode an ImageFolder layout with a transform preset into uint8 arrays.
+    """Decode an ImageFolder layout with a transform preset into uint8 arrays, once: later reads hit the cache.
 
     Args:
         folder: a folder of class folders (one split, "test"), or one with train/ and test/ or val/ in it.
         transform: a name in `TRANSFORMS`.
+        cache_dir: where decoded arrays are cached (default `datasets_cache.default_cache_dir()`).
 
     Returns:
         ({split: (x (N, C, H, W) uint8, y (N,))}, class names sorted as ImageFolder does, images skipped as
@@ -132,20 +140,27 @@ def read_image_folder(folder: Path, transform: str = "none"
         DatasetUnavailable: no class folders or no readable images, classes a split has that the first lacks,
             images of different sizes under `none`.
     """
-    preset = TRANSFORMS[transform]
     roots = _split_roots(folder)
     first = next(iter(roots.values()))
     classes = tuple(sorted(d.name for d in first.iterdir() if d.is_dir()))
-    state, raw = {"mode": None, "size": None, "skipped": 0}, {}
+    files = {}
     for split, root in roots.items():
         unknown = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in classes)
         if unknown:
             raise DatasetUnavailable(f"image folder {root} has classes {unknown} that {first} does not have")
-        images, labels = _read_split(root, classes, transform=preset, state=state)
+        files[split] = _list_split(root, classes)
+    key = cache_key(folder, files, transform)
+    cached = read_cache(key, cache_dir)
+    if cached is not None:
+        return cached[0], classes, cached[1]
+    state, raw = {"mode": None, "size": None, "skipped": 0}, {}
+    for split, listed in files.items():
+        images, labels = _decode_split(listed, TRANSFORMS[transform], state)
         if not images:
             raise DatasetUnavailable(
-                f"image folder {root} has no readable images in class folders ({state['skipped']} could not be "
-                "decoded); give a folder of class folders of .png/.jpg/... images")
+                f"image folder {roots[split]} has no readable images in class folders ({state['skipped']} could "
+                "not be decoded); give a folder of class folders of .png/.jpg/... images")
         x = np.stack(images)
         raw[split] = (x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2), np.asarray(labels))
+    write_cache(key, cache_dir, raw, state["skipped"])
     return raw, classes, state["skipped"]

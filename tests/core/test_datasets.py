@@ -11,6 +11,12 @@ from compression_core import datasets as ds
 from compression_core.datasets import (MNIST_MEAN, MNIST_STD, Dataset, DatasetUnavailable, list_datasets, load_dataset,
                                        stratified_indices)
 
+
+@pytest.fixture(autouse=True)
+def _decoded_cache(tmp_path, monkeypatch):
+    """Decoded image folders go to this test's own folder, not the user's cache."""
+    monkeypatch.setenv("COMPRESSION_EXPLORER_DECODED", str(tmp_path / "decoded"))
+
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
@@ -276,3 +282,44 @@ def test_stratified_indices_fixed_and_proportional():
     assert torch.equal(stratified_indices(y, 50000), torch.arange(10000))
     with pytest.raises(ValueError, match="n must be >= 1"):
         stratified_indices(y, 0)
+
+
+# ---- the decode cache ----------------------------------------------------------------------------------
+
+def test_image_folder_is_decoded_once_and_a_changed_or_added_file_invalidates(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from compression_core.datasets_images import read_image_folder
+
+    monkeypatch.setenv("COMPRESSION_EXPLORER_DECODED", str(tmp_path / "cache"))
+    _mixed_folder(tmp_path / "imgs")
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    first, classes, skipped = read_image_folder(tmp_path / "imgs", "cifar")
+    assert len(opened) == 5 and skipped == 1 and classes == ("c0", "c1")
+    again, _, skipped_again = read_image_folder(tmp_path / "imgs", "cifar")
+    assert len(opened) == 5 and skipped_again == 1  # read back, nothing decoded
+    assert all(np.array_equal(first["test"][i], again["test"][i]) for i in (0, 1))
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1 and not list((tmp_path / "cache").glob("*.tmp"))
+
+    read_image_folder(tmp_path / "imgs", "gray28")  # another preset: another entry
+    assert len(opened) == 10
+    target = tmp_path / "imgs" / "c0" / "0.png"
+    Image.fromarray(np.full((4, 5), 200, dtype=np.uint8)).save(target)
+    os.utime(target, ns=(1, 1))  # a changed file, even one whose mtime goes back
+    changed, _, _ = read_image_folder(tmp_path / "imgs", "cifar")
+    assert len(opened) == 15 and not np.array_equal(changed["test"][0][0], first["test"][0][0])
+    Image.fromarray(np.zeros((9, 9), dtype=np.uint8)).save(tmp_path / "imgs" / "c1" / "new.png")
+    added, _, _ = read_image_folder(tmp_path / "imgs", "cifar")
+    assert len(opened) == 21 and len(added["test"][1]) == 5
+
+
+def test_unreadable_cache_is_decoded_around(tmp_path, monkeypatch):
+    from compression_core.datasets_images import read_image_folder
+
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("COMPRESSION_EXPLORER_DECODED", str(tmp_path / "cache"))
+    _mixed_folder(tmp_path / "imgs")
+    raw, _, skipped = read_image_folder(tmp_path / "imgs", "cifar")
+    assert raw["test"][0].shape == (4, 3, 32, 32) and skipped == 1

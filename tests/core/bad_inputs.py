@@ -151,15 +151,23 @@ def _input_cases() -> list[BadInput]:
         case("imagefolder-missing", "evaluate", *BYO[:2], "--dataset", "imagefolder:{tmp}/nope",
              says="does not exist"),
         case("imagefolder-symlink-loop", "evaluate", *BYO[:2], "--dataset", "imagefolder:{loop}", says="loop"),
-        case("imagefolder-no-train", "evaluate", *BYO[:2], "--dataset", "imagefolder:{empty}", says="train/"),
-        case("imagefolder-mixed-sizes", "evaluate", *BYO[:2], "--dataset", "imagefolder:{mixed}",
-             says="one size"),
-        case("imagefolder-corrupt-image", "evaluate", *BYO[:2], "--dataset", "imagefolder:{broken_image}",
-             says="cannot read image"),
+        case("imagefolder-no-images", "evaluate", *BYO[:2], "--dataset", "imagefolder:{empty}",
+             says="no readable images"),
+        case("imagefolder-only-corrupt", "evaluate", *BYO[:2], "--dataset", "imagefolder:{broken_image}",
+             says="1 could not be decoded"),
+        case("imagefolder-mixed-sizes-none", "evaluate", *BYO[:2], "--dataset", "imagefolder:{mixed}",
+             "--transform", "none", says="one size"),
+        case("imagefolder-unknown-transform", "evaluate", *BYO[:2], "--dataset", "imagefolder:{mixed}",
+             "--transform", "bogus", says="unknown transform 'bogus'; use one of auto, imagenet"),
+        case("torchvision-unknown-class", "evaluate", *BYO[:2], "--dataset", "torchvision:ImageNet:{tmp}",
+             says="'imagenet' is not supported; use one of mnist"),
+        case("torchvision-missing-root", "evaluate", *BYO[:2], "--dataset", "torchvision:CIFAR10:{tmp}/nope",
+             says="pass --allow-download"),
+        case("torchvision-no-root", "evaluate", *BYO[:2], "--dataset", "torchvision:CIFAR10", says="class:root"),
         case("imagefolder-3-classes", "evaluate", *BYO[:2], "--dataset", "imagefolder:{grey3}",
-             says="3 classes"),
+             "--transform", "none", says="3 classes"),
         case("imagefolder-rgb-into-lenet5", "evaluate", "--model", "lenet5", "--weights", "{lenet5w}",
-             "--dataset", "imagefolder:{rgb32}", says="1 input channels"),
+             "--dataset", "imagefolder:{rgb32}", "--transform", "none", says="1 input channels"),
         case("builtin-no-checkpoint", "evaluate", "--model", "lenet5", "--dataset", "imagefolder:{rgb32}",
              says="no shipped checkpoint"),
         case("store-folder", "evaluate", *DIGITS, "--store", "{tmp}", says="is a folder"),
@@ -245,8 +253,9 @@ def make_files(folder: Path) -> dict[str, str]:
     mixed = _images(folder / "mixed", 2, 8)
     _images(folder / "big", 1, 9)
     (folder / "big" / "test" / "0" / "0.png").replace(mixed / "test" / "0" / "big.png")  # one 9x9 among 8x8
-    broken = _images(folder / "broken_image", 2, 8)
-    (broken / "train" / "0" / "zz.png").write_bytes(b"\x89PNG not really")
+    broken = folder / "broken_image"
+    (broken / "0").mkdir(parents=True, exist_ok=True)
+    (broken / "0" / "zz.png").write_bytes(b"\x89PNG not really")
     (folder / "cli_bad_syntax.py").write_text("def f(:\n")
     (folder / "cli_raises_on_import.py").write_text("raise RuntimeError('boom on import')\n")
     files.update(five=str(folder / "five.safetensors"), lenet5w=str(folder / "lenet5.safetensors"),

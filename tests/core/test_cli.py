@@ -135,3 +135,21 @@ def test_every_sweep_setting_but_norm_the_switches_and_seed_is_a_comma_list_flag
         (4, 4, 0), (4, 4, 5), (4, 8, 0), (4, 8, 5), (8, 4, 0), (8, 4, 5), (8, 8, 0), (8, 8, 5)]
     assert all(c.seed == 3 and c.bias_correction and not c.fold_bn for c in configs)
     assert all(c.fold_bn for c in configs_from_args(build_parser().parse_args(["sweep", "--model", "digits-cnn"])))
+
+
+def test_evaluate_image_folder_counts_a_corrupt_image_and_needs_train_to_calibrate(tmp_path, monkeypatch):
+    from tests.core.test_datasets import _write_images
+
+    monkeypatch.setenv("COMPRESSION_EXPLORER_DECODED", str(tmp_path / "decoded"))
+    _write_images(tmp_path / "imgs", {"a": 3, "b": 2}, "L", size=(8, 8))
+    (tmp_path / "imgs" / "b" / "broken.png").write_bytes(b"\x89PNG cut short")
+    model = ("--model", "tests.core.byo_model:tiny_mlp", "--num-classes", "2",
+             "--dataset", f"imagefolder:{tmp_path}/imgs", "--transform", "none")
+    r = cli("evaluate", *model, "--json", store=tmp_path / "s.sqlite")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert rec["n_skipped"] == 1 and rec["n_samples"] == 5 and rec["split"] == "test"
+    assert rec["dataset"] == f"imagefolder:{(tmp_path / 'imgs').resolve()} [transform none]"
+    r = cli("evaluate", *model, "--act-bits", "8", store=tmp_path / "s.sqlite")
+    assert r.returncode == 2 and "no train split to calibrate on" in r.stderr and "Traceback" not in r.stderr
+    assert len(list((tmp_path / "decoded").glob("*.npz"))) == 1  # both runs: one decode, one cache entry

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from compression_core import datasets as ds
-from compression_core.datasets import DatasetUnavailable, list_datasets, load_dataset, stratified_indices
+from compression_core.datasets import (MNIST_MEAN, MNIST_STD, Dataset, DatasetUnavailable, list_datasets, load_dataset,
+                                       stratified_indices)
+
+
+@pytest.fixture(autouse=True)
+def _decoded_cache(tmp_path, monkeypatch):
+    """Decoded image folders go to this test's own folder, not the user's cache."""
+    monkeypatch.setenv("COMPRESSION_EXPLORER_DECODED", str(tmp_path / "decoded"))
 
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -167,12 +174,91 @@ def test_image_folder(tmp_path, mode, channels):
 
 
 def test_image_folder_errors(tmp_path):
-    with pytest.raises(DatasetUnavailable, match="train/ and test/"):
+    with pytest.raises(DatasetUnavailable, match="no readable images"):
         load_dataset(f"imagefolder:{tmp_path}")
     _write_images(tmp_path / "train", {"a": 1}, "L")
     _write_images(tmp_path / "test", {"a": 1}, "L", size=(6, 6))
-    with pytest.raises(DatasetUnavailable, match="resize all images to one size"):
+    with pytest.raises(DatasetUnavailable, match="with --transform none resize all images to one size"):
         load_dataset(f"imagefolder:{tmp_path}")
+    with pytest.raises(DatasetUnavailable, match="unknown transform 'gray'; use one of imagenet, cifar"):
+        load_dataset(f"imagefolder:{tmp_path}", transform="gray")
+
+
+def _mixed_folder(root):
+    """One split of class folders: sizes 5x4 .. 40x30 in modes L, RGB, RGBA and P, plus one corrupt file."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, (mode, size) in enumerate([("L", (5, 4)), ("RGB", (40, 30)), ("RGBA", (17, 33)), ("P", (64, 64))]):
+        (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels, "RGB").convert(mode).save(root / f"c{i % 2}" / f"{i}.png")
+    (root / "c1" / "broken.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
+
+
+@pytest.mark.parametrize("transform, shape, mean", [
+    ("imagenet", (3, 224, 224), (0.485, 0.456, 0.406)), ("cifar", (3, 32, 32), (0.4914, 0.4822, 0.4465)),
+    ("gray28", (1, 28, 28), (0.1307,))])
+def test_image_folder_mixed_sizes_modes_and_a_corrupt_image(tmp_path, transform, shape, mean):
+    _mixed_folder(tmp_path)
+    data = load_dataset(f"imagefolder:{tmp_path}", transform=transform)
+    x, y = data.split("test")
+    assert list(data.tensors) == ["test"] and x.shape == (4,) + shape and y.tolist() == [0, 0, 1, 1]
+    assert data.info.n_skipped == 1 and data.info.transform == transform and data.info.mean == mean
+    assert data.info.splits == {"test": 4} and data.info.class_names == ("c0", "c1")
+    with pytest.raises(DatasetUnavailable, match="split 'train' is not in dataset"):
+        data.split("train")
+    with pytest.raises(DatasetUnavailable, match="with --transform none resize all images to one size"):
+        load_dataset(f"imagefolder:{tmp_path}", transform="none")
+
+
+def test_imagenet_transform_is_torchvisions_resize_and_centre_crop(tmp_path):
+    from PIL import Image
+    from torchvision import transforms as T
+
+    (tmp_path / "a").mkdir()
+    pixels = np.random.default_rng(3).integers(0, 256, (300, 411, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a" / "0.png")
+    x, _ = load_dataset(f"imagefolder:{tmp_path}", transform="imagenet").split("test")
+    reference = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+                           T.CenterCrop(224), T.PILToTensor()])(Image.open(tmp_path / "a" / "0.png"))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    pixels_back = (x[0] * std.view(3, 1, 1) + mean.view(3, 1, 1)) * 255
+    assert torch.equal(pixels_back.round().to(torch.uint8), reference)
+
+
+def test_builtin_scores_the_same_on_its_test_split_written_as_png_files(tmp_path):
+    """lenet5 on MNIST's test split as PNGs in class folders, --transform auto (gray28): the same correct count."""
+    from PIL import Image
+
+    from compression_core import Experiment, load_model
+    from compression_core.datasets_images import resolve_transform
+
+    mnist = load_dataset("mnist")
+    x, y = mnist.split("test")
+    keep = stratified_indices(y, 600, seed=1)
+    pixels = (x[keep, 0] * MNIST_STD + MNIST_MEAN).mul(255).round().to(torch.uint8).numpy()
+    for i, (image, label) in enumerate(zip(pixels, y[keep].tolist())):
+        (tmp_path / str(label)).mkdir(exist_ok=True)
+        Image.fromarray(image, "L").save(tmp_path / str(label) / f"{i:05d}.png")
+    transform = resolve_transform("auto", "lenet5")
+    folder = load_dataset(f"imagefolder:{tmp_path}", transform=transform)
+    assert transform == "gray28" and folder.split("test")[1].tolist() == sorted(y[keep].tolist())
+    loaded = load_model("lenet5")
+    in_memory = Experiment(loaded, Dataset(mnist.info, {"test": (x[keep], y[keep])}), device="cpu").baseline
+    from_files = Experiment(loaded, folder, device="cpu").baseline
+    assert from_files["correct"] == in_memory["correct"] and in_memory["n_samples"] == 600
+    assert from_files["correct"] >= 580
+
+
+def test_resolve_transform():
+    from compression_core.datasets_images import resolve_transform
+
+    assert [resolve_transform("auto", m) for m in ("lenet5", "resnet20", "digits-cnn", "torchvision:resnet18")] == [
+        "gray28", "gray28-fashion", "none", "imagenet"]
+    assert resolve_transform("cifar", "lenet5") == "cifar"
+    with pytest.raises(DatasetUnavailable, match="unknown transform 'x'; use one of auto, imagenet, cifar, gray28"):
+        resolve_transform("x", "lenet5")
 
 
 # ---- stratified subsets -------------------------------------------------------------------------------
@@ -196,3 +282,73 @@ def test_stratified_indices_fixed_and_proportional():
     assert torch.equal(stratified_indices(y, 50000), torch.arange(10000))
     with pytest.raises(ValueError, match="n must be >= 1"):
         stratified_indices(y, 0)
+
+
+# ---- the decode cache ----------------------------------------------------------------------------------
+
+def test_image_folder_is_decoded_once_and_a_changed_or_added_file_invalidates(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from compression_core.datasets_images import read_image_folder
+
+    monkeypatch.setenv("COMPRESSION_EXPLORER_DECODED", str(tmp_path / "cache"))
+    _mixed_folder(tmp_path / "imgs")
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    first, classes, skipped = read_image_folder(tmp_path / "imgs", "cifar")
+    assert len(opened) == 5 and skipped == 1 and classes == ("c0", "c1")
+    again, _, skipped_again = read_image_folder(tmp_path / "imgs", "cifar")
+    assert len(opened) == 5 and skipped_again == 1  # read back, nothing decoded
+    assert all(np.array_equal(first["test"][i], again["test"][i]) for i in (0, 1))
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1 and not list((tmp_path / "cache").glob("*.tmp"))
+
+    read_image_folder(tmp_path / "imgs", "gray28")  # another preset: another entry
+    assert len(opened) == 10
+    target = tmp_path / "imgs" / "c0" / "0.png"
+    Image.fromarray(np.full((4, 5), 200, dtype=np.uint8)).save(target)
+    os.utime(target, ns=(1, 1))  # a changed file, even one whose mtime goes back
+    changed, _, _ = read_image_folder(tmp_path / "imgs", "cifar")
+    assert len(opened) == 15 and not np.array_equal(changed["test"][0][0], first["test"][0][0])
+    Image.fromarray(np.zeros((9, 9), dtype=np.uint8)).save(tmp_path / "imgs" / "c1" / "new.png")
+    added, _, _ = read_image_folder(tmp_path / "imgs", "cifar")
+    assert len(opened) == 21 and len(added["test"][1]) == 5
+
+
+def test_unreadable_cache_is_decoded_around(tmp_path, monkeypatch):
+    from compression_core.datasets_images import read_image_folder
+
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("COMPRESSION_EXPLORER_DECODED", str(tmp_path / "cache"))
+    _mixed_folder(tmp_path / "imgs")
+    raw, _, skipped = read_image_folder(tmp_path / "imgs", "cifar")
+    assert raw["test"][0].shape == (4, 3, 32, 32) and skipped == 1
+
+
+# ---- torchvision dataset classes over a local root -------------------------------------------------------
+
+def test_torchvision_mnist_over_a_local_root_equals_the_shipped_mnist(tmp_path):
+    """torchvision's own MNIST reader over raw IDX files written from the shipped split gives the same tensors."""
+    mnist = load_dataset("mnist")
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, prefix, n in (("train", "train", 300), ("test", "t10k", 200)):
+        x, y = mnist.split(split)
+        pixels = (x[:n, 0] * MNIST_STD + MNIST_MEAN).mul(255).round().to(torch.uint8).numpy()
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", pixels, False)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", y[:n].numpy(), False)
+    data = load_dataset(f"torchvision:MNIST:{tmp_path}")
+    assert data.info.splits == {"train": 300, "test": 200} and data.info.mean == (MNIST_MEAN,)
+    assert data.info.class_names[3] == "3 - three" and data.info.name == f"torchvision:MNIST:{tmp_path.resolve()}"
+    x, y = data.split("test")
+    assert torch.equal(y, mnist.split("test")[1][:200])
+    assert torch.allclose(x, mnist.split("test")[0][:200], atol=1e-5)
+
+
+def test_torchvision_errors_are_one_line(tmp_path):
+    with pytest.raises(DatasetUnavailable, match="torchvision dataset 'ImageNet' is not supported; use one of MNIST"):
+        load_dataset(f"torchvision:ImageNet:{tmp_path}")
+    with pytest.raises(DatasetUnavailable, match="use torchvision:CLASS:ROOT"):
+        load_dataset("torchvision:CIFAR10")
+    with pytest.raises(DatasetUnavailable, match=r"no torchvision CIFAR10 data under .*--allow-download"):
+        load_dataset(f"torchvision:CIFAR10:{tmp_path}/nope")

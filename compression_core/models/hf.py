@@ -170,8 +170,8 @@ def model_kind(config) -> str:
 
 
 def _auto_class(transformers, kind: str):
-    return {"causal-lm": transformers.AutoModelForCausalLM, "classifier": transformers.AutoModelForSequenceClassification,
-            "embedding": transformers.AutoModel}[kind]
+    return {"causal-lm": transformers.AutoModelForCausalLM, "embedding": transformers.AutoModel,
+            "classifier": transformers.AutoModelForSequenceClassification}[kind]
 
 
 def _config(transformers, where: str, local_only: bool, spec: str):

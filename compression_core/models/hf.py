@@ -131,10 +131,14 @@ def resolve(spec: str, allow_download: bool) -> str:
     if not where:
         raise ModelLoadError("hf: needs a folder or a hub id: hf:PATH (config.json + model.safetensors) or hf:ORG/NAME")
     path = Path(where).expanduser()
-    if path.is_dir():
-        check_folder(path, spec)
-        return str(path.resolve())
-    if path.exists():
+    try:
+        if path.is_dir():
+            check_folder(path, spec)
+            return str(path.resolve())
+        exists = path.exists()
+    except (OSError, RuntimeError) as err:  # a name too long for the file system, a symlink loop
+        raise ModelLoadError(f"{shown(spec)} cannot be used as a folder ({error_line(err)})") from None
+    if exists:
         raise ModelLoadError(f"{shown(spec)} is a file; pass the folder holding config.json and model.safetensors")
     if not HUB_ID.fullmatch(where):
         raise ModelLoadError(f"{shown(spec)} is neither a folder nor a hub id like ORG/NAME")

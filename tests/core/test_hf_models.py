@@ -123,6 +123,8 @@ def test_hub_ids_need_allow_download_and_specs_parse_without_loading(monkeypatch
         load_model("hf:openai-community/gpt2")
     with pytest.raises(ModelLoadError, match="neither a folder nor a hub id"):
         load_model("hf:../no such/../thing?")
+    with pytest.raises(ModelLoadError, match="cannot be used as a folder"):
+        load_model("hf:" + "x" * 5000)  # longer than any file name may be
     with pytest.raises(ModelLoadError, match="hf: needs a folder or a hub id"):
         check_model_name("hf:")
     monkeypatch.setitem(sys.modules, "transformers", None)  # parsing a name imports nothing

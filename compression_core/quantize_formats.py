@@ -144,8 +144,8 @@ def _mx(fmt: ElementFormat | None):
 
     def elements(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if fmt is None:
-            q = torch.round(x * 2 ** MXINT8_FRACTION_BITS).clamp(-127, 127)
-            return q.to(torch.int32) & 0xFF, q / 2 ** MXINT8_FRACTION_BITS
+            q = torch.round(x * 2 ** MXINT8_FRACTION_BITS).clamp(-127, 127).to(torch.int32)  # no -0 in int8
+            return q & 0xFF, q.float() / 2 ** MXINT8_FRACTION_BITS
         if fmt.bits == 8:
             x = x.clamp(-fmt.max, fmt.max)  # torchao clamps before its float8 cast
         return round_to_format(x, fmt)

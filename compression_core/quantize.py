@@ -15,8 +15,12 @@ quantize-dequantize is bit-identical to `torch.fake_quantize_per_tensor_affine` 
 |-------------|-------------------------------------------------------------------|--------------------------|
 | tensor      | any                                                               | (1,)                     |
 | channel     | Linear (O, I), Conv1d/2d/3d (O, I / groups, *kernel), depthwise: I / groups = 1 | (O,): axis 0 |
+| group g     | blocks of g along the input dimension (quantize_blocks), last block padded | side["scale"] (O * ceil(K / g),) |
 
-A scale is never below float32 eps (an all-zero range), as in torch's observers.
+A scale is never below float32 eps (an all-zero range), as in torch's observers. Group scales, and a scale
+stored as fp16 or e8m0 (`scale_dtype`, rounded up to that type), go to `QuantResult.side` with the zero points;
+the grid is then the same per row of the block table. The block and float number formats (FP8 / FP6 / FP4, MX,
+NF4) live in `quantize_formats` and `quantize_nf4`.
 
 Non-uniform quantizers (`quantize_codebook`, re-exported here) return integer codes into a float32 codebook:
 k-means weight sharing (Deep Compression) and power-of-two levels. The built-in quantizers register here, in

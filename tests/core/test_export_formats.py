@@ -1,5 +1,7 @@
 """Block formats (group scales, FP8/6/4, MX, NF4) in the size model and the packed file: exact counts, honest
 file size, bit-identical round trip through `load_exported`."""
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -89,3 +91,45 @@ def test_linear_model_with_odd_input_round_trips_every_format(tmp_path):
                                                                             nn.Linear(7, 3)))
         with torch.no_grad():
             assert torch.equal(rebuilt(x), cm.model(x)), label
+
+
+def _nf4_file(tmp_path, finetune_steps: int = 0):
+    torch.manual_seed(1)
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    config = CompressionConfig(quant=QuantSpec(quantizer="nf4"), finetune_steps=finetune_steps)
+    cm = compress(build_architecture(SOURCE), config, calib=(x, y))
+    path = tmp_path / "nf4.cmpx"
+    export(cm, path, SOURCE)
+    return cm, path, x
+
+
+def test_fine_tuned_format_layers_keep_codes_that_match(tmp_path):
+    cm, path, x = _nf4_file(tmp_path, finetune_steps=2)
+    rebuilt, _ = load_exported(path)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), cm.model(x))
+
+
+@pytest.mark.parametrize("how, says", [
+    ("drop", "missing keys ['side_scale_q']"),
+    ("resize", "sections.side_scale_factor holds 8 bytes; its layer needs 4"),
+    ("inf", "holds NaN/Inf values"),
+])
+def test_hostile_side_sections_are_refused_with_one_line(tmp_path, how, says):
+    from compression_core.export import ExportError
+    from tests.core.test_export_safety import resign, split
+
+    _, path, _ = _nf4_file(tmp_path)
+    header, payload = split(path.read_bytes())
+    entry = header["layers"][0]
+    if how == "drop":
+        del entry["sections"]["side_scale_q"]
+    elif how == "resize":
+        entry["sections"]["side_scale_factor"][1] = 8
+    else:  # a scale factor of 0 makes q / 0 infinite: decoded weights must be refused, never loaded
+        off = entry["sections"]["side_scale_factor"][0]
+        payload = payload[:off] + b"\x00\x00\x00\x00" + payload[off + 4:]
+    path.write_bytes(resign(header, payload))
+    with pytest.raises(ExportError, match=re.escape(says)) as err:
+        load_exported(path)
+    assert "\n" not in str(err.value)

@@ -218,13 +218,13 @@ def histogram_view(before: torch.Tensor, layer: LayerCompression, bins: int = 80
     Returns:
         (frame with columns left, right, center, before, after;
          {"levels": [...], "clip": [lo, hi] | None, "threshold": float | None, "channel": int | None,
-          "hidden_zeros_before": int, "hidden_zeros_after": int})
+          "block": int | None, "hidden_zeros_before": int, "hidden_zeros_after": int})
     """
     hist = histograms.weight_histograms(before, layer.weight, bins=bins, hide_zeros=hide_zeros)
     grid = histograms.grid_levels(layer, before=before)
     return hist.to_frame(), {
         "levels": list(grid.levels), "clip": list(grid.clip) if grid.clip else None,
-        "threshold": grid.threshold, "channel": grid.channel,
+        "threshold": grid.threshold, "channel": grid.channel, "block": grid.block,
         "hidden_zeros_before": hist.hidden_zeros_before, "hidden_zeros_after": hist.hidden_zeros_after,
     }
 

@@ -183,3 +183,25 @@ def test_bad_format_settings_are_one_line(kwargs, message):
     with pytest.raises(ConfigError, match=re.escape(message)) as err:
         QuantSpec(**kwargs)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("spec, count", [
+    (QuantSpec(quantizer="fp4_e2m1", granularity="group", group_size=16), 15),  # ±{0.5 .. 6} and 0
+    (QuantSpec(quantizer="mxfp6"), 63),  # 64 codes, +0 and -0 the same value
+    (QuantSpec(quantizer="mxint8"), 256),  # two's complement -128 .. 127 (the quantizer itself stops at -127)
+    (QuantSpec(quantizer="nf4", group_size=32), 16),
+    (QuantSpec(bits=3, scheme="asym", granularity="group", group_size=8), 8),
+])
+def test_histogram_levels_of_a_block_format_are_the_blocks_representable_values(spec, count):
+    from compression_core.compress import compress_weight
+    from compression_core.histograms import grid_levels
+
+    w = torch.randn(6, 40)
+    w[4, 21] = 9.0  # the block holding it is the one shown
+    layer = compress_weight(w, spec)
+    g = grid_levels(layer)
+    assert g.block is not None and len(g.levels) == count and list(g.levels) == sorted(set(g.levels))
+    assert g.clip == (g.levels[0], g.levels[-1]) and g.levels[0] < 0 < g.levels[-1] and 0.0 in g.levels
+    block_values = set(w.new_tensor(g.levels).float().tolist())
+    assert layer.weight[4, 21].item() in block_values  # the outlier's own block
+    assert max(layer.weight.abs().reshape(-1).tolist()) <= max(map(abs, g.levels))

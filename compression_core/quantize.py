@@ -270,8 +270,8 @@ def _uniform_layout(spec: QuantSpec, shape: tuple[int, ...]) -> dict[str, tuple[
     if spec.granularity != "group" and spec.scale_dtype == "fp32":
         return None
     layout = blocks.scale_layout(spec, shape)
-    if spec.scheme == "asym":
-        layout["zero_point"] = (layout["scale"][0], "int32")
+    if spec.scheme == "asym":  # zero points lie in [0, 2^bits - 1]: one byte each up to 8 bits
+        layout["zero_point"] = (layout["scale"][0], "uint8" if spec.bits <= 8 else "int32")
     return layout
 
 
@@ -284,7 +284,9 @@ def _uniform_rows(kept: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None
     scale = blocks.side_to_float(stored, blocks.SCALE_KIND[spec.scale_dtype])
     codes = quantize_codes(rows, scale, zero_point, qmin, qmax)
     weight = blocks.from_rows(dequantize_codes(codes, scale, zero_point), tuple(kept.shape), spec.granularity)
-    side = {"scale": stored} | ({"zero_point": zero_point} if spec.scheme == "asym" else {})
+    zp_dtype = blocks.SIDE_KINDS[_uniform_layout(spec, tuple(kept.shape))["zero_point"][1]][2] \
+        if spec.scheme == "asym" else None
+    side = {"scale": stored} | ({"zero_point": zero_point.to(zp_dtype)} if zp_dtype else {})
     return QuantResult(weight=_masked(weight, mask), side=side,
                        codes=blocks.from_rows(codes, tuple(kept.shape), spec.granularity))
 
@@ -294,7 +296,7 @@ def _uniform_decode(stored: torch.Tensor, side: dict[str, torch.Tensor], spec: Q
     qmin = qrange(spec.bits, spec.scheme)[0]
     rows = blocks.as_rows(stored + qmin, spec.granularity, spec.group_size)
     scale = blocks.side_to_float(side["scale"], blocks.SCALE_KIND[spec.scale_dtype])
-    zero_point = side.get("zero_point", torch.zeros(scale.shape, dtype=torch.int32))
+    zero_point = side.get("zero_point", torch.zeros(scale.shape, dtype=torch.int32)).to(torch.int32)
     return blocks.from_rows(dequantize_codes(rows, scale, zero_point), tuple(stored.shape), spec.granularity)
 
 

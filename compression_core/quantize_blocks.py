@@ -14,7 +14,7 @@ Padding holds 0 and is marked invalid: statistics never see it, it is never stor
 A scale is stored in its own type (`scale_dtype`): fp32, fp16, or e8m0 (a power of two 2^(b - 127), one byte
 b as in OCP MX). A scale is rounded *up* to its type, so the grid still covers the range it was chosen for
 (no extra clipping) and an asymmetric zero point stays valid. Side tensors are kept in their storage form
-(float32 / float16 / uint8 e8m0 / int8 / int32 tensors); `SIDE_KINDS` gives the width the size model counts
+(float32 / float16 / uint8 e8m0 / uint8 / int8 / int32 tensors); `SIDE_KINDS` gives the width the size model counts
 and the little-endian layout the packed export writes.
 """
 from __future__ import annotations
@@ -26,7 +26,8 @@ import torch
 from .config import SCALE_DTYPES
 # side storage kind -> (bits per entry, numpy dtype of its bytes in the packed file, torch dtype in memory)
 SIDE_KINDS = {"float32": (32, "<f4", torch.float32), "float16": (16, "<f2", torch.float16),
-              "e8m0": (8, "u1", torch.uint8), "int8": (8, "i1", torch.int8), "int32": (32, "<i4", torch.int32)}
+              "e8m0": (8, "u1", torch.uint8), "uint8": (8, "u1", torch.uint8), "int8": (8, "i1", torch.int8),
+              "int32": (32, "<i4", torch.int32)}
 SCALE_KIND: dict[str, str] = {"fp32": "float32", "fp16": "float16", "e8m0": "e8m0"}  # scale_dtype -> side storage kind
 E8M0_BIAS = 127
 F32_MIN_NORMAL = 2.0 ** -126

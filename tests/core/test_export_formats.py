@@ -62,7 +62,7 @@ def _layer(shape, quant):
     ((300, 130), QuantSpec(quantizer="nf4"), 4, 900 * 8 + 4 * 32 + 32),  # 3 blocks of 64 per row, int8 each
     ((300, 130), QuantSpec(quantizer="nf4", double_quant=False), 4, 900 * 32),
     ((16, 70), QuantSpec(bits=4, granularity="group", group_size=32), 4, 16 * 3 * 32),
-    ((16, 70), QuantSpec(bits=4, scheme="asym", granularity="group", group_size=32), 4, 16 * 3 * 64),
+    ((16, 70), QuantSpec(bits=4, scheme="asym", granularity="group", group_size=32), 4, 16 * 3 * (32 + 8)),
     ((16, 70), QuantSpec(bits=4, granularity="group", group_size=32, scale_dtype="e8m0"), 4, 16 * 3 * 8),
     ((16, 70), QuantSpec(quantizer="fp8_e4m3", granularity="tensor", scale_dtype="fp16"), 8, 16),
     ((16, 70), QuantSpec(quantizer="fp4_e2m1"), 4, 16 * 32),

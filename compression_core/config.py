@@ -169,7 +169,7 @@ def _check_formats(spec: QuantSpec, info) -> None:
                           f"got {shown(spec.scale_dtype)}")
 
 
-def _quant_dict(spec: QuantSpec | None) -> dict | None:
+def quant_to_dict(spec: QuantSpec | None) -> dict | None:
     """A spec as plain data without the format fields at their defaults (older configs keep their hash)."""
     if spec is None:
         return None
@@ -303,9 +303,9 @@ class CompressionConfig:
         d = dataclasses.asdict(self)
         if self.fold_bn:
             del d["fold_bn"]
-        d["quant"] = _quant_dict(self.quant)
+        d["quant"] = quant_to_dict(self.quant)
         for o, override in zip(d["overrides"], self.overrides):
-            o["quant"] = _quant_dict(override.quant)
+            o["quant"] = quant_to_dict(override.quant)
         return d
 
     def to_json(self) -> str:

@@ -32,7 +32,6 @@ under the same rules; see `export_format` for why version 2 uses sha256. Every f
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -43,7 +42,7 @@ import torch
 from torch import nn
 
 from .compressed import CompressedModel, LayerCompression
-from .config import QuantSpec
+from .config import QuantSpec, quant_to_dict
 from .errors import shown
 from .export_format import DTYPES, MAGIC, PREFIX, VERSION, ExportError, check_fits, pack_file, parse_file, \
     refold
@@ -284,7 +283,7 @@ def export(cm: CompressedModel, path: str | os.PathLike, source: dict) -> int:
         entry = {"name": lc.name, "shape": list(lc.shape), "format": ls.index_format, "kind": value_kind(lc),
                  "value_bits": ls.value_bits, "entries": ls.entries, "nnz": ls.nnz, "index_bits": index_bits,
                  "qmin": qrange(lc.quant.bits, lc.quant.scheme)[0] if uniform else 0, "skipped": lc.skipped,
-                 "quant": dataclasses.asdict(lc.quant)}
+                 "quant": quant_to_dict(lc.quant)}
         sections = _layer_sections(lc, ls, index_bits)
         entry["sections"] = {key: add(data) for key, data in sections.items()}
         layers.append(entry)

@@ -75,7 +75,8 @@ class QuantSpec:
         kmeans (weight sharing, 2^bits centroids), pow2 (±2^k levels), fp16 / bf16 (plain float casts).
     scheme / granularity / range: only where the quantizer lists them; per-channel means per output channel
         (axis 0); group means blocks of `group_size` along the input dimension (in x kh x kw for convolutions).
-        A quantizer with one granularity (MX, NF4: group) always uses it.
+        A quantizer with one granularity (MX, NF4: group) takes the default channel as that one; any other
+        granularity a quantizer does not list is refused.
     percentile: the clip percentile of |w| used when range == "percentile".
     group_size: block length for granularity group, a positive integer; None = the quantizer's default (uniform
         and FP elements 128, NF4 64); MX formats always use 32.

@@ -71,12 +71,6 @@ def from_rows(rows: torch.Tensor, shape: tuple[int, ...], granularity: str) -> t
     return rows.reshape(shape)
 
 
-def row_absmax(rows: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """(R,) largest |value| of each row over its valid entries (0 for a row without any)."""
-    a = rows.abs()
-    return (a if valid is None else torch.where(valid, a, torch.zeros_like(a))).amax(1)
-
-
 def round_scale_up(scale: torch.Tensor, scale_dtype: str) -> torch.Tensor:
     """The float32 scales, each rounded up to the nearest value of `scale_dtype`, in that type's storage form.
 

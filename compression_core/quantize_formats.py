@@ -102,16 +102,12 @@ def decode_format(codes: torch.Tensor, fmt: ElementFormat) -> torch.Tensor:
 
 # ---- FP elements with a tensor / channel / group scale ----------------------------------------------------
 
-def _fp_layout(spec: QuantSpec, shape: tuple[int, ...]) -> dict[str, tuple[int, str]]:
-    return blocks.scale_layout(spec, shape)
-
-
 def _fp_elements(fmt: ElementFormat):
     """quantize: s = absmax / max (floored, rounded up to scale_dtype), w_hat = fp(w / s) * s."""
     def quantize(w: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None) -> QuantResult:
         kept = _masked(w.detach().float(), mask)
         rows = blocks.as_rows(kept, spec.granularity, spec.group_size)
-        stored = blocks.round_scale_up(blocks.row_absmax(rows, None) / fmt.max, spec.scale_dtype)
+        stored = blocks.round_scale_up(rows.abs().amax(1) / fmt.max, spec.scale_dtype)
         scale = blocks.side_to_float(stored, blocks.SCALE_KIND[spec.scale_dtype])[:, None]
         codes, values = round_to_format(rows / scale, fmt)
         weight = blocks.from_rows(values * scale, tuple(w.shape), spec.granularity)
@@ -180,7 +176,7 @@ def _register() -> None:
         quantize, decode = _fp_elements(fmt)
         register_quantizer(QuantizerInfo(
             name=name, label=name.replace("_", " ").upper(), kind="format", bits=(fmt.bits,), value_storage="code",
-            scale_storage="side", quantize=quantize, decode=decode, side_layout=_fp_layout,
+            scale_storage="side", quantize=quantize, decode=decode, side_layout=blocks.scale_layout,
             granularities=("tensor", "channel", "group"), scale_dtypes=blocks.SCALE_DTYPES,
             description=f"{fmt.bits}-bit float elements {key.upper()} (largest {fmt.max:g}); scale = absmax / "
                         f"{fmt.max:g} per tensor, channel or group."))

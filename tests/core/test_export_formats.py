@@ -133,3 +133,28 @@ def test_hostile_side_sections_are_refused_with_one_line(tmp_path, how, says):
     with pytest.raises(ExportError, match=re.escape(says)) as err:
         load_exported(path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("quant", [QuantSpec(quantizer="mxfp4"), QuantSpec(quantizer="nf4"),
+                                   QuantSpec(quantizer="fp8_e4m3", granularity="group", group_size=64)],
+                         ids=["mxfp4", "nf4", "fp8-g64"])
+def test_torchvision_mobilenet_with_depthwise_convs_round_trips(tmp_path, quant):
+    from torchvision.models import mobilenet_v3_small
+
+    torch.manual_seed(0)
+    model = mobilenet_v3_small(num_classes=10).eval()  # depthwise 3x3 convs: 9 inputs, one partial block each
+    cm = compress(model, CompressionConfig(quant=quant))
+    source = {"kind": "torchvision", "name": "mobilenet_v3_small", "num_classes": 10}
+    path = tmp_path / "mnv3.cmpx"
+    export(cm, path, source)
+    rebuilt, meta = load_exported(path)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), cm.model(x))
+    report = size_report(cm)
+    # the payload is the reported bits, each section rounded up to whole bytes (the JSON header, ~25 KB for
+    # 54 layers and their tensors, is not part of the size model, for any quantizer)
+    payload_len = PREFIX.unpack_from(path.read_bytes())[3]
+    n_sections = sum(len(e["sections"]) for e in meta["layers"]) + len(meta["tensors"])
+    assert report.total_bytes <= payload_len <= report.total_bytes + n_sections
+    assert report.bits_per_weight < 4.3 if quant.quantizer != "fp8_e4m3" else report.bits_per_weight < 8.6

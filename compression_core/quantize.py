@@ -15,7 +15,7 @@ quantize-dequantize is bit-identical to `torch.fake_quantize_per_tensor_affine` 
 |-------------|-------------------------------------------------------------------|--------------------------|
 | tensor      | any                                                               | (1,)                     |
 | channel     | Linear (O, I), Conv1d/2d/3d (O, I / groups, *kernel), depthwise: I / groups = 1 | (O,): axis 0 |
-| group g     | blocks of g along the input dimension (quantize_blocks), last block padded | side["scale"] (O * ceil(K / g),) |
+| group g     | blocks of g along the input dimension, K = I x kernel (quantize_blocks)          | side: (O * ceil(K / g),) |
 
 A scale is never below float32 eps (an all-zero range), as in torch's observers. Group scales, and a scale
 stored as fp16 or e8m0 (`scale_dtype`, rounded up to that type), go to `QuantResult.side` with the zero points;

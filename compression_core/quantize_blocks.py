@@ -22,8 +22,6 @@ from __future__ import annotations
 import math
 
 import torch
-
-from .config import SCALE_DTYPES
 # side storage kind -> (bits per entry, numpy dtype of its bytes in the packed file, torch dtype in memory)
 SIDE_KINDS = {"float32": (32, "<f4", torch.float32), "float16": (16, "<f2", torch.float16),
               "e8m0": (8, "u1", torch.uint8), "uint8": (8, "u1", torch.uint8), "int8": (8, "i1", torch.int8),

@@ -30,7 +30,7 @@ from functools import lru_cache
 import torch
 
 from . import quantize_blocks as blocks
-from .config import QuantSpec
+from .config import SCALE_DTYPES, QuantSpec
 from .methods import QuantizerInfo, register_quantizer
 from .quantize import QuantResult, _masked
 
@@ -177,7 +177,7 @@ def _register() -> None:
         register_quantizer(QuantizerInfo(
             name=name, label=name.replace("_", " ").upper(), kind="format", bits=(fmt.bits,), value_storage="code",
             scale_storage="side", quantize=quantize, decode=decode, side_layout=blocks.scale_layout,
-            granularities=("tensor", "channel", "group"), scale_dtypes=blocks.SCALE_DTYPES,
+            granularities=("tensor", "channel", "group"), scale_dtypes=SCALE_DTYPES,
             description=f"{fmt.bits}-bit float elements {key.upper()} (largest {fmt.max:g}); scale = absmax / "
                         f"{fmt.max:g} per tensor, channel or group."))
     for name, key in {"mxfp8": "e4m3", "mxfp6": "e3m2", "mxfp4": "e2m1", "mxint8": None}.items():

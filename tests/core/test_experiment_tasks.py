@@ -1,4 +1,5 @@
 """Experiment on dict inputs (a transformer written the usual way) with tasks classify and fidelity (#8.3)."""
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -116,3 +117,42 @@ def test_store_keeps_the_records_of_two_tasks_apart(tmp_path):
     assert sorted(k["task"] for k in store.keys()) == ["classify", "fidelity"]
     assert {k["config_hash"] for k in store.keys()} == {INT4.config_hash}
     assert pareto_front([fidelity], y=fidelity["metric"]) == [fidelity]
+
+
+class _HFCausalLM(torch.nn.Module):
+    """A Hugging Face causal LM called as the engine calls models: keyword tensors in, (N, L, V) logits out."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, attention_mask):
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def test_lm_perplexity_is_exp_of_hugging_faces_own_loss_on_a_tiny_random_gpt2():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    lm = transformers.GPT2LMHeadModel(config).eval()
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 40, (6, 10), generator=g)
+    labels = ids.clone()
+    labels[:, :4] = -100  # a context-only prefix, as sliding windows have: 6 scored tokens a row
+    labels[0, 8:] = -100
+    mask = torch.ones_like(ids)
+    info = DatasetInfo(name="toy-stream", num_classes=0, input_shape=(10,), mean=(), std=(), source="generated",
+                       splits={"test": 6}, class_names=())
+    data = Dataset(info=info, tensors={"test": ({"input_ids": ids, "attention_mask": mask}, labels)})
+    loaded = SimpleNamespace(model=_HFCausalLM(lm), name="gpt2-tiny", fingerprint="1" * 16, kind="causal-lm")
+    exp = Experiment(loaded, data, device="cpu", batch_size=4)  # two batches of unequal token counts
+    assert exp.task == "lm"
+    record = exp.baseline
+    with torch.no_grad():
+        hf_loss = lm(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+    assert record["n_tokens"] == 6 * 6 - 2 and record["metric"] == "perplexity"
+    assert record["loss"] == pytest.approx(hf_loss, rel=1e-5)
+    assert record["perplexity"] == pytest.approx(math.exp(hf_loss), rel=1e-5) == record["metric_value"]
+    assert record["accuracy"] is None and record["cosine"] is None
+    with pytest.raises(ExperimentError, match=r"task lm needs token logits \(1, L, vocabulary\).*shape \(1, 3\)"):
+        Experiment(_loaded(), data, device="cpu", task="lm")

@@ -71,6 +71,15 @@ def read_cache(key: str, cache_dir: Path | None = None) -> tuple[dict[str, tuple
         return None
 
 
+def mark_used(array_file: str | os.PathLike) -> None:
+    """Mark the entry holding `array_file` as just used (a streamed split does at each pass), so the size cap
+    removes entries nobody reads before one a sweep is reading."""
+    try:
+        os.utime(Path(array_file).parent / META)
+    except OSError:
+        return  # not a cache entry (a temporary decode), or gone: nothing to mark
+
+
 class Entry:
     """A cache entry being written: `writer(split, shape)` streams rows into x_SPLIT.npy, `save_labels` adds
     y_SPLIT.npy, `commit(skipped)` renames the finished folder into place (and applies the size cap).

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from .datasets_cache import mark_used
+
 # float32 bytes of the slice the forward tuner holds, which bounds the batch sizes it tries: on the cpu it is host
 # memory (small: the batch is what bounds a streamed evaluation's memory), on an accelerator device memory
 TUNE_BYTES = {"cpu": 32 * 2 ** 20}
@@ -110,6 +112,7 @@ class StreamedImages:
 
     def batches(self, batch_size: int):
         """Normalised float32 batches (B, C, H, W) on the device, in order; the next batch is read meanwhile."""
+        mark_used(self.path)
         starts = range(0, len(self), batch_size)
         ready: queue.Queue = queue.Queue(maxsize=PREFETCH)
         stop = threading.Event()

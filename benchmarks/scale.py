@@ -9,7 +9,8 @@ Parts (JSON on stdout; progress on stderr):
      the do-it-yourself loop (torchvision ImageFolder + DataLoader(num_workers=2) + prune / fake-quant per config)
      / ours                                                                          — target >= 1.5.
   b  peak RSS of a process evaluating --n-images generated 224-px images (default 20,000) with resnet18 (one
-     int8 config, the decode included)                                             — target <= 2.5 GB.
+     int8 config, the decode included; --rss-model small: a one-conv net, the data path's own memory)
+                                                                                   — target <= 2.5 GB.
   fastpath  why small folders stay in memory: per-config evaluation of lenet5 on --n-images-fast 28-px PNGs
      held as tensors vs streamed from the decoded file.
 
@@ -129,10 +130,11 @@ RSS_CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[3])
 from scale import _resnet18
-from compression_core import CompressionConfig, Experiment, QuantSpec, load_dataset
+from compression_core import CompressionConfig, Experiment, QuantSpec, load_dataset, load_model
 t0 = time.perf_counter()
 data = load_dataset(sys.argv[1], transform="imagenet")
-exp = Experiment(_resnet18(), data, device=sys.argv[2])
+model = _resnet18() if sys.argv[4] == "resnet18" else load_model("tests.core.byo_model:strided_cnn_rgb")
+exp = Experiment(model, data, device=sys.argv[2])
 record = exp.run(CompressionConfig(quant=QuantSpec(bits=8)))
 print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "n_samples": record["n_samples"], "streamed": exp.streamed, "batch_size": exp.batch_size,
@@ -140,17 +142,18 @@ print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_
 """
 
 
-def part_b(work: Path, n: int, device: str) -> dict:
+def part_b(work: Path, n: int, device: str, model: str) -> dict:
     folder = work / f"b{n}"
     if not folder.exists():
         write_jpegs(folder, n, sizes=((224, 224),))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     run = subprocess.run([sys.executable, "-c", RSS_CHILD, f"imagefolder:{folder}", device,
-                          str(Path(__file__).resolve().parent)], env=env, capture_output=True, text=True)
+                          str(Path(__file__).resolve().parent), model], env=env, capture_output=True, text=True)
     if run.returncode:
         raise SystemExit(run.stderr)
     out = json.loads(run.stdout)
     out["peak_rss_gb"] = round(out["peak_rss_bytes"] / 1e9, 3)
+    out["model"] = model
     out["float32_split_gb"] = round(n * 3 * 224 * 224 * 4 / 1e9, 2)
     return out
 
@@ -184,6 +187,9 @@ def main() -> None:
     ap.add_argument("--n-images-a", type=int, default=1000)
     ap.add_argument("--n-images", type=int, default=20000)
     ap.add_argument("--n-images-fast", type=int, default=10000)
+    ap.add_argument("--rss-model", choices=("resnet18", "small"), default="resnet18",
+                    help="part b's model: resnet18, or a one-conv net (tests.core.byo_model:strided_cnn_rgb) that "
+                         "shows the data path's own memory")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workdir", default=None, help="where generated folders are kept (default: a temp folder)")
     args = ap.parse_args()
@@ -195,7 +201,7 @@ def main() -> None:
     if "a" in parts:
         out["a"] = part_a(work, args.n_images_a, args.device)
     if "b" in parts:
-        out["b"] = part_b(work, args.n_images, args.device)
+        out["b"] = part_b(work, args.n_images, args.device, args.rss_model)
     if "fastpath" in parts:
         out["fastpath"] = part_fastpath(work, args.n_images_fast)
     out["parent_peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)

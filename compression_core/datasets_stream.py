@@ -82,11 +82,14 @@ class StreamedImages:
         """The same split delivered on `device` in `memory_format`."""
         return replace(self, device=torch.device(device), memory_format=memory_format)
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """uint8 (stop - start, C, H, W) of samples [start, stop), read with plain file reads (nothing mapped)."""
+    def read(self, start: int, stop: int, into: np.ndarray | None = None) -> np.ndarray:
+        """uint8 (stop - start, C, H, W) of samples [start, stop), read with plain file reads (nothing mapped).
+
+        into: a uint8 buffer of at least (stop - start) x C*H*W bytes to read into (reused across batches).
+        """
         rows = self.rows[start:stop]
         row_bytes = int(np.prod(self.row_shape))
-        out = np.empty((len(rows), row_bytes), dtype=np.uint8)
+        out = np.empty((len(rows), row_bytes), dtype=np.uint8) if into is None else into[:len(rows)]
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive rows: one read each
         with open(self.path, "rb", buffering=0) as f:
             for run in np.split(np.arange(len(rows)), breaks):
@@ -111,18 +114,25 @@ class StreamedImages:
         return self._normalised(self.read(0, n))
 
     def batches(self, batch_size: int):
-        """Normalised float32 batches (B, C, H, W) on the device, in order; the next batch is read meanwhile."""
+        """Normalised float32 batches (B, C, H, W) on the device, in order; the next batch is read meanwhile.
+
+        The reader thread fills a ring of PREFETCH + 2 uint8 buffers allocated once: a buffer is reused only
+        after the batch it held was normalised (the queue holds PREFETCH), and memory stays flat however long
+        the split (fresh buffers per batch let the allocator's heap grow with the number of batches).
+        """
         mark_used(self.path)
         starts = range(0, len(self), batch_size)
         ready: queue.Queue = queue.Queue(maxsize=PREFETCH)
         stop = threading.Event()
+        ring = [np.empty((min(batch_size, len(self)), int(np.prod(self.row_shape))), dtype=np.uint8)
+                for _ in range(PREFETCH + 2)]
 
         def reader() -> None:
             try:
-                for start in starts:
+                for i, start in enumerate(starts):
                     if stop.is_set():
                         return
-                    ready.put(self.read(start, start + batch_size))
+                    ready.put(self.read(start, start + batch_size, into=ring[i % len(ring)]))
             except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
                 ready.put(err)
 

@@ -16,6 +16,8 @@ Example:
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import queue
 import threading
 from dataclasses import dataclass, field, replace
@@ -30,6 +32,8 @@ from .datasets_cache import mark_used
 TUNE_BYTES = {"cpu": 32 * 2 ** 20}
 TUNE_BYTES_DEVICE = 2 ** 30
 PREFETCH = 2  # batches read ahead
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 4 * 2 ** 20
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class StreamedImages:
         the split (fresh buffers per batch let the allocator's heap grow with the number of batches).
         """
         mark_used(self.path)
+        _fix_mmap_threshold()
         starts = range(0, len(self), batch_size)
         ready: queue.Queue = queue.Queue(maxsize=PREFETCH)
         stop = threading.Event()
@@ -151,6 +156,23 @@ class StreamedImages:
                     ready.get_nowait()
                 except queue.Empty:
                     thread.join(0.01)
+
+
+@functools.cache
+def _fix_mmap_threshold() -> None:
+    """Have glibc serve every allocation of MMAP_THRESHOLD bytes or more with its own mapping, returned on free.
+
+    A streamed pass allocates a float32 batch (tens of MB) per step; glibc's default raises its mmap threshold as
+    such blocks are freed (up to 32 MiB), after which they come from the heap, which then grew by hundreds of MB
+    to GBs over a long split (measured: 20,000 224-px images, 0.9 GB with the threshold fixed, 3.7-4.9 GB
+    without). Fixing the threshold (what MALLOC_MMAP_THRESHOLD_ does) keeps memory flat; elsewhere (not glibc)
+    nothing is done.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        return
 
 
 def channel_stats(split: StreamedImages, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -37,21 +37,25 @@ def _experiment(args, configs=()):
     A built-in model without --weights brings its own shipped checkpoint whatever the dataset: an image folder
     or torchvision dataset names no checkpoint. A `text:` dataset is read after the model, with its tokenizer.
     """
-    from .datasets import BUILTINS, load_dataset
+    from .datasets import BUILTINS, TEXT_NAMES, load_dataset
     from .datasets_images import resolve_transform
     from .experiment import Experiment
     from .models import load_model
     from .models.architectures import ARCHITECTURES
 
-    text = args.dataset is not None and args.dataset.startswith("text:")
+    def is_text(name: str | None) -> bool:
+        return name is not None and (name.startswith("text:") or name in TEXT_NAMES)
+
     transform = resolve_transform(args.transform, args.model)
     dataset = (load_dataset(args.dataset, allow_download=args.allow_download, transform=transform)
-               if args.dataset is not None and not text else None)
+               if args.dataset is not None and not is_text(args.dataset) else None)
     trained_on = None if args.model in ARCHITECTURES and args.dataset not in BUILTINS else args.dataset
-    loaded = load_model(args.model, dataset=trained_on, weights=args.weights, num_classes=args.num_classes)
-    if text:
-        dataset = _text_dataset(args, loaded)
-    dataset = dataset or load_dataset(loaded.dataset, allow_download=args.allow_download)
+    loaded = load_model(args.model, dataset=trained_on, weights=args.weights, num_classes=args.num_classes,
+                        allow_download=args.allow_download)
+    name = args.dataset or loaded.dataset
+    if is_text(name):
+        dataset = _text_dataset(args, loaded, name)
+    dataset = dataset or load_dataset(name, allow_download=args.allow_download)
     exp = Experiment(loaded, dataset, split=args.split, limit=args.limit, device=args.device, task=args.task)
     for config in configs:
         unknown = sorted({o.name for o in config.overrides} - set(exp.layer_names))
@@ -61,16 +65,15 @@ def _experiment(args, configs=()):
     return exp
 
 
-def _text_dataset(args, loaded):
-    """`--dataset text:PATH` tokenized with the model's own tokenizer: one token stream for task lm (sliding
-    windows of --max-length, --stride), else one sample per line."""
-    from .datasets_text import load_text_dataset
+def _text_dataset(args, loaded, name: str):
+    """A text dataset (`text:PATH` or the shipped `sentences`) tokenized with the model's own tokenizer: one token
+    stream for task lm (sliding windows of --max-length, --stride), else one sample per line."""
+    from .datasets import load_dataset
     from .tasks import default_task
 
-    task = args.task or default_task(getattr(loaded, "kind", "classifier"), labelled=False)
-    mode = "stream" if task == "lm" else "lines"
-    return load_text_dataset(args.dataset.partition(":")[2], getattr(loaded, "tokenizer", None), mode,
-                             args.max_length, args.stride)
+    task = args.task or default_task(loaded.kind, labelled=False)
+    return load_dataset(name, tokenizer=loaded.tokenizer, text_mode="stream" if task == "lm" else "lines",
+                        max_length=args.max_length, stride=args.stride)
 
 
 def _stage_progress():

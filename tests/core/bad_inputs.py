@@ -49,7 +49,7 @@ def case(id_: str, *args: str, says: str | None = None, in_process: bool = True)
 def _config_cases() -> list[BadInput]:
     flag_values = [
         ("bits", "0"), ("bits", "9"), ("bits", "abc"), ("bits", ""), ("bits", "4,abc"), ("bits", "-4"),
-        ("bits", "4.5"), ("quantizer", "foo"), ("scheme", "diag"), ("granularity", "group"), ("range", "max"),
+        ("bits", "4.5"), ("quantizer", "foo"), ("scheme", "diag"), ("granularity", "row"), ("range", "max"),
         ("act-bits", "1"), ("act-bits", "33"), ("sparsity", "1"), ("sparsity", "-0.1"), ("sparsity", "nan"),
         ("sparsity", "inf"), ("sparsity", "0.5x"), ("prune", "foo"), ("scope", "world"), ("index-bits", "0"),
         ("index-bits", "17"), ("finetune-steps", "-1"), ("finetune-steps", "1.5"), ("finetune-steps", "100001"),

@@ -157,7 +157,7 @@ class Experiment:
             if self.calib is not None or "calibration data" not in str(err):
                 raise
             raise ExperimentError(f"dataset {self.dataset.info.name} has no train split to calibrate on; this config "
-                                  "needs one (act_bits, bias correction, fine-tuning, calibrated pruning): add train/ "
+                                  "needs one (act_bits, bias correction, fine-tuning, calibrated pruning, repair): add train/ "
                                   "and test/ (or val/) subfolders") from None
 
     def run(self, config: CompressionConfig, progress=None, compressed: CompressedModel | None = None) -> Record:
@@ -266,5 +266,8 @@ class Experiment:
             "finetune_final_loss": cm.finetune_log[-1][1] if cm.finetune_log else None,
             "bn_folded": [list(pair) for pair in cm.folded],
             "bn_fold_note": cm.fold_note,
+            "repair": config.repair,
+            "repair_calib_samples": cm.repair_stats.get("calib_samples"),
+            "repair_seconds": cm.repair_stats.get("seconds"),
             "layers": layers,
         }

@@ -104,6 +104,9 @@ class Record(TypedDict):
     finetune_final_loss: float | None
     bn_folded: list[list[str]]
     bn_fold_note: str
+    repair: str
+    repair_calib_samples: int | None
+    repair_seconds: float | None
     layers: list[LayerRow]
     created_at: NotRequired[float]
     cached: NotRequired[bool]
@@ -194,6 +197,11 @@ RECORD_FIELDS: tuple[Field, ...] = (
           "into the conv before compression (the BN is an Identity in the compressed model); empty when none"),
     Field("bn_fold_note", str, NO_UNIT, "one line on BatchNorm folding: how many were folded, `off`, or why none "
           "was (no BatchNorm after a conv; torch.fx cannot trace the model)"),
+    Field("repair", str, NO_UNIT, "calibrated repair of the weight rounding: `none`, `gptq`, `awq` or `smoothquant`"),
+    Field("repair_calib_samples", int | None, "samples", "calibration samples the repair measured its inputs on; "
+          "null without repair"),
+    Field("repair_seconds", float | None, "seconds", "wall time of the repair (GPTQ: its Hessian passes and column "
+          "updates; AWQ / SmoothQuant: statistics, scale search and rounding); null without repair"),
     Field("layers", list[LayerRow], NO_UNIT, "one row per compressible layer, in model order (`LAYER_FIELDS`)"),
     # ---- added after the run
     Field("created_at", float, "Unix seconds", "when the store last wrote the record", added_by="store"),

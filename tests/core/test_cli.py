@@ -127,7 +127,8 @@ def test_every_sweep_setting_but_norm_the_switches_and_seed_is_a_comma_list_flag
     args = build_parser().parse_args(["sweep", "--model", "digits-cnn", "--bits", "4,8", "--index-bits", "4,8",
                                       "--finetune-steps", "0,5", "--seed", "3", "--bias-correction",
                                       "--no-fold-bn"])
-    assert set(GRID_FIELDS) - set(GRID_FLAGS) == {"norm", "bias_correction", "fold_bn", "seed", "double_quant"}
+    assert set(GRID_FIELDS) - set(GRID_FLAGS) == {"norm", "bias_correction", "fold_bn", "seed", "double_quant",
+                                                  "act_order"}
     assert all(isinstance(getattr(args, flag), list) for flag in GRID_FLAGS if flag not in
                ("sparsity", "nm", "percentile", "granularity", "group_size"))  # these default to None: "not given"
     configs = configs_from_args(args)

@@ -196,8 +196,9 @@ def configs_from_args(args) -> list[CompressionConfig]:
     lists["nm"] = args.nm if args.nm is not None else [(2, 4)]
     lists["percentile"] = args.percentile if args.percentile is not None else [99.9]
     lists["alpha"] = args.alpha if args.alpha is not None else [0.5]
+    lists["act_order"] = [args.act_order]  # a switch, set with the repair (a base config would reset it)
     configs = expand_grid(CompressionConfig(bias_correction=args.bias_correction, fold_bn=args.fold_bn,
-                                            seed=args.seed, act_order=args.act_order), **lists)
+                                            seed=args.seed), **lists)
     names = [text.partition(":")[0] for text in args.layer]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:

@@ -207,3 +207,40 @@ def test_gptq_refuses_missing_calibration_and_unhandled_layers_in_one_line():
             "0", quant=QuantSpec(bits=4, quantizer="pow2")))
     with pytest.raises(ValueError, match="layer '0' is overridden to pow2"):
         compress(nn.Sequential(nn.Linear(4, 2)), override, calib=(torch.randn(8, 4), torch.zeros(8)))
+
+
+def _parse(*argv):
+    import argparse
+
+    from compression_core.cli_flags import add_config_flags, configs_from_args
+    p = argparse.ArgumentParser()
+    add_config_flags(p)
+    return configs_from_args(p.parse_args(list(argv)))
+
+
+def test_sweep_flags_cross_repair():
+    configs = _parse("--bits", "3,4", "--repair", "none,gptq,awq", "--act-order")
+    assert {(c.quant.bits, c.repair, c.act_order) for c in configs} == {
+        (b, r, r == "gptq") for b in (3, 4) for r in ("none", "gptq", "awq")}
+    (sq,) = _parse("--bits", "8", "--act-bits", "8", "--repair", "smoothquant", "--alpha", "0.8")
+    assert (sq.repair, sq.alpha) == ("smoothquant", 0.8)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--bits", "8", "--act-bits", "8", "--repair", "smoothquant", "--alpha", "1.5"], "--alpha must be in [0, 1]"),
+    (["--bits", "4", "--alpha", "0.5"], "--alpha only applies to --repair smoothquant"),
+    (["--bits", "4", "--act-order"], "--act-order only applies to --repair gptq"),
+    (["--bits", "4", "--quantizer", "kmeans", "--repair", "gptq"], "repair gptq needs quantizer uniform"),
+])
+def test_cli_exits_2_with_one_line(argv, says, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-m", "compression_core", "evaluate", "--model", "digits-cnn", *argv,
+                        "--store", str(tmp_path / "s.sqlite")], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                       capture_output=True, text=True, timeout=300)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert says in lines[0]

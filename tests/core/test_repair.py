@@ -244,3 +244,19 @@ def test_cli_exits_2_with_one_line(argv, says, tmp_path):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert says in lines[0]
+
+
+def test_safetensors_of_a_scaled_model_works_in_the_plain_architecture(tmp_path):
+    from safetensors.torch import load_file
+
+    from compression_core.interop import export_safetensors
+    source = {"kind": "builtin", "name": "lenet5", "num_classes": 10}
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 28, 28) * 2
+    cm = compress(build_architecture(source), CompressionConfig(quant=QuantSpec(bits=4), repair="awq"),
+                  calib=(x, torch.zeros(64)))
+    export_safetensors(cm, tmp_path / "m.safetensors")
+    plain = build_architecture(source).eval()
+    plain.load_state_dict(load_file(tmp_path / "m.safetensors"))
+    with torch.no_grad():
+        assert torch.allclose(plain(x), cm.model(x), atol=1e-5)

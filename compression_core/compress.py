@@ -126,13 +126,14 @@ def _quantize_layers(model, modules, masks, specs, config, calib) -> tuple[dict[
             plan[name] = (quant, masks.get(name))
 
     def write(name, q):
-        return _store(name, modules[name], _layer(name, modules[name].weight.detach(), q, *specs[name][:2],
-                                                  masks.get(name)))
+        return _store(modules[name], _layer(name, modules[name].weight.detach(), q, *specs[name][:2],
+                                            masks.get(name)))
 
+    # the other layers (skipped, or pruned only) first, so GPTQ sees their final weights
+    others = {name: _compress_layer(name, modules[name], masks.get(name), *specs[name])
+              for name in modules if name not in plan}
     done, seconds = repair_gptq.run_gptq(model, modules, plan, calib[0][:CALIB_SAMPLES], config.act_order, write)
-    layers = {name: done[name] if name in done else _compress_layer(name, modules[name], masks.get(name),
-                                                                    *specs[name]) for name in modules}
-    return layers, seconds
+    return {name: others.get(name) or done[name] for name in modules}, seconds
 
 
 def _layer(name, weight, q, quant, prune, mask) -> LayerCompression:
@@ -174,11 +175,11 @@ def _compress_layer(name: str, module: nn.Module, mask, quant: QuantSpec, prune:
     w = module.weight.detach()
     if skip:
         return LayerCompression(name, tuple(w.shape), w, QuantSpec(), PruneSpec(), skipped=True)
-    return _store(name, module, compress_weight(w, quant, prune, mask=mask, name=name))
+    return _store(module, compress_weight(w, quant, prune, mask=mask, name=name))
 
 
 @torch.no_grad()
-def _store(name: str, module: nn.Module, layer: LayerCompression) -> LayerCompression:
+def _store(module: nn.Module, layer: LayerCompression) -> LayerCompression:
     """Write the layer's new weight into `module`; the layer then holds the module's weight."""
     module.weight.copy_(layer.weight)
     layer.weight = module.weight.detach()

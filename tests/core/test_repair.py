@@ -260,3 +260,20 @@ def test_safetensors_of_a_scaled_model_works_in_the_plain_architecture(tmp_path)
     plain.load_state_dict(load_file(tmp_path / "m.safetensors"))
     with torch.no_grad():
         assert torch.allclose(plain(x), cm.model(x), atol=1e-5)
+
+
+def test_gptq_leaves_skipped_layers_alone_and_prunes_before_rounding():
+    from compression_core.config import LayerOverride, PruneSpec
+    model = build_architecture({"kind": "builtin", "name": "lenet5", "num_classes": 10})
+    names = [n for n, _ in compressible_layers(model)]
+    config = CompressionConfig(quant=QuantSpec(bits=3), prune=PruneSpec(0.5), repair="gptq").with_override(
+        LayerOverride(names[1], skip=True))
+    torch.manual_seed(0)
+    cm = compress(model, config, calib=(torch.randn(64, 1, 28, 28), torch.zeros(64)))
+    assert cm.layers[names[1]].skipped and torch.equal(cm.layers[names[1]].weight,
+                                                       model.get_submodule(names[1]).weight)
+    for name in (names[0], names[2]):
+        lc = cm.layers[name]
+        assert lc.sparsity == 0.5 and (lc.weight[~lc.mask] == 0).all()
+        assert lc.codes.abs().max() <= 3 and torch.equal(lc.weight, lc.codes.float() * lc.scale.reshape(
+            -1, *([1] * (lc.weight.dim() - 1))))

@@ -387,7 +387,7 @@ def _check_repair(c: CompressionConfig) -> None:
            f"alpha must be a number in [0, 1] (SmoothQuant migration strength); got {shown(c.alpha)}")
     _check(isinstance(c.act_order, bool), f"act_order must be true or false; got {c.act_order!r}")
     repair = c.repair
-    if repair in ("gptq", "awq") and not c.quant.enabled:
+    if repair in ("gptq", "awq") and not any(q.enabled for q in (c.quant, *(o.quant for o in c.overrides if o.quant))):
         repair = "none"  # nothing is rounded, nothing to repair
     _check(repair != "gptq" or quantizers()[c.quant.quantizer].kind == "grid",
            f"repair gptq needs quantizer uniform (tensor, channel or group grids); got quantizer {c.quant.quantizer}")

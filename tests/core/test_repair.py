@@ -277,3 +277,17 @@ def test_gptq_leaves_skipped_layers_alone_and_prunes_before_rounding():
         assert lc.sparsity == 0.5 and (lc.weight[~lc.mask] == 0).all()
         assert lc.codes.abs().max() <= 3 and torch.equal(lc.weight, lc.codes.float() * lc.scale.reshape(
             -1, *([1] * (lc.weight.dim() - 1))))
+
+
+@pytest.mark.parametrize("repair", ["gptq", "awq"])
+def test_repair_on_a_dataset_without_train_split_is_one_line(repair, tmp_path, monkeypatch):
+    from compression_core.experiment import Experiment, ExperimentError
+    from compression_core.datasets import load_dataset as load
+    from tests.core.test_datasets import _write_images
+
+    monkeypatch.setenv("COMPRESSION_EXPLORER_DECODED", str(tmp_path / "decoded"))
+    _write_images(tmp_path / "imgs", {"a": 3, "b": 2}, "L", size=(8, 8))
+    data = load(f"imagefolder:{tmp_path}/imgs", transform="none")
+    exp = Experiment(load_model("tests.core.byo_model:tiny_mlp", num_classes=2), data)
+    with pytest.raises(ExperimentError, match="no train split to calibrate on; this config needs one .*repair"):
+        exp.run(CompressionConfig(quant=QuantSpec(bits=4), repair=repair))

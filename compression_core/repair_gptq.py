@@ -78,27 +78,43 @@ def unfold_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
+class _Captured(Exception):
+    """Raised by the capture hook to skip the rest of the forward pass once the layer's input is seen."""
+
+
 @torch.no_grad()
 def layer_hessians(model: nn.Module, module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """H = 2/n X^T X of the inputs `module` sees while `model` runs on `x`; one (K, K) matrix per conv group."""
+    """H = 2/n X^T X of the inputs `module` sees while `model` runs on `x`; one (K, K) matrix per conv group
+    ([] when the model never calls it).
+
+    The first sample runs the whole model and counts the layer's calls; when it is called once per forward, the
+    other passes stop right after it (the layers after it cannot change its input).
+    """
     groups = getattr(module, "groups", 1)
-    state = {"n": 0, "h": None}
+    state = {"n": 0, "h": None, "calls": 0, "stop": False}
 
     def hook(_, inputs):
         rows = unfold_input(module, inputs[0]).float()  # (n, groups x K)
         rows = rows.reshape(len(rows), groups, -1).transpose(0, 1)  # (groups, n, K)
-        n, total = len(rows[0]), state["n"] + len(rows[0])
+        total = state["n"] + rows.shape[1]
         h = torch.bmm(rows.transpose(1, 2), rows) * (2.0 / total)
         state["h"] = h if state["h"] is None else state["h"] * (state["n"] / total) + h
-        state["n"] = total
+        state["n"], state["calls"] = total, state["calls"] + 1
+        if state["stop"]:
+            raise _Captured
 
     handle = module.register_forward_pre_hook(hook)
     try:
-        for start in range(0, len(x), CHUNK):
-            model(x[start:start + CHUNK])
+        model(x[:1])
+        state["stop"] = state["calls"] == 1
+        for start in range(1, len(x), CHUNK):
+            try:
+                model(x[start:start + CHUNK])
+            except _Captured:
+                pass
     finally:
         handle.remove()
-    return list(state["h"])
+    return [] if state["h"] is None else list(state["h"])
 
 
 def grid_of(rtn: QuantResult, spec: QuantSpec, shape: tuple[int, ...]) -> Grid:
@@ -222,5 +238,8 @@ def run_gptq(model: nn.Module, modules: dict[str, nn.Module], plan: dict, x: tor
     for name, (spec, mask) in plan.items():
         module = modules[name]
         hessians = layer_hessians(model, module, x)
+        if not hessians:
+            raise ValueError(f"GPTQ: layer {name!r} never ran on the calibration data, so it has no inputs to "
+                             "measure; skip it with --layer NAME:skip=1")
         done[name] = write(name, gptq_weight(module.weight.detach(), hessians, spec, mask, act_order=act_order))
     return done, time.perf_counter() - start

@@ -291,3 +291,21 @@ def test_repair_on_a_dataset_without_train_split_is_one_line(repair, tmp_path, m
     exp = Experiment(load_model("tests.core.byo_model:tiny_mlp", num_classes=2), data)
     with pytest.raises(ExperimentError, match="no train split to calibrate on; this config needs one .*repair"):
         exp.run(CompressionConfig(quant=QuantSpec(bits=4), repair=repair))
+
+
+def test_gptq_names_a_layer_the_forward_never_calls_and_counts_repeated_calls():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared, self.unused = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.shared(torch.relu(self.shared(x)))
+
+    net, x = Twice(), torch.randn(32, 4)
+    (h,) = layer_hessians(net, net.shared, x)  # both calls of every sample count
+    inner = torch.relu(net.shared(x)).detach()
+    expected = 2 * (x.T @ x + inner.T @ inner) / 64
+    assert torch.allclose(h, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="GPTQ: layer 'unused' never ran on the calibration data"):
+        compress(net, CompressionConfig(quant=QuantSpec(bits=4), repair="gptq"), calib=(x, torch.zeros(32)))

@@ -122,12 +122,12 @@ def grid_of(rtn: QuantResult, spec: QuantSpec, shape: tuple[int, ...]) -> Grid:
     out, k = shape[0], math.prod(shape[1:])
     if rtn.side is not None:
         scale = blocks.side_to_float(rtn.side["scale"], blocks.SCALE_KIND[spec.scale_dtype])
-        zero_point = rtn.side.get("zero_point", torch.zeros(scale.shape, dtype=torch.int32)).to(torch.int32)
+        zero_point = rtn.side.get("zero_point", torch.zeros_like(scale, dtype=torch.int32)).to(torch.int32)
     else:
         scale, zero_point = rtn.scale.float(), rtn.zero_point.to(torch.int32)
     if spec.granularity == "group":  # one entry per block of group_size columns (last block partial)
         per_row = -(-k // spec.group_size)
-        cols = torch.arange(k) // spec.group_size
+        cols = torch.arange(k, device=scale.device) // spec.group_size
         scale, zero_point = scale.reshape(out, per_row)[:, cols], zero_point.reshape(out, per_row)[:, cols]
     else:  # (1,) per tensor or (O,) per channel
         scale, zero_point = scale.reshape(-1, 1).expand(out, k), zero_point.reshape(-1, 1).expand(out, k)
@@ -148,7 +148,7 @@ def _inverse_hessian_factor(h: torch.Tensor, percdamp: float) -> torch.Tensor:
     h[dead, dead] = 1.0
     damp = percdamp * torch.diagonal(h).mean()
     for _ in range(6):  # more damping until H is numerically positive definite
-        chol, info = torch.linalg.cholesky_ex(h + damp * torch.eye(len(h), dtype=h.dtype))
+        chol, info = torch.linalg.cholesky_ex(h + damp * torch.eye(len(h), dtype=h.dtype, device=h.device))
         if info == 0:
             return torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True).float()
         damp = damp * 10 if damp > 0 else 1e-8
@@ -170,7 +170,8 @@ def gptq_matrix(w: torch.Tensor, h: torch.Tensor, grid: Grid, keep: torch.Tensor
         int32 codes (O, K); `(codes - zero_point) * scale` is the new weight.
     """
     w = w.float().clone()
-    order = torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order else torch.arange(len(h))
+    order = torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order else \
+        torch.arange(len(h), device=h.device)
     w, h = w[:, order], h[order][:, order]
     scale, zp = grid.scale[:, order], grid.zero_point[:, order]
     kept = None if keep is None else keep[:, order]
@@ -178,7 +179,7 @@ def gptq_matrix(w: torch.Tensor, h: torch.Tensor, grid: Grid, keep: torch.Tensor
     codes = torch.empty_like(w, dtype=torch.int32)
     for i1 in range(0, w.shape[1], block):
         i2 = min(i1 + block, w.shape[1])
-        errors = torch.empty(w.shape[0], i2 - i1)
+        errors = torch.empty(w.shape[0], i2 - i1, device=w.device)
         for i in range(i1, i2):
             codes[:, i], q = _round_column(w[:, i], scale[:, i], zp[:, i], grid.qmin, grid.qmax)
             if kept is not None:  # pruned: the stored value is the code of 0

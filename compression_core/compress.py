@@ -248,7 +248,8 @@ def _correct_biases(original, new, modules, calib) -> None:
             h.remove()
         inp = captured["x"]
         ref = ref_modules[name]
-        err = repair_scaling.linear_part(ref, inp) - repair_scaling.linear_part(m, inp)  # (N, C, ...) output error without bias
+        # (N, C, ...) output error without bias
+        err = repair_scaling.linear_part(ref, inp) - repair_scaling.linear_part(m, inp)
         dims = [d for d in range(err.dim()) if d != 1]
         m.bias.add_(err.mean(dim=dims))
 

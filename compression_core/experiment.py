@@ -157,8 +157,8 @@ class Experiment:
             if self.calib is not None or "calibration data" not in str(err):
                 raise
             raise ExperimentError(f"dataset {self.dataset.info.name} has no train split to calibrate on; this config "
-                                  "needs one (act_bits, bias correction, fine-tuning, calibrated pruning, repair): add train/ "
-                                  "and test/ (or val/) subfolders") from None
+                                  "needs one (act_bits, bias correction, fine-tuning, calibrated pruning, repair): add "
+                                  "train/ and test/ (or val/) subfolders") from None
 
     def run(self, config: CompressionConfig, progress=None, compressed: CompressedModel | None = None) -> Record:
         """Compress with `config`, evaluate on the split and return the record (fields: `record.RECORD_FIELDS`).

@@ -40,7 +40,7 @@ def _layer_inputs(model, module, x):
 
 @pytest.mark.parametrize("model_name, dataset", [("lenet5", "mnist"), ("digits-cnn", "digits"),
                                                  ("mnist1d-cnn", "mnist1d"), ("resnet20", "fashion-mnist"),
-                                                 ("mobilenet-s", "fashion-mnist")])
+                                                 ("mobilenet-s", "fashion-mnist"), ("vit-tiny", "mnist")])
 def test_gptq_layer_error_on_held_out_inputs_is_at_most_rtn(model_name, dataset):
     model = load_model(model_name, dataset=dataset).model.eval()
     calib, held = _split(dataset)

@@ -222,6 +222,7 @@ class Experiment:
                 "quantizer": "none" if lc.skipped or not lc.quant.enabled else lc.quant.quantizer,
                 "sparsity": lc.sparsity, "n": lc.n, "nnz": lc.nnz, "index_format": ls.index_format,
                 "size_bits": ls.total_bits, "macs": macs, "skipped": lc.skipped,
+                "input_scaled": lc.input_scale is not None,
             })
         dense_macs = sum(self.macs.values())
         return {

@@ -53,6 +53,7 @@ class LayerRow(TypedDict):
     size_bits: int
     macs: int
     skipped: bool
+    input_scaled: bool
 
 
 class Record(TypedDict):
@@ -126,6 +127,9 @@ LAYER_FIELDS: tuple[Field, ...] = (
           "points, codebook and activation qparams"),
     Field("macs", int, "MACs per sample", "multiply-accumulates of this layer for one input sample (dense)"),
     Field("skipped", bool, NO_UNIT, "an override left this layer in fp32 and unpruned"),
+    Field("input_scaled", bool, NO_UNIT, "AWQ / SmoothQuant scaled this layer's input channels; the 1/s is not folded "
+          "into the previous operation but kept as the layer's input scaling, its C_in float32 scales counted in "
+          "size_bits"),
 )
 
 RECORD_FIELDS: tuple[Field, ...] = (

@@ -88,6 +88,7 @@ def test_gptq_beats_rtn_accuracy_at_3_bits(model_name, dataset, margin):
     assert gptq["repair"] == "gptq" and gptq["repair_calib_samples"] == 512 and gptq["repair_seconds"] > 0
     assert gptq["size_bytes"] == rtn["size_bytes"]  # the same grid, the same storage
     assert rtn["repair"] == "none" and rtn["repair_seconds"] is None
+    assert not any(row["input_scaled"] for row in gptq["layers"])
 
 
 class UsualNet(nn.Module):
@@ -310,3 +311,14 @@ def test_gptq_names_a_layer_the_forward_never_calls_and_counts_repeated_calls():
     assert torch.allclose(h, expected, atol=1e-5)
     with pytest.raises(ValueError, match="GPTQ: layer 'unused' never ran on the calibration data"):
         compress(net, CompressionConfig(quant=QuantSpec(bits=4), repair="gptq"), calib=(x, torch.zeros(32)))
+
+
+def test_awq_record_counts_the_input_scales_in_the_size():
+    from compression_core.experiment import Experiment
+    exp = Experiment(load_model("digits-cnn", dataset="digits"), load_dataset("digits"), limit=100)
+    rtn = exp.run(CompressionConfig(quant=QuantSpec(bits=4)))
+    awq = exp.run(CompressionConfig(quant=QuantSpec(bits=4), repair="awq"))
+    channels = sum(m.in_features if isinstance(m, nn.Linear) else m.in_channels
+                   for _, m in compressible_layers(exp.model))
+    assert all(row["input_scaled"] for row in awq["layers"]) and awq["repair_calib_samples"] == 512
+    assert awq["size_bytes"] - rtn["size_bytes"] == 4 * channels  # one float32 per input channel, nothing else

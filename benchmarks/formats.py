@@ -3,10 +3,12 @@
 For the built-in ViT (vit-tiny on MNIST) and ResNet-20 (on Fashion-MNIST), trained checkpoints shipped in
 compression_core/checkpoints, evaluates fp32, the integer baselines (int8 / int4 per channel, int4 in groups of
 128) and every block / float format: FP8 (E4M3, E5M2) / FP6 (E3M2, E2M3) / FP4 (E2M1) per channel, the MX formats
-and NF4. Prints one JSON object on stdout: per model, per format, the accuracy with its sample count, the size in
-bytes and bits per weight (size.py, the packed file agrees), and the seconds compress took. Progress on stderr.
+and NF4; then GPTQ against round-to-nearest at 3 and 4 bits (per channel), with the seconds GPTQ took per million
+weights. Prints one JSON object on stdout: per model, per format, the accuracy with its sample count, the size in
+bytes and bits per weight (size.py, the packed file agrees), and the seconds compress took; under "gptq" per model
+and bit-width the RTN and GPTQ accuracies, GPTQ's calibration samples and seconds. Progress on stderr.
 
-Usage: .venv/bin/python benchmarks/formats.py [--limit N] [--device cpu|cuda]
+Usage: .venv/bin/python benchmarks/formats.py [--limit N] [--device cpu|cuda] [--gptq-only]
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from compression_core.models import load_model
 MODELS = (("vit-tiny", "mnist"), ("resnet20", "fashion-mnist"))
 BASELINES = {"fp32": QuantSpec(), "int8 channel": QuantSpec(bits=8), "int4 channel": QuantSpec(bits=4),
              "int4 g128": QuantSpec(bits=4, granularity="group")}
+GPTQ_BITS = (3, 4)
 
 
 def format_specs() -> dict[str, QuantSpec]:
@@ -39,11 +42,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="evaluate a stratified subset of N test samples")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--gptq-only", action="store_true", help="skip the formats; run GPTQ vs RTN only")
     args = parser.parse_args()
-    out = {"torch": torch.__version__, "device": args.device, "models": {}}
+    out = {"torch": torch.__version__, "device": args.device, "models": {}, "gptq": {}}
     for model, dataset in MODELS:
         exp = Experiment(load_model(model, dataset=dataset), load_dataset(dataset), limit=args.limit,
                          device=args.device)
+        out["gptq"][f"{model}/{dataset}"] = gptq_vs_rtn(exp, model)
+        if args.gptq_only:
+            continue
         rows = {}
         for label, quant in {**BASELINES, **format_specs()}.items():
             rec = exp.run(CompressionConfig(quant=quant))
@@ -56,6 +63,23 @@ def main() -> None:
         out["models"][f"{model}/{dataset}"] = rows
     json.dump(out, sys.stdout, indent=1)
     print()
+
+
+def gptq_vs_rtn(exp: Experiment, model: str) -> dict:
+    """Accuracy of round-to-nearest and GPTQ (per channel, sym) at 3 and 4 bits, and GPTQ's time per 1e6 weights."""
+    rows = {}
+    for bits in GPTQ_BITS:
+        rtn = exp.run(CompressionConfig(quant=QuantSpec(bits=bits)))
+        gptq = exp.run(CompressionConfig(quant=QuantSpec(bits=bits), repair="gptq"))
+        per_million = gptq["repair_seconds"] / (gptq["n_weights"] / 1e6)
+        rows[f"int{bits}"] = {"rtn_accuracy": rtn["accuracy"], "gptq_accuracy": gptq["accuracy"],
+                              "n_samples": gptq["n_samples"], "size_bytes": gptq["size_bytes"],
+                              "n_weights": gptq["n_weights"], "calib_samples": gptq["repair_calib_samples"],
+                              "gptq_seconds": round(gptq["repair_seconds"], 3),
+                              "gptq_seconds_per_million_weights": round(per_million, 3)}
+        print(f"{model} int{bits} RTN {rtn['accuracy']:.4f}  GPTQ {gptq['accuracy']:.4f}  "
+              f"{gptq['repair_seconds']:.2f} s ({per_million:.2f} s / 1e6 weights)", file=sys.stderr)
+    return rows
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from .config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, SCALE_DTYPES, SCHEMES,
-                     SCOPES, CompressionConfig, ConfigError, LayerOverride, parse_nm)
+from .config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, REPAIRS, SCALE_DTYPES,
+                     SCHEMES, SCOPES, CompressionConfig, ConfigError, LayerOverride, parse_nm)
 from .errors import shown
 from .methods import prune_method_info, quantizer_info
 from .sweep import GRID_FIELDS, expand_grid
@@ -97,7 +97,7 @@ def out_path(text: str) -> Path:
 # ---- config flags ---------------------------------------------------------------------------------------
 
 # sweep settings the CLI takes once (switches, one seed)
-SINGLE_FLAGS = ("bias_correction", "fold_bn", "seed", "double_quant")
+SINGLE_FLAGS = ("bias_correction", "fold_bn", "seed", "double_quant", "act_order")
 # sweep settings with a comma-list flag, in product order; `norm` has no flag (the default L1 ranks channels)
 GRID_FLAGS = tuple(name for name in GRID_FIELDS if name not in (*SINGLE_FLAGS, "norm"))
 
@@ -130,6 +130,13 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fold-bn", dest="fold_bn", action=argparse.BooleanOptionalAction, default=True,
                    help="fold each BatchNorm into the conv it follows before compressing (default: on)")
     g.add_argument("--seed", type=seed, default=0)
+    g.add_argument("--repair", type=csv(str, REPAIRS, "--repair"), default=["none"],
+                   help="calibrated repair of the rounding: gptq (uniform grids), awq (weight-only low-bit), "
+                        "smoothquant (W8A8: with --act-bits 8)")
+    g.add_argument("--alpha", type=csv(float, None, "--alpha"), default=None,
+                   help="SmoothQuant migration strength in [0, 1] (default 0.5)")
+    g.add_argument("--act-order", dest="act_order", action="store_true",
+                   help="GPTQ: round columns in decreasing order of the input Hessian's diagonal")
     g.add_argument("--layer", action="append", default=[], metavar="NAME:key=value[,key=value]",
                    help=f"per-layer override, repeatable; keys: {' '.join(LAYER_KEYS)}")
 
@@ -145,6 +152,13 @@ def _check_unused_flags(args) -> None:
                         "--percentile")
     if args.nm is not None and not any(patterned):
         raise UserError("--nm only applies to --prune nm; add --prune nm or drop --nm")
+    bad = [a for a in args.alpha or () if not 0.0 <= a <= 1.0]
+    if bad:
+        raise UserError(f"--alpha must be in [0, 1] (SmoothQuant migration strength); got {bad[0]!r}")
+    if args.alpha is not None and "smoothquant" not in args.repair:
+        raise UserError("--alpha only applies to --repair smoothquant; add it or drop --alpha")
+    if args.act_order and "gptq" not in args.repair:
+        raise UserError("--act-order only applies to --repair gptq; add it or drop --act-order")
 
 
 def _check_format_flags(args) -> None:
@@ -181,8 +195,10 @@ def configs_from_args(args) -> list[CompressionConfig]:
     lists["sparsity"] = args.sparsity if args.sparsity is not None else [0.0]
     lists["nm"] = args.nm if args.nm is not None else [(2, 4)]
     lists["percentile"] = args.percentile if args.percentile is not None else [99.9]
+    lists["alpha"] = args.alpha if args.alpha is not None else [0.5]
+    lists["act_order"] = [args.act_order]  # a switch, set with the repair (a base config would reset it)
     configs = expand_grid(CompressionConfig(bias_correction=args.bias_correction, fold_bn=args.fold_bn,
-                                                   seed=args.seed), **lists)
+                                            seed=args.seed), **lists)
     names = [text.partition(":")[0] for text in args.layer]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:

@@ -1,12 +1,14 @@
 """compress(): the one verb that turns a model and a CompressionConfig into a new, compressed model.
 
 Out-of-place: the model passed in is never touched. Order: fold each BatchNorm into the conv before it (`fold.py`,
-when config.fold_bn) -> prune -> quantize the survivors (zeros stay exactly zero) -> activation calibration ->
-bias correction -> fine-tuning with fixed masks (re-quantized after).
+when config.fold_bn) -> prune masks -> AWQ / SmoothQuant input scales (`repair_scaling.py`) -> quantize the
+survivors (zeros stay exactly zero; GPTQ, `repair_gptq.py`, rounds with error compensation) -> activation
+calibration -> bias correction -> fine-tuning with fixed masks (re-quantized after).
 """
 from __future__ import annotations
 
 import copy
+import time
 from typing import Callable
 
 import torch
@@ -15,10 +17,11 @@ from torch import nn
 
 from . import prune as prune_ops
 from . import quantize as quant_ops
+from . import repair_gptq, repair_scaling
 from .compressed import CompressedModel, LayerCompression, compressible_layers
 from .config import CompressionConfig, PruneSpec, QuantSpec
 from .fold import cached_conv_bn_pairs, fold_batchnorms, fold_note
-from .methods import prune_method_info, prune_methods
+from .methods import prune_method_info, prune_methods, quantizer_info
 
 Progress = Callable[[str, float], None]  # (stage, fraction done)
 CALIB_SAMPLES = 512
@@ -39,7 +42,7 @@ def compress(
             modified.
         config: what to do (global specs plus per-layer overrides).
         calib: (x, y) training samples on the model's device; needed for pruning methods that need calibration
-            (taylor), activation quantization, bias correction and fine-tuning.
+            (taylor), activation quantization, bias correction, fine-tuning and repair (gptq / awq / smoothquant).
         progress: optional callback (stage, fraction) for the slow stages.
 
     Returns:
@@ -56,23 +59,30 @@ def compress(
     unknown = {o.name for o in config.overrides} - specs.keys()
     if unknown:
         raise ValueError(f"override names no compressible layer: {sorted(unknown)}; layers are {list(specs)}")
-    needs_calib = config.act_bits < 32 or config.bias_correction or config.finetune_steps > 0 or any(
+    needs_calib = config.act_bits < 32 or config.bias_correction or config.finetune_steps > 0 or \
+        config.repair != "none" or any(
         prune_method_info(p.method).needs_calibration and p.enabled and not skip for _, p, skip in specs.values())
     if needs_calib and calib is None:
         calibrated = "/".join(name for name, info in prune_methods().items() if info.needs_calibration)
-        raise ValueError(f"this config needs calibration data ({calibrated} pruning, act_bits, bias correction or "
-                         "fine-tuning): pass calib=(x, y)")
+        raise ValueError(f"this config needs calibration data ({calibrated} pruning, act_bits, bias correction, "
+                         "fine-tuning or repair): pass calib=(x, y)")
 
     pairs, note = cached_conv_bn_pairs(model) if config.fold_bn else ([], "")  # names are the same in the copy
     new = copy.deepcopy(model).eval()
     fold_batchnorms(new, pairs)
-    reference = copy.deepcopy(new) if config.bias_correction else model  # bias correction compares folded to folded
     modules = dict(compressible_layers(new))
     masks = _masks(new, modules, specs, config, calib)
-    layers = {name: _compress_layer(name, modules[name], masks.get(name), *specs[name]) for name in modules}
+    started = time.perf_counter()
+    scales = repair_scaling.scale_inputs(new, modules, specs, masks, config, calib[0][:CALIB_SAMPLES]) \
+        if config.repair in repair_scaling.SCALING_REPAIRS else {}
+    reference = copy.deepcopy(new) if config.bias_correction else model  # bias correction compares folded to folded
+    layers, gptq_seconds = _quantize_layers(new, modules, masks, specs, config, calib)
 
     cm = CompressedModel(model=new, config=config, layers=layers, folded=tuple(pairs),
                          fold_note=fold_note(pairs, note, config.fold_bn))
+    if config.repair != "none":
+        seconds = gptq_seconds if config.repair == "gptq" else time.perf_counter() - started
+        cm.repair_stats = {"calib_samples": min(len(calib[0]), CALIB_SAMPLES), "seconds": seconds}
     if config.act_bits < 32:
         cm.act_qparams = _calibrate_activations(new, modules, config.act_bits, calib)
         attach_activation_quant(new, cm.act_qparams)
@@ -80,6 +90,8 @@ def compress(
         _correct_biases(reference, new, modules, calib)
     if config.finetune_steps > 0:
         cm.finetune_log = _finetune(cm, modules, calib, config.finetune_steps, config.seed, progress)
+    for name, scale in scales.items():
+        cm.layers[name].input_scale = scale
     return cm
 
 
@@ -97,6 +109,36 @@ def _masks(model, modules, specs, config, calib) -> dict[str, torch.Tensor | Non
             calibration.update(info.calibrate(model, [n for n, p in prune_specs.items() if p.method == method], x, y))
     weights = {name: modules[name].weight.detach() for name in prune_specs}
     return prune_ops.compute_masks(weights, prune_specs, calibration=calibration, seed=config.seed)
+
+
+def _quantize_layers(model, modules, masks, specs, config, calib) -> tuple[dict[str, LayerCompression], float]:
+    """Every layer rounded to nearest, or with GPTQ (config.repair gptq) for the quantized, unskipped layers;
+    returns the layers and the seconds GPTQ took."""
+    if config.repair != "gptq":
+        return {name: _compress_layer(name, modules[name], masks.get(name), *specs[name]) for name in modules}, 0.0
+    plan = {}
+    for name, (quant, _, skip) in specs.items():
+        if not skip and quant.enabled:
+            repair_gptq.check_layer(name, modules[name])
+            if quantizer_info(quant.quantizer).kind != "grid":
+                raise ValueError(f"repair gptq needs quantizer uniform; layer {name!r} is overridden to "
+                                 f"{quant.quantizer}")
+            plan[name] = (quant, masks.get(name))
+
+    def write(name, q):
+        return _store(modules[name], _layer(name, modules[name].weight.detach(), q, *specs[name][:2],
+                                            masks.get(name)))
+
+    # the other layers (skipped, or pruned only) first, so GPTQ sees their final weights
+    others = {name: _compress_layer(name, modules[name], masks.get(name), *specs[name])
+              for name in modules if name not in plan}
+    done, seconds = repair_gptq.run_gptq(model, modules, plan, calib[0][:CALIB_SAMPLES], config.act_order, write)
+    return {name: others.get(name) or done[name] for name in modules}, seconds
+
+
+def _layer(name, weight, q, quant, prune, mask) -> LayerCompression:
+    return LayerCompression(name, tuple(weight.shape), q.weight, quant, prune, mask=mask, codes=q.codes,
+                            scale=q.scale, zero_point=q.zero_point, codebook=q.codebook, side=q.side)
 
 
 @torch.no_grad()
@@ -123,9 +165,7 @@ def compress_weight(weight: torch.Tensor, quant: QuantSpec = QuantSpec(), prune:
     """
     if mask is None and prune.enabled:
         mask = prune_ops.compute_masks({name: weight}, {name: prune}, seed=seed)[name]
-    q = quant_ops.quantize_weight(weight, quant, mask)
-    return LayerCompression(name, tuple(weight.shape), q.weight, quant, prune, mask=mask, codes=q.codes,
-                            scale=q.scale, zero_point=q.zero_point, codebook=q.codebook, side=q.side)
+    return _layer(name, weight, quant_ops.quantize_weight(weight, quant, mask), quant, prune, mask)
 
 
 @torch.no_grad()
@@ -135,7 +175,12 @@ def _compress_layer(name: str, module: nn.Module, mask, quant: QuantSpec, prune:
     w = module.weight.detach()
     if skip:
         return LayerCompression(name, tuple(w.shape), w, QuantSpec(), PruneSpec(), skipped=True)
-    layer = compress_weight(w, quant, prune, mask=mask, name=name)
+    return _store(module, compress_weight(w, quant, prune, mask=mask, name=name))
+
+
+@torch.no_grad()
+def _store(module: nn.Module, layer: LayerCompression) -> LayerCompression:
+    """Write the layer's new weight into `module`; the layer then holds the module's weight."""
     module.weight.copy_(layer.weight)
     layer.weight = module.weight.detach()
     return layer
@@ -203,15 +248,10 @@ def _correct_biases(original, new, modules, calib) -> None:
             h.remove()
         inp = captured["x"]
         ref = ref_modules[name]
-        err = _linear_part(ref, inp) - _linear_part(m, inp)  # (N, C, ...) output error without bias
+        # (N, C, ...) output error without bias
+        err = repair_scaling.linear_part(ref, inp) - repair_scaling.linear_part(m, inp)
         dims = [d for d in range(err.dim()) if d != 1]
         m.bias.add_(err.mean(dim=dims))
-
-
-def _linear_part(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(m, nn.Linear):
-        return F.linear(x, m.weight)
-    return m._conv_forward(x, m.weight, None)
 
 
 # ---- fine-tuning -------------------------------------------------------------------------------

@@ -69,6 +69,9 @@ class LayerCompression:
     codebook: kmeans centroids or pow2 levels (float32, at most 2^bits entries); None otherwise.
     side: named side tensors in their storage form (group scales, FP / MX / NF4 formats: `QuantResult.side`);
         None otherwise.
+    input_scale: float32 (C_in,) when AWQ / SmoothQuant scaled the weight's input channels by s: the layer
+        divides its input by it (repair_scaling.attach_input_scales) and it is stored beside the weight; None
+        otherwise.
     """
 
     name: str
@@ -83,6 +86,7 @@ class LayerCompression:
     zero_point: torch.Tensor | None = None
     codebook: torch.Tensor | None = None
     side: dict[str, torch.Tensor] | None = None
+    input_scale: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -105,6 +109,8 @@ class CompressedModel:
     when activation quantization is on. finetune_log holds (step, loss) pairs when fine-tuning ran.
     folded: (conv name, BatchNorm name) pairs whose BN was folded into the conv (the BN is an Identity in
     `model`); fold_note says in one line what folding did, or why it did not run.
+    repair_stats: {"calib_samples": int, "seconds": float} when config.repair is not none (GPTQ: the seconds of
+        the GPTQ passes; AWQ / SmoothQuant: of the scale search and the quantization after it); empty otherwise.
     """
 
     model: nn.Module
@@ -114,6 +120,7 @@ class CompressedModel:
     finetune_log: list[tuple[int, float]] = field(default_factory=list)
     folded: tuple[tuple[str, str], ...] = ()
     fold_note: str = ""
+    repair_stats: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_weights(self) -> int:

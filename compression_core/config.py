@@ -24,6 +24,9 @@ QUANT_DEFAULTS_OMITTED = {"group_size": None, "scale_dtype": "fp32", "double_qua
 RANGES = ("minmax", "percentile", "mse")
 SCOPES = ("layer", "global")
 ACT_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
+REPAIRS = ("none", "gptq", "awq", "smoothquant")  # calibrated repairs (repair_gptq.py, repair_scaling.py)
+# CompressionConfig fields left out of to_dict at these values, so older configs keep their hash
+CONFIG_DEFAULTS_OMITTED = {"repair": "none", "alpha": 0.5, "act_order": False}
 
 
 def __getattr__(name: str) -> tuple[str, ...]:
@@ -264,6 +267,9 @@ class CompressionConfig:
     overrides: tuple[LayerOverride, ...] = ()
     seed: int = 0
     fold_bn: bool = True  # fold each BatchNorm into the conv it follows before compressing (fold.py)
+    repair: str = "none"  # calibrated repair of the weight rounding: none | gptq | awq | smoothquant
+    alpha: float = 0.5  # SmoothQuant migration strength in [0, 1]
+    act_order: bool = False  # GPTQ: round columns in decreasing order of the input Hessian's diagonal
 
     def __post_init__(self) -> None:
         _check(self.act_bits in ACT_BITS, f"act_bits must be one of 2-8, 16 or 32 (32 = off); got {self.act_bits!r}")
@@ -284,6 +290,7 @@ class CompressionConfig:
         _check(len(names) == len(set(names)), f"each layer may be overridden once; got {names}")
         # overrides are kept sorted so equal configs hash equally
         object.__setattr__(self, "overrides", tuple(sorted(self.overrides, key=lambda o: o.name)))
+        _check_repair(self)
 
     # ---- per-layer view -------------------------------------------------------------------------
     def for_layer(self, name: str) -> tuple[QuantSpec, PruneSpec, bool]:
@@ -304,6 +311,9 @@ class CompressionConfig:
         d = dataclasses.asdict(self)
         if self.fold_bn:
             del d["fold_bn"]
+        for key, default in CONFIG_DEFAULTS_OMITTED.items():
+            if d[key] == default:
+                del d[key]
         d["quant"] = quant_to_dict(self.quant)
         for o, override in zip(d["overrides"], self.overrides):
             o["quant"] = quant_to_dict(override.quant)
@@ -364,7 +374,27 @@ class CompressionConfig:
         extra += f" · ft{self.finetune_steps}" if self.finetune_steps else ""
         extra += f" · {len(self.overrides)} overrides" if self.overrides else ""
         extra += "" if self.fold_bn else " · BN unfolded"
+        extra += "" if self.repair == "none" else f" · {self.repair}" + (" act-order" if self.act_order else "") + (
+            f" α{self.alpha:g}" if self.repair == "smoothquant" else "")
         return qs + ps + extra
+
+
+def _check_repair(c: CompressionConfig) -> None:
+    """Validate the repair fields and reset those that carry no meaning (alpha outside SmoothQuant, act_order
+    outside GPTQ; GPTQ / AWQ without weight quantization do nothing and are `none`)."""
+    _check(c.repair in REPAIRS, f"repair must be one of {', '.join(REPAIRS)}; got {shown(c.repair)}")
+    _check(isinstance(c.alpha, (int, float)) and not isinstance(c.alpha, bool) and 0.0 <= c.alpha <= 1.0,
+           f"alpha must be a number in [0, 1] (SmoothQuant migration strength); got {shown(c.alpha)}")
+    _check(isinstance(c.act_order, bool), f"act_order must be true or false; got {c.act_order!r}")
+    repair = c.repair
+    if repair in ("gptq", "awq") and not any(q.enabled for q in (c.quant, *(o.quant for o in c.overrides if o.quant))):
+        repair = "none"  # nothing is rounded, nothing to repair
+    _check(repair != "gptq" or quantizers()[c.quant.quantizer].kind == "grid",
+           f"repair gptq needs quantizer uniform (tensor, channel or group grids); got quantizer {c.quant.quantizer}")
+    _check(repair != "smoothquant" or c.act_bits == 8,
+           f"repair smoothquant is for W8A8: it needs act_bits 8; got act_bits {c.act_bits}")
+    _canonicalise(c, {"repair": repair, "alpha": float(c.alpha) if repair == "smoothquant" else 0.5,
+                      "act_order": c.act_order and repair == "gptq"})
 
 
 def _granularity_label(q: QuantSpec) -> str:

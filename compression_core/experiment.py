@@ -232,8 +232,8 @@ class Experiment:
             if self.calib is not None or "calibration data" not in str(err):
                 raise
             raise ExperimentError(f"dataset {self.dataset.info.name} has no train split to calibrate on; this config "
-                                  "needs one (act_bits, bias correction, fine-tuning, calibrated pruning): add train/ "
-                                  "and test/ (or val/) subfolders") from None
+                                  "needs one (act_bits, bias correction, fine-tuning, calibrated pruning, repair): add "
+                                  "train/ and test/ (or val/) subfolders") from None
 
     def run(self, config: CompressionConfig, progress=None, compressed: CompressedModel | None = None) -> Record:
         """Compress with `config`, evaluate on the split and return the record (fields: `record.RECORD_FIELDS`).
@@ -313,6 +313,7 @@ class Experiment:
                 "quantizer": "none" if lc.skipped or not lc.quant.enabled else lc.quant.quantizer,
                 "sparsity": lc.sparsity, "n": lc.n, "nnz": lc.nnz, "index_format": ls.index_format,
                 "size_bits": ls.total_bits, "macs": macs, "skipped": lc.skipped,
+                "input_scaled": lc.input_scale is not None,
             })
         dense_macs = sum(self.macs.values())
         return {
@@ -347,5 +348,8 @@ class Experiment:
             "finetune_final_loss": cm.finetune_log[-1][1] if cm.finetune_log else None,
             "bn_folded": [list(pair) for pair in cm.folded],
             "bn_fold_note": cm.fold_note,
+            "repair": config.repair,
+            "repair_calib_samples": cm.repair_stats.get("calib_samples"),
+            "repair_seconds": cm.repair_stats.get("seconds"),
             "layers": layers,
         }

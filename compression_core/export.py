@@ -15,6 +15,7 @@ are byte-aligned bitstreams (LSB first, `width` bits per entry):
     row_ptr     (rows+1) x ceil(log2(nnz+1)), cols  nnz x ceil(log2(cols))          csr format
     gaps        entries x index_bits      relative format (fillers included)
     scale       float32 per scale; zero_point int32 (asym only); codebook float32 levels
+    input_scale float32 per input channel: AWQ / SmoothQuant's s; the rebuilt layer divides its input by it
     side_NAME   each side tensor of a block format (group scales, FP / MX / NF4), raw in its storage kind
                 (quantize_blocks.SIDE_KINDS: float32 / float16 / e8m0 byte / int8 / int32), in row order
     tensors     every other state-dict tensor, raw, at its own dtype
@@ -162,6 +163,8 @@ def _layer_sections(lc: LayerCompression, ls: LayerSize, index_bits: int) -> dic
         for name, (_, storage) in layout.items():
             raw = lc.side[name].detach().cpu().reshape(-1).contiguous().view(SIDE_KINDS[storage][2])
             sections[f"side_{name}"] = raw.numpy().astype(SIDE_KINDS[storage][1]).tobytes()
+    if lc.input_scale is not None:
+        sections["input_scale"] = lc.input_scale.detach().cpu().to(torch.float32).numpy().tobytes()
     return sections
 
 
@@ -376,11 +379,29 @@ def load_exported(path: str | os.PathLike,
         raise ExportError(f"{path}: tensor {bad[0]!r} holds NaN/Inf values; refusing to load it")
     model.load_state_dict(state, strict=False)  # names and shapes were checked; skipped buffers keep their value
     model.eval()
+    _attach_input_scales(header, payload, model, path)  # before the activation fake-quant, as compress does
     if header["act_qparams"]:
         from .compress import attach_activation_quant
         act = header["act_qparams"]  # checked: [scale > 0, zero point, qmin <= qmax] per known layer
         attach_activation_quant(model, {k: (float(s), z, lo, hi) for k, (s, z, lo, hi) in act.items()})
     return model, {**header, "file_bytes": Path(path).stat().st_size}
+
+
+def _attach_input_scales(header: dict, payload: memoryview, model: nn.Module, path: object) -> None:
+    """Re-install AWQ / SmoothQuant's 1/s input scaling of the layers whose entry has an `input_scale` section."""
+    from .repair_scaling import attach_input_scales
+    modules, scales = dict(model.named_modules()), {}
+    for e in header["layers"]:
+        if "input_scale" in e["sections"]:
+            off, size = e["sections"]["input_scale"]
+            s = torch.from_numpy(np.frombuffer(payload[off:off + size], dtype="<f4").copy())
+            m = modules[e["name"]]
+            channels = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+            if s.numel() != channels or not (torch.isfinite(s).all() and (s > 0).all()):
+                raise ExportError(f"{path}: the input scales of layer {e['name']!r} must be {channels} finite "
+                                  f"positive float32 values; got {s.numel()} values")
+            scales[e["name"]] = s
+    attach_input_scales(model, scales)
 
 
 def _rebuild(source: dict, build: Callable[[dict], nn.Module] | None, path: object) -> nn.Module:

@@ -255,7 +255,12 @@ def _check_layer(entry: object, where: str, payload_len: int) -> str:
         wanted += ["scale"] + (["zero_point"] if quant.scheme == "asym" else [])
     elif e["kind"] == "code":
         wanted.append("codebook")
-    sections = _keys(e["sections"], f"{where}.sections", set(wanted))
+    sections = _keys(e["sections"], f"{where}.sections", set(wanted), optional={"input_scale"})
+    if "input_scale" in sections:  # AWQ / SmoothQuant: float32 per input channel (count checked at load)
+        size = (_list(sections["input_scale"], f"{where}.sections.input_scale")[1:2] or [0])[0]
+        if not isinstance(size, int) or size <= 0 or size % 4:
+            raise _Invalid(f"{where}.sections.input_scale size {shown(size, 20)} is not 4 x a channel count")
+        _section(sections["input_scale"], f"{where}.sections.input_scale", payload_len, size)
     for key in wanted:
         if key in ("scale", "zero_point", "codebook"):  # float32 / int32 per channel, per tensor or per level
             count = _list(sections[key], f"{where}.sections.{key}")[1:2] or [0]

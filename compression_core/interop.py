@@ -14,7 +14,9 @@ the engine fake-quantizes gets QuantizeLinear -> DequantizeLinear (uint8, uint16
 narrower than the dtype, a Clip to the grid's float range (as torch's fake quantization clamps to [qmin, qmax]).
 
 safetensors: the dequantized state dict (float32 weights, every other tensor at its own dtype) with the config,
-act_qparams and engine version in the metadata. It is not smaller than the original; it is for other tools.
+act_qparams and engine version in the metadata. It is not smaller than the original; it is for other tools. A layer
+AWQ / SmoothQuant scaled is written as W diag(1/s), the weight for its unscaled input. ONNX traces the compressed
+model with its input scaling (x / s before the layer).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from .compressed import CompressedModel, LayerCompression
 from .evaluate import predict
 from .export import ExportError, write_atomically
 from .methods import quantizer_info
+from .repair_scaling import per_input_channel
 
 OPSET = 21  # first opset with int4 / uint4 DequantizeLinear
 INSTALL_HINT = "pip install compression-explorer[onnx]"
@@ -292,6 +295,10 @@ def export_safetensors(cm: CompressedModel, path: str | os.PathLike) -> Standard
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous().clone() for k, v in cm.model.state_dict().items()}
+    modules = dict(cm.model.named_modules())
+    for name, lc in cm.layers.items():  # AWQ / SmoothQuant: W diag(1/s) sees the unscaled input, as the file's user
+        if lc.input_scale is not None:
+            state[f"{name}.weight"] = state[f"{name}.weight"] / per_input_channel(modules[name], lc.input_scale.cpu())
     meta = {"format": "compression-explorer-dequantized", "config": cm.config.to_json(),
             "act_qparams": json.dumps({k: list(v) for k, v in cm.act_qparams.items()}),
             "folded": json.dumps([list(pair) for pair in cm.folded])}

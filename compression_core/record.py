@@ -53,6 +53,7 @@ class LayerRow(TypedDict):
     size_bits: int
     macs: int
     skipped: bool
+    input_scaled: bool
 
 
 class Record(TypedDict):
@@ -114,6 +115,9 @@ class Record(TypedDict):
     finetune_final_loss: float | None
     bn_folded: list[list[str]]
     bn_fold_note: str
+    repair: str
+    repair_calib_samples: int | None
+    repair_seconds: float | None
     layers: list[LayerRow]
     created_at: NotRequired[float]
     cached: NotRequired[bool]
@@ -133,6 +137,9 @@ LAYER_FIELDS: tuple[Field, ...] = (
           "points, codebook and activation qparams"),
     Field("macs", int, "MACs per sample", "multiply-accumulates of this layer for one input sample (dense)"),
     Field("skipped", bool, NO_UNIT, "an override left this layer in fp32 and unpruned"),
+    Field("input_scaled", bool, NO_UNIT, "AWQ / SmoothQuant scaled this layer's input channels; the 1/s is not folded "
+          "into the previous operation but kept as the layer's input scaling, its C_in float32 scales counted in "
+          "size_bits"),
 )
 
 RECORD_FIELDS: tuple[Field, ...] = (
@@ -224,6 +231,11 @@ RECORD_FIELDS: tuple[Field, ...] = (
           "into the conv before compression (the BN is an Identity in the compressed model); empty when none"),
     Field("bn_fold_note", str, NO_UNIT, "one line on BatchNorm folding: how many were folded, `off`, or why none "
           "was (no BatchNorm after a conv; torch.fx cannot trace the model)"),
+    Field("repair", str, NO_UNIT, "calibrated repair of the weight rounding: `none`, `gptq`, `awq` or `smoothquant`"),
+    Field("repair_calib_samples", int | None, "samples", "calibration samples the repair measured its inputs on; "
+          "null without repair"),
+    Field("repair_seconds", float | None, "seconds", "wall time of the repair (GPTQ: its Hessian passes and column "
+          "updates; AWQ / SmoothQuant: statistics, scale search and rounding); null without repair"),
     Field("layers", list[LayerRow], NO_UNIT, "one row per compressible layer, in model order (`LAYER_FIELDS`)"),
     # ---- added after the run
     Field("created_at", float, "Unix seconds", "when the store last wrote the record", added_by="store"),

@@ -30,7 +30,8 @@ counts every side tensor at its storage width (quantize_blocks.SIDE_KINDS): e.g.
 MX weights, or NF4's int8 block scales + one float32 factor per 256 of them + one float32 mean. Codes of a
 padded last block are not stored or counted: n is the layer's real weight count.
 A layer whose input is fake-quantized (act_qparams) stores a float32 scale and an int32 zero point (64 bits);
-qmin / qmax follow from the config's act_bits.
+qmin / qmax follow from the config's act_bits. A layer whose input channels AWQ / SmoothQuant scaled
+(`input_scale`, repair_scaling.py: not folded into the previous operation) stores one float32 per input channel.
 
 Other tensors: every state-dict entry that is not a compressible layer's weight (biases, norm weights, running
 statistics) is counted at its own dtype's width. BatchNorm's `num_batches_tracked` is skipped: inference does
@@ -143,6 +144,7 @@ def layer_size(lc: LayerCompression, index_bits: int, act_quantized: bool = Fals
     bits = value_width(lc)
     zero_bits = zero_code_width(lc)
     meta = meta_bits(lc) + (ACT_QPARAM_BITS if act_quantized else 0)
+    meta += 0 if lc.input_scale is None else lc.input_scale.numel() * FLOAT_BITS
     n = lc.n
     # format -> (entries, value width, index bits, fillers)
     options = {"dense": (n, zero_bits if lc.mask is not None and lc.nnz < n else bits, 0, 0)}

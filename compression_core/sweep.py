@@ -66,6 +66,9 @@ GRID_FIELDS: dict[str, tuple[str, str]] = {
     "bias_correction": ("config", "bias_correction"),
     "fold_bn": ("config", "fold_bn"),
     "seed": ("config", "seed"),
+    "repair": ("config", "repair"),
+    "alpha": ("config", "alpha"),
+    "act_order": ("config", "act_order"),
 }
 
 CLAIM_BATCH = 8  # configs claimed (and handed to the executor / run_many) at a time; other processes take the rest
@@ -104,7 +107,8 @@ def expand_grid(base: CompressionConfig | None = None, **lists: Any) -> list[Com
         **lists: setting name -> list of values (a single value is a one-element list). Names are those of
             `GRID_FIELDS`: bits, quantizer, scheme, granularity, range, percentile, group_size, scale_dtype,
             double_quant, sparsity, prune (method),
-            scope, norm, nm ("2:4"), act_bits, index_bits, finetune_steps, bias_correction, fold_bn, seed.
+            scope, norm, nm ("2:4"), act_bits, index_bits, finetune_steps, bias_correction, fold_bn, seed,
+            repair (none / gptq / awq / smoothquant), alpha, act_order.
 
     Returns:
         Configs in itertools.product order of the arguments (first occurrence kept). bits=32 with sparsity 0 is

@@ -15,6 +15,7 @@ only after a Load click.
 """
 from __future__ import annotations
 
+import itertools
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -285,13 +286,15 @@ def pareto(records: list[dict]) -> tuple[list[dict], tuple[list[float], list[flo
 
 def sweep_grid(bits: list, sparsities: list[float], quantizers: list[str], methods: list[str], *, scheme: str,
                granularity: str, range_method: str, scope: str,
-               group_sizes: list[int] | None = None) -> tuple[list[CompressionConfig], list[str]]:
+               group_sizes: list[int] | None = None,
+               repairs: list[str] | None = None) -> tuple[list[CompressionConfig], list[str]]:
     """The configs a sweep form describes, and one line per combination the engine rejects (those are skipped).
 
     Integer bit-widths cross every chosen quantizer (codebooks such as k-means and power-of-two only up to
     CODEBOOK_MAX_BITS); fixed-width quantizers (fp16 / bf16 casts, FP / MX / NF4 formats) are crossed with the
     pruning settings only. `group_sizes` cross every quantizer that takes one (granularity group, NF4; None = its
-    default); a block-only format (MX, NF4) keeps its blocks whatever `granularity` says.
+    default); a block-only format (MX, NF4) keeps its blocks whatever `granularity` says. `repairs` cross every
+    quantizer they apply to (None = no repair); a repair a quantizer does not take is one skipped line.
     """
     base = CompressionConfig(quant=QuantSpec(scheme=scheme, granularity=granularity, range=range_method),
                              prune=PruneSpec(scope=scope))
@@ -300,12 +303,12 @@ def sweep_grid(bits: list, sparsities: list[float], quantizers: list[str], metho
     combos = [(b, q) for b in bits if isinstance(b, int) for q in quantizers
               if quantizer_info(q).kind != "codebook" or b <= CODEBOOK_MAX_BITS]
     combos += [(quantizer_info(b).bits[0], b) for b in bits if isinstance(b, str)]
-    for b, quantizer in combos:
+    for (b, quantizer), repair in itertools.product(combos, repairs or ["none"]):
         grans = quantizer_info(quantizer).granularities
         own = granularity if granularity in grans or len(grans) != 1 else grans[0]
         try:
             grid = expand_grid(base, bits=[b], quantizer=[quantizer], sparsity=sparsities, prune=methods,
-                               granularity=[own], group_size=group_sizes or [None])
+                               granularity=[own], group_size=group_sizes or [None], repair=[repair])
         except ConfigError as e:
             problems.append(str(e))
             continue

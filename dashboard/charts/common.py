@@ -75,6 +75,7 @@ OPTION_NAMES: dict[str, str] = {
     "group": "per group (block)",
     "minmax": "min-max", "percentile": "percentile", "mse": "MSE search",
     "layer": "per layer", "global": "global", "none": "none",
+    "gptq": "GPTQ", "awq": "AWQ", "smoothquant": "SmoothQuant",
 }
 
 

@@ -80,3 +80,22 @@ def block_scales(row: pd.DataFrame, *, title: str | None = None, height: int = 3
     fig.update_xaxes(title_text=INPUT_INDEX_AXIS)
     fig.update_yaxes(title_text=WEIGHT_AXIS)
     return fig
+
+
+def rounding_errors(rows: pd.DataFrame, *, title: str | None = None, height: int = 320) -> go.Figure:
+    """Per output row of a toy layer: output error after round-to-nearest (x) vs after GPTQ (y).
+
+    Args:
+        rows: columns rtn and gptq (each row's mean squared output error on the toy inputs).
+    """
+    top = float(max(rows["rtn"].max(), rows["gptq"].max(), 1e-12))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="equal error",
+                             line={"color": REFERENCE_COLOR, "dash": "dot", "width": 1}, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=rows["rtn"], y=rows["gptq"], mode="markers", name="one output row",
+                             marker={"color": AFTER_COLOR, "size": 6},
+                             hovertemplate="RTN %{x:.3g} · GPTQ %{y:.3g}<extra></extra>"))
+    base_layout(fig, title=title, height=height)
+    fig.update_xaxes(title_text="Output error, round to nearest")
+    fig.update_yaxes(title_text="Output error, GPTQ")
+    return fig

@@ -13,7 +13,7 @@ import streamlit as st
 
 from compression_core import methods
 from compression_core.config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES,
-                                     SCALE_DTYPES, SCHEMES, SCOPES, CompressionConfig, PruneSpec, QuantSpec)
+                                     REPAIRS, SCALE_DTYPES, SCHEMES, SCOPES, CompressionConfig, PruneSpec, QuantSpec)
 from dashboard import components, frame, services
 from dashboard.charts import explore as explore_charts
 from dashboard.charts.common import act_bits_label, option_label
@@ -79,7 +79,33 @@ def controls() -> CompressionConfig:
     quant = QuantSpec(bits=bits, quantizer=quantizer, scheme=scheme, granularity=granularity, range=range_method,
                       group_size=group_size, scale_dtype=scale_dtype, double_quant=double_quant)
     prune = PruneSpec(sparsity=sparsity, method=method, scope=scope, n=n, m=m)
-    return CompressionConfig(quant=quant, prune=prune, act_bits=act_bits)
+    repair, alpha, act_order = repair_controls(q_info, on, act_bits)
+    return CompressionConfig(quant=quant, prune=prune, act_bits=act_bits, repair=repair, alpha=alpha,
+                             act_order=act_order)
+
+
+def repair_options(q_info: methods.QuantizerInfo, on: bool, act_bits: int) -> list[str]:
+    """The repairs that apply: GPTQ to integer grids, AWQ to any weight quantizer, SmoothQuant with 8-bit inputs."""
+    return [r for r in REPAIRS if r == "none" or (r == "gptq" and on and q_info.kind == "grid")
+            or (r == "awq" and on) or (r == "smoothquant" and act_bits == 8)]
+
+
+def repair_controls(q_info: methods.QuantizerInfo, on: bool, act_bits: int) -> tuple[str, float, bool]:
+    """Repair, SmoothQuant's alpha and GPTQ's act-order; only the repairs that apply are offered."""
+    options = repair_options(q_info, on, act_bits)
+    if _state("explore_repair", "none") not in options:
+        st.session_state["explore_repair"] = "none"  # a repair the new settings do not support
+    c = st.columns(4)
+    repair = c[0].selectbox("Repair", options, key="explore_repair", disabled=len(options) == 1,
+                            format_func=option_label,
+                            help="Calibrated repair of the rounding on training samples: GPTQ (integer grids), AWQ "
+                                 "(weight-only), SmoothQuant (with 8-bit activations).")
+    alpha = c[1].slider("SmoothQuant α", 0.0, 1.0, 0.5, 0.05, key="explore_alpha",
+                        disabled=repair != "smoothquant", help="How much of the activation range moves into the "
+                                                              "weights: s = max|x|^α / max|w|^(1-α).")
+    act_order = c[2].toggle("GPTQ act-order", value=False, key="explore_act_order", disabled=repair != "gptq",
+                            help="Round the columns with the largest input energy first.")
+    return repair, alpha, act_order
 
 
 def format_controls(q_info: methods.QuantizerInfo, on: bool, granularity: str) -> tuple[int | None, str, bool]:

@@ -15,7 +15,8 @@ import dataclasses
 
 import streamlit as st
 
-from compression_core.config import ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, SCHEMES, SCOPES
+from compression_core.config import (ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, REPAIRS, SCHEMES,
+                                     SCOPES)
 from compression_core.methods import DEFAULT_PRUNE_METHOD, DEFAULT_QUANTIZER, quantizer_info
 from dashboard import components, frame, jobs, services
 from dashboard.charts import sweep as sweep_charts
@@ -29,6 +30,7 @@ BIT_CHOICES = ALLOWED_BITS + tuple(q for q in QUANTIZERS if not quantizer_info(q
 GRID_QUANTIZERS = tuple(q for q in QUANTIZERS if quantizer_info(q).uses_bits)
 MAX_CONFIGS = 400
 GROUP_SIZES = (32, 64, 128, 256)
+SWEEP_REPAIRS = tuple(r for r in REPAIRS if r != "smoothquant")  # SmoothQuant needs 8-bit activations: Explore
 POLL_S = 1.0
 
 
@@ -53,7 +55,10 @@ def sweep_form(selection: Selection) -> dict | None:
         span = c[1].slider("Sparsity range", 0.0, 0.99, (0.0, 0.9), 0.01, key="sweep_sparsity", format="%.2f",
                            help="Fraction of weights removed, from the left value to the right one.")
         step = c[2].number_input("Step", 0.01, 0.99, 0.3, 0.01, key="sweep_step", format="%.2f")
-        c = st.columns(2)
+        c = st.columns(3)
+        repairs = c[2].multiselect("Repair", SWEEP_REPAIRS, default=["none"], key="sweep_repairs",
+                                   format_func=option_label, help="Cross with calibrated repair: GPTQ (integer grids "
+                                                                  "only, other quantizers are skipped), AWQ.")
         quantizers = c[0].multiselect("Quantizers", GRID_QUANTIZERS, default=[DEFAULT_QUANTIZER],
                                       key="sweep_quantizers", format_func=option_label)
         methods = c[1].multiselect("Pruning methods", PRUNE_METHODS, default=[DEFAULT_PRUNE_METHOD],
@@ -78,7 +83,7 @@ def sweep_form(selection: Selection) -> dict | None:
         return None
     return {"bits": bits, "sparsities": _sparsities(span[0], span[1], step), "quantizers": quantizers,
             "methods": methods, "scheme": scheme, "granularity": granularity, "range_method": range_method,
-            "group_sizes": group_sizes,
+            "group_sizes": group_sizes, "repairs": repairs,
             "scope": scope, "full": subset == "full"}
 
 
@@ -91,7 +96,7 @@ def launch(selection: Selection, form: dict) -> str | None:
     configs, problems = services.sweep_grid(form["bits"], form["sparsities"], form["quantizers"], form["methods"],
                                    scheme=form["scheme"], granularity=form["granularity"],
                                    range_method=form["range_method"], scope=form["scope"],
-                                   group_sizes=form.get("group_sizes"))
+                                   group_sizes=form.get("group_sizes"), repairs=form.get("repairs"))
     for line in problems:
         st.warning(f"Skipped: {line}", icon=":material/warning:")
     if not configs:

@@ -34,6 +34,11 @@ CONFIGS = [
     CompressionConfig(quant=QuantSpec(quantizer="fp16"), prune=PruneSpec(method="nm", n=2, m=4)),
     CompressionConfig(quant=QuantSpec(bits=8, range="percentile", percentile=99.0),
                       prune=PruneSpec(0.5, method="taylor"), act_bits=8, bias_correction=True, finetune_steps=3),
+    CompressionConfig(quant=QuantSpec(bits=3, granularity="group", group_size=16), prune=PruneSpec(0.5),
+                      repair="gptq", act_order=True, bias_correction=True),
+    CompressionConfig(quant=QuantSpec(bits=4), prune=PruneSpec(0.5), repair="awq", act_bits=8, bias_correction=True,
+                      finetune_steps=2),
+    CompressionConfig(quant=QuantSpec(bits=8), prune=PruneSpec(0.3), repair="smoothquant", act_bits=8),
 ]
 
 

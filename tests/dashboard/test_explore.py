@@ -102,3 +102,25 @@ def test_format_controls_enable_only_what_applies(make_app, no_exception):
     no_exception(at)
     assert not at.selectbox(key="explore_granularity").disabled
     assert any("fp8_e4m3 channel e8m0" in c.value for c in at.caption)
+
+
+def test_repair_selector_offers_only_what_applies(make_app, no_exception, metric_value):
+    at = make_app()
+    assert at.selectbox(key="explore_repair").disabled  # fp32: nothing is rounded, nothing to repair
+    at.select_slider(key="explore_bits").set_value(3).run()
+    assert at.selectbox(key="explore_repair").options == ["none", "GPTQ", "AWQ"]
+    rtn = float(metric_value(at, "Accuracy").rstrip(" %"))
+    at.selectbox(key="explore_repair").set_value("gptq").run()
+    no_exception(at)
+    assert not at.toggle(key="explore_act_order").disabled and at.slider(key="explore_alpha").disabled
+    assert any("int3 channel sym minmax · gptq" in c.value for c in at.caption)
+    assert float(metric_value(at, "Accuracy").rstrip(" %")) >= rtn  # digits-cnn at 3 bits: 98.3 % -> 99.7 %
+    at.selectbox(key="explore_quantizer").set_value("kmeans").run()
+    no_exception(at)
+    assert at.selectbox(key="explore_repair").value == "none" and "GPTQ" not in at.selectbox(
+        key="explore_repair").options
+    at.selectbox(key="explore_act_bits").set_value(8).run()
+    at.selectbox(key="explore_repair").set_value("smoothquant").run()
+    no_exception(at)
+    assert not at.slider(key="explore_alpha").disabled
+    assert any("smoothquant α0.5" in c.value for c in at.caption)

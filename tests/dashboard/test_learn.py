@@ -10,8 +10,8 @@ def test_learn_page_loads_with_formulas_and_plots(make_app, no_exception):
     at = make_app("learn")
     no_exception(at)
     assert at.title[0].value == "Learn"
-    assert len(at.get("latex")) == 9  # one formula per method
-    assert len(at.get("plotly_chart")) == 10  # a histogram or curve each, plus the asymmetric transfer curve
+    assert len(at.get("latex")) == 10  # one formula per method
+    assert len(at.get("plotly_chart")) == 11  # a histogram or curve each, plus the asymmetric transfer curve
 
 
 def test_bits_slider_moves_the_quantization_levels(make_app, no_exception, figures):
@@ -59,3 +59,14 @@ def test_float_elements_curve_has_the_formats_levels(make_app, no_exception, fig
     assert len(levels) == 15  # E2M1: ±{0.5, 1, 1.5, 2, 3, 4, 6} and 0
     top = max(levels)
     assert [round(v / top * 6, 6) for v in levels if v > 0] == [0.5, 1, 1.5, 2, 3, 4, 6]
+
+
+def test_gptq_toy_layer_has_less_output_error_than_rounding(make_app, no_exception, figures):
+    at = make_app("learn")
+    at.slider(key="learn_gptq_rho").set_value(0.95).run()
+    no_exception(at)
+    fig = next(f for f in figures(at) if f["layout"]["title"]["text"].startswith("3-bit grid, inputs correlated"))
+    rtn, gptq = fig["data"][1]["x"], fig["data"][1]["y"]
+    assert len(rtn) == 48 and sum(gptq) < sum(rtn)
+    caption = next(c.value for c in at.caption if c.value.startswith("Mean output error: round to nearest"))
+    assert "of 48 rows better" in caption

@@ -12,6 +12,16 @@ def test_sweep_grid_crosses_formats_and_group_sizes():
                    ("nf4", "group", 32), ("nf4", "group", 128), ("uniform", "group", 32), ("uniform", "group", 128)]
 
 
+def test_sweep_grid_crosses_repair_and_skips_what_does_not_apply():
+    configs, problems = services.sweep_grid([3, 32, "nf4"], [0.0], ["uniform"], ["magnitude"], scheme="sym",
+                                            granularity="channel", range_method="minmax", scope="layer",
+                                            repairs=["none", "gptq", "awq"])
+    got = sorted((c.quant.quantizer, c.quant.bits, c.repair) for c in configs)
+    assert got == [("nf4", 4, "awq"), ("nf4", 4, "none"), ("uniform", 3, "awq"), ("uniform", 3, "gptq"),
+                   ("uniform", 3, "none"), ("uniform", 32, "none")]  # fp32: nothing to repair, one config
+    assert len(problems) == 1 and "repair gptq needs quantizer uniform" in problems[0]
+
+
 def test_sweep_grid_per_tensor_skips_nothing_and_keeps_format_defaults():
     configs, problems = services.sweep_grid(["nf4", "mxfp8", "fp6_e2m3"], [0.0, 0.5], ["uniform"], ["magnitude"],
                                             scheme="sym", granularity="tensor", range_method="minmax", scope="layer")

@@ -1,7 +1,10 @@
 """The result of compression: a new model plus, per layer, everything needed to size and pack it."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,6 +70,8 @@ class LayerCompression:
         `codebook`); None when not integer-quantized (bits 32, fp16, bf16).
     scale, zero_point: uniform grid; shape (1,) per tensor or (C_out,) per channel; None otherwise.
     codebook: kmeans centroids or pow2 levels (float32, at most 2^bits entries); None otherwise.
+    dense_shape: the weight's shape before structured pruning removed channels (None: not removed; `shape` and
+        `weight` are the smaller dense tensor). `sparsity` counts removed channels as pruned weights.
     """
 
     name: str
@@ -80,10 +85,17 @@ class LayerCompression:
     scale: torch.Tensor | None = None
     zero_point: torch.Tensor | None = None
     codebook: torch.Tensor | None = None
+    dense_shape: tuple[int, ...] | None = None
 
     @property
     def n(self) -> int:
+        """Weights stored (of the smaller layer when channels were removed)."""
         return self.weight.numel()
+
+    @property
+    def n_dense(self) -> int:
+        """Weights of the layer before structured pruning."""
+        return math.prod(self.dense_shape) if self.dense_shape is not None else self.n
 
     @property
     def nnz(self) -> int:
@@ -91,7 +103,7 @@ class LayerCompression:
 
     @property
     def sparsity(self) -> float:
-        return 1.0 - self.nnz / self.n
+        return 1.0 - self.nnz / self.n_dense
 
 
 @dataclass
@@ -102,6 +114,9 @@ class CompressedModel:
     when activation quantization is on. finetune_log holds (step, loss) pairs when fine-tuning ran.
     folded: (conv name, BatchNorm name) pairs whose BN was folded into the conv (the BN is an Identity in
     `model`); fold_note says in one line what folding did, or why it did not run.
+    structure: what structured pruning removed (prune_structured.StructuredResult), None when it did not run;
+    dense_bits: the uncompressed model's size when it differs in shape from `model` (structured pruning), for
+    size.py's dense reference. finetune: how retraining ran (finetune.FinetuneReport), None without retraining.
     """
 
     model: nn.Module
@@ -111,10 +126,14 @@ class CompressedModel:
     finetune_log: list[tuple[int, float]] = field(default_factory=list)
     folded: tuple[tuple[str, str], ...] = ()
     fold_note: str = ""
+    structure: Any = None
+    dense_bits: int | None = None
+    finetune: Any = None
 
     @property
     def n_weights(self) -> int:
-        return sum(l.n for l in self.layers.values())
+        """Weights of the compressible layers before any pruning."""
+        return sum(l.n_dense for l in self.layers.values())
 
     @property
     def nnz(self) -> int:

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # the registry itself and each family's own module may spell its names
 OWN_MODULES = {"compression_core/methods.py", "compression_core/quantize.py", "compression_core/prune.py"}
 # (file, literal): uses of a method-name string that mean something else
-NOT_METHOD_NAMES = {("compression_core/cli.py", "nm"): "the sweep grid field of the N:M pattern (--nm)"}
+NOT_METHOD_NAMES = {("compression_core/cli.py", "nm"): "the sweep grid field of the N:M pattern (--nm)",
+                    ("compression_core/config.py", "taylor"): "the structured-pruning importance (PruneSpec.importance)",
+                    ("compression_core/prune_structured.py", "taylor"): "the structured-pruning importance"}
 
 
 def stray_method_names(source: str, names: set[str]) -> list[tuple[int, str]]:

@@ -132,6 +132,13 @@ class Experiment:
         return x[idx].to(self.device), y[idx].to(self.device)
 
     @cached_property
+    def train_split(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The whole train split on the device, for retraining; None when the dataset has none."""
+        if "train" not in self.dataset.tensors:
+            return None
+        return tuple(t.to(self.device) for t in self.dataset.split("train"))
+
+    @cached_property
     def macs(self) -> dict[str, int]:
         return layer_macs(self.model, self.x[:1])
 
@@ -149,10 +156,12 @@ class Experiment:
         return {"model": self.loaded.name, "fingerprint": self.loaded.fingerprint, "dataset": self.dataset.info.name,
                 "split": self.split, "limit": self.limit, "config_hash": config.config_hash}
 
-    def compress(self, config: CompressionConfig, progress=None) -> CompressedModel:
-        """`compress()` on our pristine model; the calibration batch is used only by configs that need it."""
+    def compress(self, config: CompressionConfig, progress=None, cancel=None) -> CompressedModel:
+        """`compress()` on our pristine model; the calibration batch is used only by configs that need it, the
+        train split only by configs that retrain; `cancel` (a threading.Event) stops retraining."""
         try:
-            return compress(self.model, config, calib=self.calib, progress=progress)
+            return compress(self.model, config, calib=self.calib, progress=progress, example=self.x[:1],
+                            train=self.train_split if config.retrains else None, cancel=cancel)
         except ValueError as err:
             if self.calib is not None or "calibration data" not in str(err):
                 raise
@@ -222,6 +231,7 @@ class Experiment:
                 "quantizer": "none" if lc.skipped or not lc.quant.enabled else lc.quant.quantizer,
                 "sparsity": lc.sparsity, "n": lc.n, "nnz": lc.nnz, "index_format": ls.index_format,
                 "size_bits": ls.total_bits, "macs": macs, "skipped": lc.skipped,
+                "dense_shape": list(lc.dense_shape or lc.shape),
             })
         dense_macs = sum(self.macs.values())
         return {
@@ -266,5 +276,20 @@ class Experiment:
             "finetune_final_loss": cm.finetune_log[-1][1] if cm.finetune_log else None,
             "bn_folded": [list(pair) for pair in cm.folded],
             "bn_fold_note": cm.fold_note,
+            **_structure_fields(cm),
             "layers": layers,
         }
+
+
+def _structure_fields(cm: CompressedModel) -> dict:
+    """The record's structured-pruning and retraining fields (record.RECORD_FIELDS)."""
+    ft = cm.finetune
+    return {
+        "protected_layers": ",".join(cm.structure.protected) if cm.structure is not None else "",
+        "finetune_data": ft.data if ft else "",
+        "finetune_steps_run": ft.steps if ft else None,
+        "finetune_lr": ft.lr if ft else None,
+        "finetune_batch_size": ft.batch_size if ft else None,
+        "finetune_seconds": ft.seconds if ft else None,
+        "finetune_cached": ft.cached if ft else None,
+    }

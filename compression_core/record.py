@@ -53,6 +53,7 @@ class LayerRow(TypedDict):
     size_bits: int
     macs: int
     skipped: bool
+    dense_shape: list[int]
 
 
 class Record(TypedDict):
@@ -104,6 +105,13 @@ class Record(TypedDict):
     finetune_final_loss: float | None
     bn_folded: list[list[str]]
     bn_fold_note: str
+    protected_layers: str
+    finetune_data: str
+    finetune_steps_run: int | None
+    finetune_lr: float | None
+    finetune_batch_size: int | None
+    finetune_seconds: float | None
+    finetune_cached: bool | None
     layers: list[LayerRow]
     created_at: NotRequired[float]
     cached: NotRequired[bool]
@@ -123,6 +131,8 @@ LAYER_FIELDS: tuple[Field, ...] = (
           "points, codebook and activation qparams"),
     Field("macs", int, "MACs per sample", "multiply-accumulates of this layer for one input sample (dense)"),
     Field("skipped", bool, NO_UNIT, "an override left this layer in fp32 and unpruned"),
+    Field("dense_shape", list[int], "elements per dimension", "shape of the layer's weight before structured "
+          "pruning removed channels (= `shape` when none were removed); `macs` are the dense layer's"),
 )
 
 RECORD_FIELDS: tuple[Field, ...] = (
@@ -194,6 +204,18 @@ RECORD_FIELDS: tuple[Field, ...] = (
           "into the conv before compression (the BN is an Identity in the compressed model); empty when none"),
     Field("bn_fold_note", str, NO_UNIT, "one line on BatchNorm folding: how many were folded, `off`, or why none "
           "was (no BatchNorm after a conv; torch.fx cannot trace the model)"),
+    Field("protected_layers", str, NO_UNIT, "comma-separated layers structured pruning never touches because their "
+          "output is the model's output (e.g. the classifier); empty without structured pruning"),
+    Field("finetune_data", str, NO_UNIT, "what retraining ran on: `train split` or `calibration batch`; empty "
+          "without retraining"),
+    Field("finetune_steps_run", int | None, "steps", "optimizer steps of retraining (epochs × batches per epoch, "
+          "or finetune_steps); null without retraining"),
+    Field("finetune_lr", float | None, "learning rate", "peak learning rate of retraining; null without it"),
+    Field("finetune_batch_size", int | None, "samples", "samples per retraining step; null without retraining"),
+    Field("finetune_seconds", float | None, "seconds", "wall time of retraining when it ran (a cached result "
+          "keeps the time it took when it ran); null without retraining"),
+    Field("finetune_cached", bool | None, NO_UNIT, "the retrained weights came from this process's cache (the "
+          "same model, config and data were retrained before); null without retraining"),
     Field("layers", list[LayerRow], NO_UNIT, "one row per compressible layer, in model order (`LAYER_FIELDS`)"),
     # ---- added after the run
     Field("created_at", float, "Unix seconds", "when the store last wrote the record", added_by="store"),

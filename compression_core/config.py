@@ -292,6 +292,13 @@ class CompressionConfig:
         object.__setattr__(self, "distill", float(self.distill))
 
     @property
+    def removes_channels(self) -> bool:
+        """True when structured pruning may make the model smaller in shape (then it cannot share a stacked
+        forward with other configs)."""
+        specs = [self.prune] + [o.prune for o in self.overrides if o.prune is not None]
+        return any(p.enabled and prune_methods()[p.method].structured for p in specs)
+
+    @property
     def retrains(self) -> bool:
         """True when the config retrains (fine-tunes) the compressed model."""
         return self.finetune_steps > 0 or self.finetune_epochs > 0

@@ -191,7 +191,7 @@ class Experiment:
         Args:
             configs: CompressionConfigs to run.
             group: configs evaluated per vmap-ed forward (default STACK_GROUP on cuda, 1 elsewhere). Configs with
-                activation quantization (forward hooks) always run alone.
+                activation quantization (forward hooks) or structured pruning (other shapes) always run alone.
             cancel: a threading.Event; once set, no further group starts.
         """
         group = group or (STACK_GROUP if self.device.type == "cuda" else 1)
@@ -200,7 +200,7 @@ class Experiment:
             if cancel is not None and cancel.is_set():
                 return
             chunk = configs[start:start + group]
-            alone = [c for c in chunk if c.act_bits < 32] if len(chunk) > 1 else chunk
+            alone = [c for c in chunk if c.act_bits < 32 or c.removes_channels] if len(chunk) > 1 else chunk
             stacked = [c for c in chunk if c not in alone]
             if stacked:
                 t0 = time.perf_counter()
@@ -229,7 +229,7 @@ class Experiment:
             layers.append({
                 "name": name, "shape": list(lc.shape), "bits": ls.value_bits,
                 "quantizer": "none" if lc.skipped or not lc.quant.enabled else lc.quant.quantizer,
-                "sparsity": lc.sparsity, "n": lc.n, "nnz": lc.nnz, "index_format": ls.index_format,
+                "sparsity": lc.sparsity, "n": lc.n_dense, "nnz": lc.nnz, "index_format": ls.index_format,
                 "size_bits": ls.total_bits, "macs": macs, "skipped": lc.skipped,
                 "dense_shape": list(lc.dense_shape or lc.shape),
             })

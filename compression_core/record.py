@@ -124,7 +124,7 @@ LAYER_FIELDS: tuple[Field, ...] = (
           "(one more when a full codebook needs a code for 0), 16 for fp16 / bf16, 32 when not quantized"),
     Field("quantizer", str, NO_UNIT, "quantizer applied to this layer; `none` when it is not quantized or skipped"),
     Field("sparsity", float, FRACTION, "realised fraction of this layer's weights that are pruned (1 - nnz / n)"),
-    Field("n", int, "weights", "number of weights of the layer"),
+    Field("n", int, "weights", "number of weights of the layer (before structured pruning removed channels)"),
     Field("nnz", int, "weights", "number of weights kept (not pruned)"),
     Field("index_format", str, NO_UNIT, "storage format that won: dense, bitmask, csr or relative (see size.py)"),
     Field("size_bits", int, "bits", "the weight's storage in that format: values + sparse index + scales, zero "

@@ -190,3 +190,23 @@ def test_without_torch_pruning_says_how_to_install(monkeypatch):
     with pytest.raises(StructuredPruneError, match=r"pip install 'compression-explorer\[pruning\]'"):
         compress(LeNet5(), CompressionConfig(prune=PruneSpec(0.5, method="structured")),
                  example=torch.randn(1, 1, 28, 28))
+
+
+def test_experiment_record_shows_smaller_shapes_fewer_macs_and_runs_alone():
+    from compression_core import load_dataset, load_model
+    from compression_core.experiment import Experiment
+
+    exp = Experiment(load_model("digits-cnn"), load_dataset("digits"), limit=100, device="cpu")
+    configs = [CompressionConfig(quant=QuantSpec(bits=8)), CompressionConfig(prune=PruneSpec(0.5, method="structured")),
+               CompressionConfig(quant=QuantSpec(bits=4))]
+    records = {r["config_hash"]: r for r in exp.run_many(configs, group=3)}
+    plain, structured = records[configs[0].config_hash], records[configs[1].config_hash]
+    assert structured["eval_group"] == 1 and plain["eval_group"] == 2
+    head = exp.layer_names[-1]
+    assert structured["protected_layers"] == head
+    rows = {row["name"]: row for row in structured["layers"]}
+    assert rows[head]["shape"][0] == rows[head]["dense_shape"][0] and rows[head]["shape"][1] < rows[head]["dense_shape"][1]
+    assert all(row["shape"][0] == row["dense_shape"][0] - round(0.5 * row["dense_shape"][0])
+               for name, row in rows.items() if name != head)
+    assert structured["sparse_macs"] < 0.5 * structured["macs"] and structured["macs"] == plain["macs"]
+    assert structured["dense_bytes"] == plain["dense_bytes"] and structured["size_bytes"] < 0.5 * plain["dense_bytes"]

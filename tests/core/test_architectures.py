@@ -58,6 +58,7 @@ def test_conv1d_conv3d_grouped_depthwise_compress_with_exact_counts():
 
 
 def test_structured_pruning_removes_whole_conv3d_and_conv1d_filters():
+    pytest.importorskip("torch_pruning")  # the `pruning` extra (in make test)
     torch.manual_seed(0)
     net3d = nn.Sequential(nn.Conv3d(2, 5, (3, 2, 2)), nn.ReLU(), nn.Conv3d(5, 4, 1), nn.Flatten(), nn.LazyLinear(3))
     net1d = nn.Sequential(nn.Conv1d(4, 6, 5), nn.ReLU(), nn.Conv1d(6, 6, 3), nn.Flatten(), nn.Linear(6 * 2, 3))

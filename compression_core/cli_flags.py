@@ -6,10 +6,12 @@ names the flag, shows the bad value with `repr` (so a newline cannot cut the lin
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import replace
 from pathlib import Path
 
-from .config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, REPAIRS, SCALE_DTYPES,
+from .config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, OPTIMIZERS, PRUNE_METHODS, QUANTIZERS, RANGES, REPAIRS,
+                     SCALE_DTYPES, SCHEDULES,
                      SCHEMES, SCOPES, CompressionConfig, ConfigError, LayerOverride, parse_nm)
 from .errors import shown
 from .methods import prune_method_info, quantizer_info
@@ -127,6 +129,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--index-bits", dest="index_bits", type=csv(int, None, "--index-bits"), default=[4])
     g.add_argument("--finetune-steps", dest="finetune_steps", type=csv(int, None, "--finetune-steps"), default=[0])
     g.add_argument("--bias-correction", action="store_true")
+    _add_retraining_flags(p)
     g.add_argument("--fold-bn", dest="fold_bn", action=argparse.BooleanOptionalAction, default=True,
                    help="fold each BatchNorm into the conv it follows before compressing (default: on)")
     g.add_argument("--seed", type=seed, default=0)
@@ -199,6 +202,7 @@ def configs_from_args(args) -> list[CompressionConfig]:
     lists["act_order"] = [args.act_order]  # a switch, set with the repair (a base config would reset it)
     configs = expand_grid(CompressionConfig(bias_correction=args.bias_correction, fold_bn=args.fold_bn,
                                             seed=args.seed), **lists)
+    configs = _with_retraining(args, configs)
     names = [text.partition(":")[0] for text in args.layer]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -206,6 +210,55 @@ def configs_from_args(args) -> list[CompressionConfig]:
     for text in args.layer:
         configs = [c.with_override(parse_layer_override(text, c)) for c in configs]
     return configs
+
+
+IMPORTANCE_FLAGS = {"l1": ("norm", 1), "l2": ("norm", 2), "bn": ("bn", 1), "taylor": ("taylor", 1)}
+
+
+def _add_retraining_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("structured pruning and retraining (one value each)")
+    g.add_argument("--importance", choices=tuple(IMPORTANCE_FLAGS), default="l1",
+                   help="how --prune structured ranks channels: l1 / l2 filter norm, bn (BatchNorm scale), taylor")
+    g.add_argument("--finetune-epochs", dest="finetune_epochs", type=_count("--finetune-epochs"), default=0,
+                   help="retrain for N passes over the training split (masks and removed channels fixed)")
+    g.add_argument("--finetune-optimizer", dest="finetune_optimizer", choices=OPTIMIZERS, default="adam")
+    g.add_argument("--finetune-lr", dest="finetune_lr", type=float, default=1e-4, help="peak learning rate")
+    g.add_argument("--finetune-schedule", dest="finetune_schedule", choices=SCHEDULES, default="constant")
+    g.add_argument("--finetune-batch", dest="finetune_batch", type=_count("--finetune-batch"), default=128)
+    g.add_argument("--distill", type=float, default=None, metavar="T",
+                   help="distil from the uncompressed model at temperature T > 0 while retraining")
+    g.add_argument("--gradual", type=_count("--gradual"), default=0, metavar="STAGES",
+                   help="raise sparsity in STAGES steps on Zhu & Gupta's cubic schedule while retraining")
+
+
+def _count(flag: str):
+    def parse(text: str) -> int:
+        value = _cast(int, text, f"{flag} must be a whole number >= 0")
+        if value < 0:
+            raise UserError(f"{flag} must be a whole number >= 0; got {shown(text)}")
+        return value
+    return parse
+
+
+def _with_retraining(args, configs: list[CompressionConfig]) -> list[CompressionConfig]:
+    """Apply --importance and the retraining flags (distill / gradual only to configs that retrain)."""
+    if args.distill is not None and not (math.isfinite(args.distill) and args.distill > 0):
+        raise UserError(f"--distill is a temperature T > 0 (e.g. 4); got {shown(args.distill)}")
+    retraining = args.finetune_epochs > 0 or any(args.finetune_steps)
+    if (args.distill or args.gradual) and not retraining:
+        raise UserError("--distill and --gradual act while retraining: add --finetune-epochs N or --finetune-steps N")
+    importance, norm = IMPORTANCE_FLAGS[args.importance]
+    out = []
+    for c in configs:
+        if prune_method_info(c.prune.method).structured:
+            c = replace(c, prune=replace(c.prune, importance=importance, norm=norm))
+        c = replace(c, finetune_epochs=args.finetune_epochs, finetune_optimizer=args.finetune_optimizer,
+                    finetune_lr=args.finetune_lr, finetune_schedule=args.finetune_schedule,
+                    finetune_batch=args.finetune_batch)
+        if c.retrains:
+            c = replace(c, distill=args.distill or 0.0, gradual=args.gradual)
+        out.append(c)
+    return list({c.config_hash: c for c in out}.values())
 
 
 def _cast(cast, value: str, must: str):

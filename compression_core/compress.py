@@ -1,20 +1,24 @@
 """compress(): the one verb that turns a model and a CompressionConfig into a new, compressed model.
 
-Out-of-place: the model passed in is never touched. Order: fold each BatchNorm into the conv before it (`fold.py`,
-when config.fold_bn) -> prune masks -> AWQ / SmoothQuant input scales (`repair_scaling.py`) -> quantize the
-survivors (zeros stay exactly zero; GPTQ, `repair_gptq.py`, rounds with error compensation) -> activation
-calibration -> bias correction -> fine-tuning with fixed masks (re-quantized after).
+Out-of-place: the model passed in is never touched. Order: remove channels (structured pruning,
+`prune_structured.py`, before folding so BatchNorm scales can rank channels; the model then is a smaller dense
+network) -> fold each BatchNorm into the conv before it (`fold.py`, when config.fold_bn) -> prune masks -> AWQ /
+SmoothQuant input scales (`repair_scaling.py`) -> quantize the survivors (zeros stay exactly zero; GPTQ,
+`repair_gptq.py`, rounds with error compensation) -> activation calibration -> bias correction -> retraining with
+fixed masks (finetune.py; re-quantized after).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import threading
 import time
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from . import finetune
 from . import prune as prune_ops
 from . import quantize as quant_ops
 from . import repair_gptq, repair_scaling
@@ -22,11 +26,12 @@ from .compressed import CompressedModel, LayerCompression, compressible_layers
 from .config import CompressionConfig, PruneSpec, QuantSpec
 from .fold import cached_conv_bn_pairs, fold_batchnorms, fold_note
 from .methods import prune_method_info, prune_methods, quantizer_info
+from .prune import prune_count
+from .prune_structured import compose_structure, prune_channels
+from .size import size_report
 
 Progress = Callable[[str, float], None]  # (stage, fraction done)
 CALIB_SAMPLES = 512
-FINETUNE_BATCH = 128
-FINETUNE_LR = 1e-4
 
 
 def compress(
@@ -34,6 +39,10 @@ def compress(
     config: CompressionConfig,
     calib: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: Progress | None = None,
+    *,
+    train: tuple[torch.Tensor, torch.Tensor] | None = None,
+    example: torch.Tensor | None = None,
+    cancel: threading.Event | None = None,
 ) -> CompressedModel:
     """Return a compressed copy of `model` as described by `config`.
 
@@ -42,11 +51,17 @@ def compress(
             modified.
         config: what to do (global specs plus per-layer overrides).
         calib: (x, y) training samples on the model's device; needed for pruning methods that need calibration
-            (taylor), activation quantization, bias correction, fine-tuning and repair (gptq / awq / smoothquant).
-        progress: optional callback (stage, fraction) for the slow stages.
+            (taylor), activation quantization, bias correction, repair (gptq / awq / smoothquant), and retraining
+            when `train` is not given.
+        progress: optional callback (stage, fraction) for the slow stages (retraining: the stage text has an ETA).
+        train: (x, y) the whole training split, for retraining (config.finetune_epochs / finetune_steps); batches
+            move to the model's device. Without it, retraining uses `calib`.
+        example: an input batch for tracing the graph of structured pruning (default: calib's first sample).
+        cancel: a threading.Event; setting it stops retraining (`finetune.RetrainCancelled`).
 
     Returns:
-        CompressedModel whose `.model` is a new module in eval mode.
+        CompressedModel whose `.model` is a new module in eval mode. A retrained result is cached in this process
+        (finetune.cache_key); the same model, config and data return a copy of it (cm.finetune.cached is True).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(8, 4))
@@ -59,40 +74,139 @@ def compress(
     unknown = {o.name for o in config.overrides} - specs.keys()
     if unknown:
         raise ValueError(f"override names no compressible layer: {sorted(unknown)}; layers are {list(specs)}")
-    needs_calib = config.act_bits < 32 or config.bias_correction or config.finetune_steps > 0 or \
-        config.repair != "none" or any(
-        prune_method_info(p.method).needs_calibration and p.enabled and not skip for _, p, skip in specs.values())
+    needs_calib = config.act_bits < 32 or config.bias_correction or (config.retrains and train is None) or \
+        config.repair != "none" or any(p.needs_calibration and not skip for _, p, skip in specs.values())
     if needs_calib and calib is None:
         calibrated = "/".join(name for name, info in prune_methods().items() if info.needs_calibration)
         raise ValueError(f"this config needs calibration data ({calibrated} pruning, act_bits, bias correction, "
                          "fine-tuning or repair): pass calib=(x, y)")
+    structured = {name: p for name, (_, p, skip) in specs.items()
+                  if not skip and p.enabled and prune_method_info(p.method).structured}
+    if structured and example is None and calib is None:
+        raise ValueError("structured pruning traces the model on an input: pass example= (an input batch) or calib=")
+    example = example if example is not None else (calib[0][:1] if calib is not None else None)
+    key = finetune.cache_key(model, config, train) if config.retrains and train is not None else None
+    hit = finetune.cached(key) if key is not None else None
+    if hit is not None:
+        cm = copy.deepcopy(hit)
+        cm.finetune = dataclasses.replace(cm.finetune, cached=True)
+        return cm
+    cm, modules, reference, scales = _compress_once(model, config, specs, structured, calib, example)
+    if config.act_bits < 32:
+        cm.act_qparams = _calibrate_activations(cm.model, modules, config.act_bits, calib)
+        attach_activation_quant(cm.model, cm.act_qparams)
+    if config.bias_correction:
+        _correct_biases(reference, cm.model, modules, calib)
+    if config.retrains:
+        _retrain(cm, model, specs, structured, calib, train, example, progress, cancel)
+    for name, scale in scales.items():  # after retraining, which rebuilds the layers
+        cm.layers[name].input_scale = scale
+    if config.retrains and key is not None:
+        finetune.remember(key, copy.deepcopy(cm))
+    return cm
 
+
+def _compress_once(model, config, specs, structured, calib, example):
+    """Copy, remove channels, fold BatchNorms, draw masks, scale inputs (AWQ / SmoothQuant), quantize:
+    (cm, layers by name, bias reference, input scales by layer name)."""
     pairs, note = cached_conv_bn_pairs(model) if config.fold_bn else ([], "")  # names are the same in the copy
     new = copy.deepcopy(model).eval()
+    dense_shapes = {name: tuple(m.weight.shape) for name, m in compressible_layers(new)}
+    structure = None
+    if structured and not config.gradual:  # gradual: channels go during retraining
+        structure = prune_channels(new, example, structured, calib)
     fold_batchnorms(new, pairs)
     modules = dict(compressible_layers(new))
-    masks = _masks(new, modules, specs, config, calib)
+    unstructured = {name: spec for name, spec in specs.items() if name not in structured}
+    masks = {} if config.gradual else _masks(new, modules, unstructured, config, calib)
     started = time.perf_counter()
     scales = repair_scaling.scale_inputs(new, modules, specs, masks, config, calib[0][:CALIB_SAMPLES]) \
         if config.repair in repair_scaling.SCALING_REPAIRS else {}
     reference = copy.deepcopy(new) if config.bias_correction else model  # bias correction compares folded to folded
     layers, gptq_seconds = _quantize_layers(new, modules, masks, specs, config, calib)
-
     cm = CompressedModel(model=new, config=config, layers=layers, folded=tuple(pairs),
-                         fold_note=fold_note(pairs, note, config.fold_bn))
+                         fold_note=fold_note(pairs, note, config.fold_bn), structure=structure)
     if config.repair != "none":
         seconds = gptq_seconds if config.repair == "gptq" else time.perf_counter() - started
         cm.repair_stats = {"calib_samples": min(len(calib[0]), CALIB_SAMPLES), "seconds": seconds}
-    if config.act_bits < 32:
-        cm.act_qparams = _calibrate_activations(new, modules, config.act_bits, calib)
-        attach_activation_quant(new, cm.act_qparams)
-    if config.bias_correction:
-        _correct_biases(reference, new, modules, calib)
-    if config.finetune_steps > 0:
-        cm.finetune_log = _finetune(cm, modules, calib, config.finetune_steps, config.seed, progress)
-    for name, scale in scales.items():
-        cm.layers[name].input_scale = scale
-    return cm
+    if structured:
+        _mark_dense_shapes(cm, dense_shapes)
+        cm.dense_bits = _dense_bits(model, pairs)
+    return cm, modules, reference, scales
+
+
+def _mark_dense_shapes(cm: CompressedModel, dense_shapes: dict) -> None:
+    """Record the pre-removal shape of every layer that lost channels (its LayerCompression is the smaller one)."""
+    for name, lc in cm.layers.items():
+        if dense_shapes[name] != tuple(lc.shape):
+            lc.dense_shape = dense_shapes[name]
+
+
+def _dense_bits(model: nn.Module, pairs) -> int:
+    """Size of the uncompressed (folded) model at 32 bits: the dense reference of a model that lost channels."""
+    dense = copy.deepcopy(model).eval()
+    fold_batchnorms(dense, pairs)
+    layers = {name: LayerCompression(name, tuple(m.weight.shape), m.weight.detach(), QuantSpec(), PruneSpec())
+              for name, m in compressible_layers(dense)}
+    return size_report(CompressedModel(model=dense, config=CompressionConfig(), layers=layers)).dense_bits
+
+
+def _retrain(cm, model, specs, structured, calib, train, example, progress, cancel) -> None:
+    """Retrain cm in place (finetune.retrain), gradual pruning included, then re-quantize every layer."""
+    config = cm.config
+    data, data_name = (train, "train split") if train is not None else (calib, "calibration batch")
+    teacher = copy.deepcopy(model).eval() if config.distill else None
+    dense_shapes = {name: lc.dense_shape or tuple(lc.shape) for name, lc in cm.layers.items()}
+
+    def prune_to(fraction: float) -> None:
+        scaled = {name: (q, dataclasses.replace(p, sparsity=p.sparsity * fraction), skip)
+                  for name, (q, p, skip) in specs.items()}
+        if structured:
+            _prune_channels_to(cm, example, scaled, structured, calib, dense_shapes)
+        _gradual_masks(cm, scaled, structured, calib)
+
+    cm.finetune = finetune.retrain(cm.model, cm.layers, data, config, data_name=data_name, teacher=teacher,
+                                   prune_to=prune_to, final_sparsity=1.0, progress=progress, cancel=cancel)
+    cm.finetune_log = list(cm.finetune.log)
+    modules = dict(compressible_layers(cm.model))
+    with torch.no_grad():
+        for name, lc in cm.layers.items():
+            if not lc.skipped:
+                cm.layers[name] = _compress_layer(name, modules[name], lc.mask, lc.quant, lc.prune, False)
+                cm.layers[name].dense_shape = lc.dense_shape
+
+
+def _gradual_masks(cm, scaled, structured, calib) -> None:
+    """One gradual stage of mask pruning: masks at the stage's sparsity on the current float weights."""
+    modules = dict(compressible_layers(cm.model))
+    unstructured = {name: spec for name, spec in scaled.items() if name not in structured}
+    masks = _masks(cm.model, modules, unstructured, cm.config, calib)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            if mask is not None:
+                modules[name].weight.mul_(mask)
+                cm.layers[name] = dataclasses.replace(cm.layers[name], mask=mask, weight=modules[name].weight.detach())
+
+
+def _prune_channels_to(cm, example, scaled, structured, calib, dense_shapes) -> None:
+    """One gradual stage of channel removal: each structured layer down to its stage's share of its original
+    output channels; the kept indices compose with the earlier stages'."""
+    modules = dict(compressible_layers(cm.model))
+    step_specs = {}
+    for name in structured:
+        spec, total, now = scaled[name][1], dense_shapes[name][0], modules[name].weight.shape[0]
+        extra = prune_count(spec.sparsity, total) - (total - now)  # more channels to remove now
+        if extra > 0:
+            step_specs[name] = dataclasses.replace(spec, sparsity=extra / now)
+    if not step_specs:
+        return
+    step = prune_channels(cm.model, example, step_specs, calib)
+    cm.structure = step if cm.structure is None else compose_structure(cm.structure, step)
+    for name, m in compressible_layers(cm.model):
+        lc = cm.layers[name]
+        lc.weight, lc.shape = m.weight.detach(), tuple(m.weight.shape)
+        lc.dense_shape = dense_shapes[name] if lc.shape != dense_shapes[name] else None
+        lc.mask = None if lc.mask is None or lc.mask.shape != m.weight.shape else lc.mask
 
 
 # ---- pruning + weight quantization -------------------------------------------------------------
@@ -171,11 +285,14 @@ def compress_weight(weight: torch.Tensor, quant: QuantSpec = QuantSpec(), prune:
 @torch.no_grad()
 def _compress_layer(name: str, module: nn.Module, mask, quant: QuantSpec, prune: PruneSpec,
                     skip: bool) -> LayerCompression:
-    """`compress_weight` with the layer's mask, written into `module` (the layer keeps the module's weight)."""
+    """`compress_weight` with the layer's mask (None: nothing pruned by mask), written into `module` (the layer
+    keeps the module's weight)."""
     w = module.weight.detach()
     if skip:
         return LayerCompression(name, tuple(w.shape), w, QuantSpec(), PruneSpec(), skipped=True)
-    return _store(module, compress_weight(w, quant, prune, mask=mask, name=name))
+    layer = compress_weight(w, quant, mask=mask, name=name)  # masks were drawn (or channels removed) already
+    layer.prune = prune
+    return _store(module, layer)
 
 
 @torch.no_grad()
@@ -252,52 +369,3 @@ def _correct_biases(original, new, modules, calib) -> None:
         err = repair_scaling.linear_part(ref, inp) - repair_scaling.linear_part(m, inp)
         dims = [d for d in range(err.dim()) if d != 1]
         m.bias.add_(err.mean(dim=dims))
-
-
-# ---- fine-tuning -------------------------------------------------------------------------------
-
-def _finetune(cm: CompressedModel, modules, calib, steps: int, seed: int, progress) -> list[tuple[int, float]]:
-    """Quantization-aware fine-tuning: `steps` Adam steps with masks fixed, then the final re-quantization.
-
-    The float weights are the master copy; each step runs forward and backward through their quantized version
-    and applies the gradient to the floats (straight-through estimator), so training sees the grid it will be
-    stored on. Gradients of pruned weights are zeroed, so pruned weights stay exactly zero; skipped layers do
-    not move. At the end the float weights are re-quantized with each layer's spec, so the stored codes
-    describe the final model.
-    """
-    model = cm.model
-    x, y = calib
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.is_floating_point()], lr=FINETUNE_LR)
-    quantized = [name for name, layer in cm.layers.items() if not layer.skipped and layer.quant.enabled]
-    log = []
-    model.train()
-    for step in range(steps):
-        idx = torch.randint(len(x), (min(FINETUNE_BATCH, len(x)),), generator=gen).to(x.device)
-        masters = {}
-        with torch.no_grad():
-            for name in quantized:
-                w, layer = modules[name].weight, cm.layers[name]
-                masters[name] = w.detach().clone()
-                w.copy_(quant_ops.quantize_weight(masters[name], layer.quant, layer.mask).weight)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        with torch.no_grad():
-            for name, master in masters.items():  # straight-through: the step moves the float weights
-                modules[name].weight.copy_(master)
-        for name, layer in cm.layers.items():
-            if layer.mask is not None:
-                modules[name].weight.grad.mul_(layer.mask)
-            if layer.skipped:
-                modules[name].weight.grad.zero_()
-        opt.step()
-        log.append((step + 1, loss.item()))
-        if progress:
-            progress("finetune", (step + 1) / steps)
-    model.eval()
-    with torch.no_grad():
-        for name, layer in cm.layers.items():
-            if not layer.skipped:
-                cm.layers[name] = _compress_layer(name, modules[name], layer.mask, layer.quant, layer.prune, False)
-    return log

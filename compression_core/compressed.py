@@ -1,7 +1,10 @@
 """The result of compression: a new model plus, per layer, everything needed to size and pack it."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,6 +75,8 @@ class LayerCompression:
     input_scale: float32 (C_in,) when AWQ / SmoothQuant scaled the weight's input channels by s: the layer
         divides its input by it (repair_scaling.attach_input_scales) and it is stored beside the weight; None
         otherwise.
+    dense_shape: the weight's shape before structured pruning removed channels (None: not removed; `shape` and
+        `weight` are the smaller dense tensor). `sparsity` counts removed channels as pruned weights.
     """
 
     name: str
@@ -87,10 +92,17 @@ class LayerCompression:
     codebook: torch.Tensor | None = None
     side: dict[str, torch.Tensor] | None = None
     input_scale: torch.Tensor | None = None
+    dense_shape: tuple[int, ...] | None = None
 
     @property
     def n(self) -> int:
+        """Weights stored (of the smaller layer when channels were removed)."""
         return self.weight.numel()
+
+    @property
+    def n_dense(self) -> int:
+        """Weights of the layer before structured pruning."""
+        return math.prod(self.dense_shape) if self.dense_shape is not None else self.n
 
     @property
     def nnz(self) -> int:
@@ -98,7 +110,7 @@ class LayerCompression:
 
     @property
     def sparsity(self) -> float:
-        return 1.0 - self.nnz / self.n
+        return 1.0 - self.nnz / self.n_dense
 
 
 @dataclass
@@ -111,6 +123,9 @@ class CompressedModel:
     `model`); fold_note says in one line what folding did, or why it did not run.
     repair_stats: {"calib_samples": int, "seconds": float} when config.repair is not none (GPTQ: the seconds of
         the GPTQ passes; AWQ / SmoothQuant: of the scale search and the quantization after it); empty otherwise.
+    structure: what structured pruning removed (prune_structured.StructuredResult), None when it did not run;
+    dense_bits: the uncompressed model's size when it differs in shape from `model` (structured pruning), for
+    size.py's dense reference. finetune: how retraining ran (finetune.FinetuneReport), None without retraining.
     """
 
     model: nn.Module
@@ -121,10 +136,14 @@ class CompressedModel:
     folded: tuple[tuple[str, str], ...] = ()
     fold_note: str = ""
     repair_stats: dict[str, float] = field(default_factory=dict)
+    structure: Any = None
+    dense_bits: int | None = None
+    finetune: Any = None
 
     @property
     def n_weights(self) -> int:
-        return sum(l.n for l in self.layers.values())
+        """Weights of the compressible layers before any pruning."""
+        return sum(l.n_dense for l in self.layers.values())
 
     @property
     def nnz(self) -> int:

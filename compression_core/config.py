@@ -25,8 +25,14 @@ RANGES = ("minmax", "percentile", "mse")
 SCOPES = ("layer", "global")
 ACT_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 REPAIRS = ("none", "gptq", "awq", "smoothquant")  # calibrated repairs (repair_gptq.py, repair_scaling.py)
-# CompressionConfig fields left out of to_dict at these values, so older configs keep their hash
-CONFIG_DEFAULTS_OMITTED = {"repair": "none", "alpha": 0.5, "act_order": False}
+IMPORTANCES = ("norm", "bn", "taylor")  # structured pruning: channel importance (prune_structured.py)
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+# CompressionConfig fields added after records were first stored: left out of to_dict() while at their default,
+# so the hash of every config that does not use them is what it was
+CONFIG_DEFAULTS_OMITTED = {"repair": "none", "alpha": 0.5, "act_order": False, "finetune_epochs": 0,
+                           "finetune_optimizer": "adam", "finetune_lr": 1e-4, "finetune_schedule": "constant",
+                           "finetune_batch": 128, "distill": 0.0, "gradual": 0}
 
 
 def __getattr__(name: str) -> tuple[str, ...]:
@@ -194,6 +200,8 @@ class PruneSpec:
         (whole output channels by `norm`) | nm | taylor (|w * dL/dw|).
     scope: layer (each layer to `sparsity`) or global (one threshold over all prunable weights; only for
         methods that rank globally).
+    norm / importance: structured only — how channels are ranked: "norm" (L1 or L2 by `norm`), "bn" (BatchNorm
+        scale, network slimming) or "taylor" (|w * dL/dw| on calibration data); see prune_structured.py.
     """
 
     sparsity: float = 0.0
@@ -202,6 +210,7 @@ class PruneSpec:
     n: int = 2
     m: int = 4
     norm: int = 1
+    importance: str = "norm"
 
     def __post_init__(self) -> None:
         _check(
@@ -216,6 +225,8 @@ class PruneSpec:
             f"N:M needs integers 1 <= N < M <= 64; got {self.n}:{self.m}",
         )
         _check(self.norm in (1, 2), f"structured norm must be 1 or 2; got {self.norm!r}")
+        _check(self.importance in IMPORTANCES,
+               f"structured importance must be one of {', '.join(IMPORTANCES)}; got {self.importance!r}")
         info = known[self.method]
         fixed = {"sparsity": float(self.sparsity)}
         if not info.ranks_globally:
@@ -225,9 +236,11 @@ class PruneSpec:
         else:
             fixed["sparsity"] = 0.0  # the pattern fixes the sparsity
         if not info.structured:
-            fixed["norm"] = 1
+            fixed.update(norm=1, importance="norm")
+        elif self.importance != "norm":
+            fixed["norm"] = 1  # the norm ranks channels only for importance "norm"
         if info.uses_sparsity and self.sparsity == 0.0:
-            fixed.update(method=DEFAULT_PRUNE_METHOD, scope="layer")  # nothing is pruned
+            fixed.update(method=DEFAULT_PRUNE_METHOD, scope="layer", importance="norm")  # nothing is pruned
         _canonicalise(self, fixed)
 
     @property
@@ -238,6 +251,11 @@ class PruneSpec:
     @property
     def enabled(self) -> bool:
         return self.uses_pattern or self.sparsity > 0.0
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True when drawing this spec's masks / channels needs calibration data (taylor, method or importance)."""
+        return self.enabled and (prune_methods()[self.method].needs_calibration or self.importance == "taylor")
 
     @property
     def target_sparsity(self) -> float:
@@ -256,7 +274,15 @@ class LayerOverride:
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    """Everything that defines one compressed model; the unit of a sweep and the key of the store."""
+    """Everything that defines one compressed model; the unit of a sweep and the key of the store.
+
+    Retraining (finetune.py) runs finetune_steps steps, or finetune_epochs passes over the training data when
+    that is set (it wins), with masks and removed channels fixed and quantization in the loop:
+    finetune_optimizer adam | sgd (momentum 0.9), finetune_lr, finetune_schedule constant | cosine | step (x0.1 at
+    50 % and 75 % of the steps), finetune_batch samples per step. distill: temperature T > 0 of knowledge
+    distillation from the uncompressed model (0 = off). gradual: number of pruning stages on Zhu & Gupta's cubic
+    schedule over the first 75 % of the retraining steps (0 = prune once, before retraining).
+    """
 
     quant: QuantSpec = field(default_factory=QuantSpec)
     prune: PruneSpec = field(default_factory=PruneSpec)
@@ -270,6 +296,13 @@ class CompressionConfig:
     repair: str = "none"  # calibrated repair of the weight rounding: none | gptq | awq | smoothquant
     alpha: float = 0.5  # SmoothQuant migration strength in [0, 1]
     act_order: bool = False  # GPTQ: round columns in decreasing order of the input Hessian's diagonal
+    finetune_epochs: int = 0
+    finetune_optimizer: str = "adam"
+    finetune_lr: float = 1e-4
+    finetune_schedule: str = "constant"
+    finetune_batch: int = 128
+    distill: float = 0.0
+    gradual: int = 0
 
     def __post_init__(self) -> None:
         _check(self.act_bits in ACT_BITS, f"act_bits must be one of 2-8, 16 or 32 (32 = off); got {self.act_bits!r}")
@@ -286,11 +319,45 @@ class CompressionConfig:
             f"seed must be an integer in [0, 2^63) (what torch.manual_seed takes); got {self.seed!r}",
         )
         _check(isinstance(self.fold_bn, bool), f"fold_bn must be true or false; got {self.fold_bn!r}")
+        self._check_finetune()
         names = [o.name for o in self.overrides]
         _check(len(names) == len(set(names)), f"each layer may be overridden once; got {names}")
         # overrides are kept sorted so equal configs hash equally
         object.__setattr__(self, "overrides", tuple(sorted(self.overrides, key=lambda o: o.name)))
         _check_repair(self)
+
+    def _check_finetune(self) -> None:
+        _check(isinstance(self.finetune_epochs, int) and 0 <= self.finetune_epochs <= 1000,
+               f"finetune_epochs must be an integer in [0, 1000]; got {self.finetune_epochs!r}")
+        _check(self.finetune_optimizer in OPTIMIZERS,
+               f"finetune_optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.finetune_optimizer!r}")
+        _check(self.finetune_schedule in SCHEDULES,
+               f"finetune_schedule must be one of {', '.join(SCHEDULES)}; got {self.finetune_schedule!r}")
+        _check(isinstance(self.finetune_lr, (int, float)) and math.isfinite(self.finetune_lr)
+               and 0.0 < self.finetune_lr <= 10.0, f"finetune_lr must be in (0, 10]; got {self.finetune_lr!r}")
+        _check(isinstance(self.finetune_batch, int) and 1 <= self.finetune_batch <= 65536,
+               f"finetune_batch must be an integer in [1, 65536]; got {self.finetune_batch!r}")
+        _check(isinstance(self.distill, (int, float)) and math.isfinite(self.distill) and 0.0 <= self.distill <= 100,
+               f"distill must be a temperature T > 0 (at most 100), or 0 for off; got {self.distill!r}")
+        _check(isinstance(self.gradual, int) and 0 <= self.gradual <= 1000,
+               f"gradual must be an integer number of pruning stages in [0, 1000]; got {self.gradual!r}")
+        retrains = self.finetune_steps > 0 or self.finetune_epochs > 0
+        _check(retrains or (self.distill == 0 and self.gradual == 0),
+               "distill and gradual act during retraining: set finetune_epochs or finetune_steps as well")
+        object.__setattr__(self, "finetune_lr", float(self.finetune_lr))
+        object.__setattr__(self, "distill", float(self.distill))
+
+    @property
+    def removes_channels(self) -> bool:
+        """True when structured pruning may make the model smaller in shape (then it cannot share a stacked
+        forward with other configs)."""
+        specs = [self.prune] + [o.prune for o in self.overrides if o.prune is not None]
+        return any(p.enabled and prune_methods()[p.method].structured for p in specs)
+
+    @property
+    def retrains(self) -> bool:
+        """True when the config retrains (fine-tunes) the compressed model."""
+        return self.finetune_steps > 0 or self.finetune_epochs > 0
 
     # ---- per-layer view -------------------------------------------------------------------------
     def for_layer(self, name: str) -> tuple[QuantSpec, PruneSpec, bool]:
@@ -317,6 +384,9 @@ class CompressionConfig:
         d["quant"] = quant_to_dict(self.quant)
         for o, override in zip(d["overrides"], self.overrides):
             o["quant"] = quant_to_dict(override.quant)
+        for prune in [d["prune"]] + [o["prune"] for o in d["overrides"] if o["prune"]]:
+            if prune["importance"] == "norm":
+                del prune["importance"]
         return d
 
     def to_json(self) -> str:
@@ -371,7 +441,12 @@ class CompressionConfig:
         ps = f" · {p.method} {p.n}:{p.m}" if p.uses_pattern else (
             f" · {p.method} {p.scope} {p.sparsity:.0%}" if p.enabled else "")
         extra = (f" · act{self.act_bits}" if self.act_bits < 32 else "") + (" · biascorr" if self.bias_correction else "")
-        extra += f" · ft{self.finetune_steps}" if self.finetune_steps else ""
+        if p.enabled and prune_methods()[p.method].structured and p.importance != "norm":
+            ps += f" {p.importance}"
+        extra += f" · ft{self.finetune_steps}" if self.finetune_steps and not self.finetune_epochs else ""
+        extra += f" · retrained {self.finetune_epochs} ep" if self.finetune_epochs else ""
+        extra += f" · distill T={self.distill:g}" if self.distill else ""
+        extra += f" · gradual {self.gradual}" if self.gradual else ""
         extra += f" · {len(self.overrides)} overrides" if self.overrides else ""
         extra += "" if self.fold_bn else " · BN unfolded"
         extra += "" if self.repair == "none" else f" · {self.repair}" + (" act-order" if self.act_order else "") + (

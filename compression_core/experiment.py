@@ -194,6 +194,13 @@ class Experiment:
         return x.to(self.device), y[idx].to(self.device)
 
     @cached_property
+    def train_split(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The whole train split on the device, for retraining; None when the dataset has none."""
+        if "train" not in self.dataset.tensors:
+            return None
+        return tuple(t.to(self.device) for t in self.dataset.split("train"))
+
+    @cached_property
     def macs(self) -> dict[str, int]:
         return layer_macs(self.model, self.x.load(1) if self.streamed else self.x)
 
@@ -224,10 +231,12 @@ class Experiment:
         return {"model": self.loaded.name, "fingerprint": self.loaded.fingerprint, "dataset": self.dataset.info.name,
                 "split": self.split, "limit": self.limit, "task": self.task, "config_hash": config.config_hash}
 
-    def compress(self, config: CompressionConfig, progress=None) -> CompressedModel:
-        """`compress()` on our pristine model; the calibration batch is used only by configs that need it."""
+    def compress(self, config: CompressionConfig, progress=None, cancel=None) -> CompressedModel:
+        """`compress()` on our pristine model; the calibration batch is used only by configs that need it, the
+        train split only by configs that retrain; `cancel` (a threading.Event) stops retraining."""
         try:
-            return compress(self.model, config, calib=self.calib, progress=progress)
+            return compress(self.model, config, calib=self.calib, progress=progress, example=self.x[:1],
+                            train=self.train_split if config.retrains else None, cancel=cancel)
         except ValueError as err:
             if self.calib is not None or "calibration data" not in str(err):
                 raise
@@ -257,8 +266,9 @@ class Experiment:
         Args:
             configs: CompressionConfigs to run.
             group: configs evaluated per vmap-ed forward (default STACK_GROUP on cuda, 1 elsewhere). Configs with
-                activation quantization (forward hooks) always run alone, and so does every config of a task other
-                than classify or of inputs that are not one tensor (dict, streamed).
+                activation quantization (forward hooks) or structured pruning (other shapes) always run alone, and
+                so does every config of a task other than classify or of inputs that are not one tensor (dict,
+                streamed).
             cancel: a threading.Event; once set, no further group starts.
         """
         stackable = self.task == "classify" and isinstance(self.x, torch.Tensor)
@@ -268,7 +278,7 @@ class Experiment:
             if cancel is not None and cancel.is_set():
                 return
             chunk = configs[start:start + group]
-            alone = [c for c in chunk if c.act_bits < 32] if len(chunk) > 1 else chunk
+            alone = [c for c in chunk if c.act_bits < 32 or c.removes_channels] if len(chunk) > 1 else chunk
             stacked = [c for c in chunk if c not in alone]
             if stacked:
                 t0 = time.perf_counter()
@@ -311,9 +321,10 @@ class Experiment:
             layers.append({
                 "name": name, "shape": list(lc.shape), "bits": ls.value_bits,
                 "quantizer": "none" if lc.skipped or not lc.quant.enabled else lc.quant.quantizer,
-                "sparsity": lc.sparsity, "n": lc.n, "nnz": lc.nnz, "index_format": ls.index_format,
+                "sparsity": lc.sparsity, "n": lc.n_dense, "nnz": lc.nnz, "index_format": ls.index_format,
                 "size_bits": ls.total_bits, "macs": macs, "skipped": lc.skipped,
                 "input_scaled": lc.input_scale is not None,
+                "dense_shape": list(lc.dense_shape or lc.shape),
             })
         dense_macs = sum(self.macs.values())
         return {
@@ -351,5 +362,20 @@ class Experiment:
             "repair": config.repair,
             "repair_calib_samples": cm.repair_stats.get("calib_samples"),
             "repair_seconds": cm.repair_stats.get("seconds"),
+            **_structure_fields(cm),
             "layers": layers,
         }
+
+
+def _structure_fields(cm: CompressedModel) -> dict:
+    """The record's structured-pruning and retraining fields (record.RECORD_FIELDS)."""
+    ft = cm.finetune
+    return {
+        "protected_layers": ",".join(cm.structure.protected) if cm.structure is not None else "",
+        "finetune_data": ft.data if ft else "",
+        "finetune_steps_run": ft.steps if ft else None,
+        "finetune_lr": ft.lr if ft else None,
+        "finetune_batch_size": ft.batch_size if ft else None,
+        "finetune_seconds": ft.seconds if ft else None,
+        "finetune_cached": ft.cached if ft else None,
+    }

@@ -6,7 +6,9 @@ File layout (little-endian; the prefix, checksum and header checks live in `expo
 
 The sha256 covers the prefix fields, the header and the payload. The JSON header holds the architecture `source`
 (for models.build_architecture), the config, act_qparams, `folded` ([conv, BatchNorm] name pairs: the rebuilt
-model's BN becomes an Identity and its conv gets a bias before loading; absent in files without folding) and, per
+model's BN becomes an Identity and its conv gets a bias before loading; absent in files without folding),
+`resized` (module name -> its constructor sizes after structured pruning removed channels, e.g. {"in_channels": 8,
+"out_channels": 10, "groups": 1}: the rebuilt modules take these sizes first; absent without it) and, per
 layer, its shape, storage format, value kind / width and the byte ranges of its payload sections. Payload sections
 are byte-aligned bitstreams (LSB first, `width` bits per entry):
 
@@ -47,7 +49,7 @@ from .compressed import CompressedModel, LayerCompression
 from .config import QuantSpec, quant_to_dict
 from .errors import shown
 from .export_format import DTYPES, MAGIC, PREFIX, VERSION, ExportError, check_fits, pack_file, parse_file, \
-    refold
+    refold, resize
 from .methods import quantizer_info
 from .quantize import qrange
 from .quantize_blocks import SIDE_KINDS
@@ -301,6 +303,8 @@ def export(cm: CompressedModel, path: str | os.PathLike, source: dict) -> int:
               "config": cm.config.to_dict(), "act_qparams": {k: list(v) for k, v in cm.act_qparams.items()},
               "layers": layers, "tensors": tensors, "report_bytes": report.total_bytes,
               "folded": [list(pair) for pair in cm.folded]}
+    if cm.structure is not None:
+        header["resized"] = cm.structure.resized
     _verify(cm, state, layers, memoryview(payload))
     try:
         head = json.dumps(header, separators=(",", ":")).encode()
@@ -367,6 +371,7 @@ def load_exported(path: str | os.PathLike,
     """
     header, payload = read_header(path)
     model = _rebuild(header["source"], build, path)
+    resize(header, model, path)
     refold(header, model, path)
     check_fits(header, model, path)
     state = {f"{e['name']}.weight": _decode_layer(e, payload) for e in header["layers"]}

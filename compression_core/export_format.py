@@ -32,6 +32,7 @@ from .errors import shown
 from .fold import BATCHNORMS, CONVS, replace_with_identity
 from .methods import quantizer_info
 from .quantize_blocks import SIDE_KINDS
+from .prune_structured import StructuredPruneError, resize_module
 from .size import SKIPPED_BUFFERS
 
 MAGIC = b"CMPX"
@@ -46,10 +47,14 @@ FORMATS = ("dense", "bitmask", "csr", "relative")
 KINDS = {"float32": 32, "float16": 16, "bfloat16": 16, "code": None}  # kind -> its fixed value width
 FORMAT_SECTIONS = {"dense": (), "bitmask": ("mask",), "csr": ("row_ptr", "cols"), "relative": ("gaps",)}
 HEADER_KEYS = {"format", "version", "source", "config", "act_qparams", "layers", "tensors", "report_bytes"}
-OPTIONAL_HEADER_KEYS = {"folded"}  # [conv, BatchNorm] name pairs; absent in files written before BN folding
+# folded: [conv, BatchNorm] name pairs, absent in files written before BN folding; resized: module -> sizes after
+# structured pruning, absent when no channel was removed
+OPTIONAL_HEADER_KEYS = {"folded", "resized"}
 LAYER_KEYS = {"name", "shape", "format", "kind", "value_bits", "entries", "nnz", "index_bits", "qmin", "skipped",
               "quant", "sections"}
 TENSOR_KEYS = {"name", "dtype", "shape", "section"}
+RESIZE_KEYS = {"in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+               "normalized_shape"}
 MAX_ELEMENTS = 1 << 31  # per tensor: a sane bound before the rebuilt model gives the exact shapes
 MAX_DIMS = 8
 MAX_NAME = 512
@@ -197,11 +202,25 @@ def check_header(header: object, version: int, payload_len: int) -> None:
         _section(t["section"], f"{where}.section", payload_len, n * DTYPES[t["dtype"]].itemsize)
     if len(set(names)) != len(names):
         raise _Invalid("a tensor name appears twice")
+    _check_resized(header.get("resized", {}))
     for i, pair in enumerate(_list(header.get("folded", []), "folded")):
         if not isinstance(pair, list) or len(pair) != 2:
             raise _Invalid(f"folded[{i}] must be a [conv, BatchNorm] pair of names; got {shown(pair, 60)}")
         for name in pair:
             _name(name, f"folded[{i}]")
+
+
+def _check_resized(resized: object) -> None:
+    if not isinstance(resized, dict):
+        raise _Invalid(f"resized must be an object; got {type(resized).__name__}")
+    for name, dims in resized.items():
+        where = f"resized[{shown(name, 40)}]"
+        _name(name, where)
+        if not isinstance(dims, dict) or not dims or not set(dims) <= RESIZE_KEYS:
+            raise _Invalid(f"{where} must map some of {', '.join(sorted(RESIZE_KEYS))} to sizes; got {shown(dims, 60)}")
+        for key, value in dims.items():
+            for i, size in enumerate(value if isinstance(value, list) else [value]):
+                _int(size, f"{where}.{key}[{i}]", 1, MAX_ELEMENTS)
 
 
 def _check_act_qparams(act: object) -> None:
@@ -270,6 +289,24 @@ def _check_layer(entry: object, where: str, payload_len: int) -> str:
             sizes[key] = count[0] * 8
         _section(sections[key], f"{where}.sections.{key}", payload_len, -(-sizes[key] // 8))
     return name
+
+
+def resize(header: dict, model: nn.Module, path: object) -> None:
+    """Give the rebuilt model the sizes structured pruning left (before `refold` and `check_fits`); the names come
+    from the file, so each must be a module of the rebuilt model of a type that can be resized.
+
+    Raises:
+        ExportError: one line naming the module that does not fit.
+    """
+    modules = dict(model.named_modules())
+    for name, dims in header.get("resized", {}).items():
+        if name not in modules:
+            raise ExportError(f"{path}: the file resizes {shown(name)}, but the rebuilt {type(model).__name__} has no "
+                              "such module; export the model again")
+        try:
+            resize_module(modules[name], dims)
+        except StructuredPruneError as e:
+            raise ExportError(f"{path}: {shown(name)}: {e}; export the model again") from None
 
 
 def refold(header: dict, model: nn.Module, path: object) -> None:

@@ -113,7 +113,8 @@ class PruneMethodInfo:
         `generator` is the layer's own seeded CPU generator.
     calibrate: (model, layer_names, x, y) -> {layer name: scores like its weight}, computed on calibration
         data before masks are drawn; None when the method needs no data.
-    structured: removes whole output channels (the `norm` setting applies).
+    structured: removes whole output channels (the `norm` / `importance` settings apply); `compress` removes them
+        from the network (prune_structured.py), `compute_masks` alone draws the zeroing mask of one tensor.
     uses_sparsity: False when the method's own N:M pattern fixes the sparsity (the `n` / `m` settings apply
         and `sparsity` is reset to 0).
     magnitude_threshold: removes the smallest |w|, so one threshold on |w| can be drawn on a histogram.

@@ -54,6 +54,7 @@ class LayerRow(TypedDict):
     macs: int
     skipped: bool
     input_scaled: bool
+    dense_shape: list[int]
 
 
 class Record(TypedDict):
@@ -118,6 +119,13 @@ class Record(TypedDict):
     repair: str
     repair_calib_samples: int | None
     repair_seconds: float | None
+    protected_layers: str
+    finetune_data: str
+    finetune_steps_run: int | None
+    finetune_lr: float | None
+    finetune_batch_size: int | None
+    finetune_seconds: float | None
+    finetune_cached: bool | None
     layers: list[LayerRow]
     created_at: NotRequired[float]
     cached: NotRequired[bool]
@@ -130,7 +138,7 @@ LAYER_FIELDS: tuple[Field, ...] = (
           "(one more when a full codebook needs a code for 0), 16 for fp16 / bf16, 32 when not quantized"),
     Field("quantizer", str, NO_UNIT, "quantizer applied to this layer; `none` when it is not quantized or skipped"),
     Field("sparsity", float, FRACTION, "realised fraction of this layer's weights that are pruned (1 - nnz / n)"),
-    Field("n", int, "weights", "number of weights of the layer"),
+    Field("n", int, "weights", "number of weights of the layer (before structured pruning removed channels)"),
     Field("nnz", int, "weights", "number of weights kept (not pruned)"),
     Field("index_format", str, NO_UNIT, "storage format that won: dense, bitmask, csr or relative (see size.py)"),
     Field("size_bits", int, "bits", "the weight's storage in that format: values + sparse index + scales, zero "
@@ -140,6 +148,8 @@ LAYER_FIELDS: tuple[Field, ...] = (
     Field("input_scaled", bool, NO_UNIT, "AWQ / SmoothQuant scaled this layer's input channels; the 1/s is not folded "
           "into the previous operation but kept as the layer's input scaling, its C_in float32 scales counted in "
           "size_bits"),
+    Field("dense_shape", list[int], "elements per dimension", "shape of the layer's weight before structured "
+          "pruning removed channels (= `shape` when none were removed); `macs` are the dense layer's"),
 )
 
 RECORD_FIELDS: tuple[Field, ...] = (
@@ -236,6 +246,18 @@ RECORD_FIELDS: tuple[Field, ...] = (
           "null without repair"),
     Field("repair_seconds", float | None, "seconds", "wall time of the repair (GPTQ: its Hessian passes and column "
           "updates; AWQ / SmoothQuant: statistics, scale search and rounding); null without repair"),
+    Field("protected_layers", str, NO_UNIT, "comma-separated layers structured pruning never touches because their "
+          "output is the model's output (e.g. the classifier); empty without structured pruning"),
+    Field("finetune_data", str, NO_UNIT, "what retraining ran on: `train split` or `calibration batch`; empty "
+          "without retraining"),
+    Field("finetune_steps_run", int | None, "steps", "optimizer steps of retraining (epochs × batches per epoch, "
+          "or finetune_steps); null without retraining"),
+    Field("finetune_lr", float | None, "learning rate", "peak learning rate of retraining; null without it"),
+    Field("finetune_batch_size", int | None, "samples", "samples per retraining step; null without retraining"),
+    Field("finetune_seconds", float | None, "seconds", "wall time of retraining when it ran (a cached result "
+          "keeps the time it took when it ran); null without retraining"),
+    Field("finetune_cached", bool | None, NO_UNIT, "the retrained weights came from this process's cache (the "
+          "same model, config and data were retrained before); null without retraining"),
     Field("layers", list[LayerRow], NO_UNIT, "one row per compressible layer, in model order (`LAYER_FIELDS`)"),
     # ---- added after the run
     Field("created_at", float, "Unix seconds", "when the store last wrote the record", added_by="store"),

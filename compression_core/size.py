@@ -38,6 +38,9 @@ statistics) is counted at its own dtype's width. BatchNorm's `num_batches_tracke
 not read it. A Parameter shared by several modules (tied weights) is counted once (`compressed.tied_keys`).
 A BatchNorm folded into its conv (fold.py) is gone from the model: its four tensors are not counted, the conv's
 new bias is. The dense reference counts the same tensors, floats at 32 bits (other dtypes at their own width).
+
+Structured pruning (prune_structured.py) leaves a smaller dense model: its layers are costed at their new shapes,
+with no index (their `mask` is None), and the dense reference is the original model's (`cm.dense_bits`).
 """
 from __future__ import annotations
 
@@ -124,7 +127,7 @@ def size_report(cm: CompressedModel, model_state: dict[str, torch.Tensor] | None
     layer_bits = sum(l.total_bits for l in layers)
     n_weights = sum(l.n for l in layers)
     total = layer_bits + other_bits
-    dense = sum(l.n for l in layers) * FLOAT_BITS + dense_other
+    dense = sum(l.n for l in layers) * FLOAT_BITS + dense_other if cm.dense_bits is None else cm.dense_bits
     return SizeReport(
         layers=layers, other_bits=other_bits, total_bits=total, total_bytes=math.ceil(total / 8),
         dense_bits=dense, dense_bytes=math.ceil(dense / 8), compression_ratio=dense / max(total, 1),

@@ -105,6 +105,11 @@ def layer_details(selection: Selection, record: dict, key: str) -> str:
     """
     layers = record["layers"]
     st.dataframe(layer_charts.layer_table(layers), hide_index=True, key=f"{key}_layers", column_config=LAYER_COLUMNS)
+    channels = layer_charts.channels_frame(layers)
+    if not channels.empty:
+        st.plotly_chart(layer_charts.channels_kept_figure(channels), key=f"{key}_channels", config=CHART_CONFIG)
+        if record.get("protected_layers"):
+            st.caption(f"Never pruned (their output is the model's output): {record['protected_layers']}.")
     names = [l["name"] for l in layers]
     largest = max(range(len(names)), key=lambda i: layers[i]["n"])
     c = st.columns([2, 1, 1])

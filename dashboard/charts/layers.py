@@ -22,7 +22,7 @@ def layer_table(layers: list[dict]) -> pd.DataFrame:
     """The engine record's `layers` list as a readable table (one row per layer, units in the headers)."""
     rows = [{
         "Layer": l["name"],
-        "Shape": " × ".join(str(d) for d in l["shape"]),
+        "Shape": _shape_text(l),
         "Weights": int(l["n"]),
         "Kept": int(l["nnz"]),
         "Sparsity (%)": 100.0 * float(l["sparsity"]),
@@ -34,6 +34,34 @@ def layer_table(layers: list[dict]) -> pd.DataFrame:
     } for l in layers]
     return pd.DataFrame(rows, columns=["Layer", "Shape", "Weights", "Kept", "Sparsity (%)", "Bits", "Quantizer",
                                        "Index format", "Size (KiB)", "Bits / weight"])
+
+
+def _shape_text(layer: dict) -> str:
+    """'10 × 1 × 5 × 5', with '(was 20 × 1 × 5 × 5)' when structured pruning removed channels."""
+    shape = " × ".join(str(d) for d in layer["shape"])
+    dense = layer.get("dense_shape") or layer["shape"]
+    return shape if list(dense) == list(layer["shape"]) else f"{shape} (was {' × '.join(str(d) for d in dense)})"
+
+
+def channels_frame(layers: list[dict]) -> pd.DataFrame:
+    """Output channels kept vs original per layer (columns Layer, Original, Kept), from a record's `layers`;
+    empty when structured pruning removed nothing."""
+    rows = [{"Layer": l["name"], "Original": int((l.get("dense_shape") or l["shape"])[0]), "Kept": int(l["shape"][0])}
+            for l in layers]
+    frame = pd.DataFrame(rows, columns=["Layer", "Original", "Kept"])
+    return frame if (frame["Kept"] < frame["Original"]).any() else frame.iloc[0:0]
+
+
+def channels_kept_figure(channels: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Grouped bars: original vs kept output channels (filters / neurons) per layer, in model order."""
+    fig = go.Figure()
+    fig.add_bar(x=channels["Layer"], y=channels["Original"], name="original", marker_color=BEFORE_COLOR,
+                hovertemplate="%{x}: %{y} channels before<extra></extra>")
+    fig.add_bar(x=channels["Layer"], y=channels["Kept"], name="kept", marker_color=AFTER_COLOR,
+                customdata=(100.0 * channels["Kept"] / channels["Original"].clip(lower=1)).round(1),
+                hovertemplate="%{x}: %{y} channels kept (%{customdata} %)<extra></extra>")
+    fig.update_layout(barmode="group", xaxis_title=LAYER_AXIS, yaxis_title="Output channels")
+    return base_layout(fig, title=title or "Channels kept per layer (structured pruning)", height=320)
 
 
 def _vertical_lines(xs: list[float], height: float) -> tuple[list[float | None], list[float | None]]:

@@ -57,12 +57,17 @@ def test_conv1d_conv3d_grouped_depthwise_compress_with_exact_counts():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model is untouched
 
 
-def test_structured_pruning_removes_whole_conv3d_filters():
+def test_structured_pruning_removes_whole_conv3d_and_conv1d_filters():
+    pytest.importorskip("torch_pruning")  # the `pruning` extra (in make test)
     torch.manual_seed(0)
-    cm = compress(ManyConvs(), CompressionConfig(prune=PruneSpec(sparsity=0.4, method="structured")))
-    rows = cm.layers["c3"].mask.reshape(5, -1)
-    assert (rows.all(1) | ~rows.any(1)).all()  # every filter is kept or removed whole
-    assert int((~rows.any(1)).sum()) == round(0.4 * 5)
+    net3d = nn.Sequential(nn.Conv3d(2, 5, (3, 2, 2)), nn.ReLU(), nn.Conv3d(5, 4, 1), nn.Flatten(), nn.LazyLinear(3))
+    net1d = nn.Sequential(nn.Conv1d(4, 6, 5), nn.ReLU(), nn.Conv1d(6, 6, 3), nn.Flatten(), nn.Linear(6 * 2, 3))
+    for net, x in ((net3d, torch.randn(1, 2, 4, 4, 4)), (net1d, torch.randn(1, 4, 8))):
+        net(x)  # materialise the lazy layer
+        cm = compress(net, CompressionConfig(prune=PruneSpec(sparsity=0.4, method="structured")), example=x)
+        first, second = cm.layers["0"], cm.layers["2"]
+        assert first.shape[0] == first.dense_shape[0] - round(0.4 * first.dense_shape[0])  # whole filters gone
+        assert second.shape[1] == first.shape[0] and cm.structure.protected == ("4",)
 
 
 def test_grouped_and_3d_layers_export_and_load_bit_exact(tmp_path):

@@ -25,7 +25,9 @@ OWN_MODULES = {"compression_core/methods.py", "compression_core/quantize.py", "c
                "compression_core/quantize_formats.py", "compression_core/quantize_nf4.py"}
 # (file, literal): uses of a method-name string that mean something else
 NOT_METHOD_NAMES = {("compression_core/cli.py", "nm"): "the sweep grid field of the N:M pattern (--nm)",
-                    ("compression_core/quantize_blocks.py", "fp16"): "the storage type of a scale (--scale-dtype)"}
+                    ("compression_core/quantize_blocks.py", "fp16"): "the storage type of a scale (--scale-dtype)",
+                    ("compression_core/config.py", "taylor"): "the structured-pruning importance (PruneSpec.importance)",
+                    ("compression_core/prune_structured.py", "taylor"): "the structured-pruning importance"}
 
 
 def stray_method_names(source: str, names: set[str]) -> list[tuple[int, str]]:

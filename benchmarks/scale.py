@@ -11,10 +11,13 @@ Parts (JSON on stdout; progress on stderr):
   b  peak RSS of a process evaluating --n-images generated 224-px images (default 20,000) with resnet18 (one
      int8 config, the decode included; --rss-model small: a one-conv net, the data path's own memory)
                                                                                    — target <= 2.5 GB.
+  c  all-minilm-l6-v2 (the pretrained built-in, needs the hf extra) on the shipped `sentences`, task fidelity: mean
+     cosine to the fp32 embeddings and recall@10 of the fp32 nearest neighbours at 8, 4 and 3 bits, per-channel
+     and per-tensor (weight-only, symmetric min-max), with the honest size of each.
   fastpath  why small folders stay in memory: per-config evaluation of lenet5 on --n-images-fast 28-px PNGs
      held as tensors vs streamed from the decoded file.
 
-Usage: .venv/bin/python benchmarks/scale.py [--parts a,b,fastpath] [--n-images-a 1000] [--n-images 20000]
+Usage: .venv/bin/python benchmarks/scale.py [--parts a,b,c,fastpath] [--n-images-a 1000] [--n-images 20000]
        [--device auto] [--workdir DIR]   (a quick run: --n-images-a 200 --n-images 2000)
 """
 from __future__ import annotations
@@ -181,9 +184,27 @@ def part_fastpath(work: Path, n: int) -> dict:
             "streamed_over_in_memory": round(seconds["streamed"] / seconds["in_memory"], 2)}
 
 
+def part_c(limit: int | None, device: str) -> dict:
+    """MiniLM fidelity at 8 / 4 / 3 bits, per-channel and per-tensor, on the shipped sentences."""
+    loaded = load_model("all-minilm-l6-v2")
+    data = load_dataset("sentences", tokenizer=loaded.tokenizer, text_mode="lines")
+    exp = Experiment(loaded, data, limit=limit, device=device, task="fidelity")
+    rows = []
+    for granularity in ("channel", "tensor"):
+        for bits in (8, 4, 3):
+            r = exp.run(CompressionConfig(quant=QuantSpec(bits=bits, granularity=granularity)))
+            rows.append({"bits": bits, "granularity": granularity, "cosine": round(r["cosine"], 4),
+                         "recall_at_10": round(r["recall_at_10"], 4), "rel_l2": round(r["rel_l2"], 4),
+                         "size_bytes": r["size_bytes"], "compression_ratio": round(r["compression_ratio"], 3)})
+            log(f"c: {bits}-bit {granularity}: cosine {r['cosine']:.4f} recall@10 {r['recall_at_10']:.4f}")
+    return {"model": loaded.name, "dataset": data.info.name, "n_samples": exp.baseline["n_samples"],
+            "fp32_size_bytes": exp.baseline["size_bytes"], "configs": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="a,b,fastpath")
+    ap.add_argument("--parts", default="a,b,c,fastpath")
+    ap.add_argument("--n-sentences", type=int, default=None, help="part c: a subset of the sentences (default all)")
     ap.add_argument("--n-images-a", type=int, default=1000)
     ap.add_argument("--n-images", type=int, default=20000)
     ap.add_argument("--n-images-fast", type=int, default=10000)
@@ -202,6 +223,8 @@ def main() -> None:
         out["a"] = part_a(work, args.n_images_a, args.device)
     if "b" in parts:
         out["b"] = part_b(work, args.n_images, args.device, args.rss_model)
+    if "c" in parts:
+        out["c"] = part_c(args.n_sentences, args.device)
     if "fastpath" in parts:
         out["fastpath"] = part_fastpath(work, args.n_images_fast)
     out["parent_peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)

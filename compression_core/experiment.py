@@ -198,11 +198,19 @@ class Experiment:
         """The whole train split on the device, for retraining; None when the dataset has none."""
         if "train" not in self.dataset.tensors:
             return None
-        return tuple(t.to(self.device) for t in self.dataset.split("train"))
+        x, y = self.dataset.split("train")
+        if not isinstance(x, torch.Tensor):  # streamed or text: not a held tensor split retraining can index
+            return x, y
+        return x.to(self.device), y.to(self.device)
+
+    @cached_property
+    def example(self):
+        """One evaluation sample as an input batch (tensor or dict of tensors) on the device: traces graphs."""
+        return self.x.load(1) if self.streamed else take(self.x, 0, 1)
 
     @cached_property
     def macs(self) -> dict[str, int]:
-        return layer_macs(self.model, self.x.load(1) if self.streamed else self.x)
+        return layer_macs(self.model, self.example)
 
     @property
     def streamed(self) -> bool:
@@ -234,8 +242,13 @@ class Experiment:
     def compress(self, config: CompressionConfig, progress=None, cancel=None) -> CompressedModel:
         """`compress()` on our pristine model; the calibration batch is used only by configs that need it, the
         train split only by configs that retrain; `cancel` (a threading.Event) stops retraining."""
+        held = self.train_split is None or isinstance(self.train_split[0], torch.Tensor)
+        if config.retrains and (self.task != "classify" or not held):
+            raise ExperimentError(f"retraining minimises the label loss of a classifier on a train split held in "
+                                  f"memory; {self.dataset.info.name} under task {self.task} has none: retrain "
+                                  "classifiers on built-in, idx: or small image-folder datasets")
         try:
-            return compress(self.model, config, calib=self.calib, progress=progress, example=self.x[:1],
+            return compress(self.model, config, calib=self.calib, progress=progress, example=self.example,
                             train=self.train_split if config.retrains else None, cancel=cancel)
         except ValueError as err:
             if self.calib is not None or "calibration data" not in str(err):

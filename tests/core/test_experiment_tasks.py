@@ -156,3 +156,11 @@ def test_lm_perplexity_is_exp_of_hugging_faces_own_loss_on_a_tiny_random_gpt2():
     assert record["accuracy"] is None and record["cosine"] is None
     with pytest.raises(ExperimentError, match=r"task lm needs token logits \(1, L, vocabulary\).*shape \(1, 3\)"):
         Experiment(_loaded(), data, device="cpu", task="lm")
+
+
+def test_retraining_a_model_scored_by_fidelity_is_a_one_line_refusal():
+    exp = Experiment(_loaded(num_classes=0, kind="embedding"), _text_dataset(labelled=False), device="cpu")
+    retrain = CompressionConfig(quant=QuantSpec(bits=4), finetune_epochs=1)
+    with pytest.raises(ExperimentError, match="retraining minimises the label loss of a classifier") as err:
+        exp.run(retrain)
+    assert "\n" not in str(err.value) and "task fidelity" in str(err.value)

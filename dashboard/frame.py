@@ -78,10 +78,12 @@ def _model_picker() -> tuple[str | None, str | None, str | None, int | None]:
 def _bring_your_own() -> tuple[str | None, str | None, str | None, int | None]:
     """The bring-your-own widgets; the spec counts only once Load model confirmed it (with its class count)."""
     allowed = uploads.allowed_factories()
-    spec = st.text_input("Architecture (torchvision:NAME or package.module:function)", key="factory",
+    spec = st.text_input("Architecture (torchvision:NAME, hf:PATH or package.module:function)", key="factory",
                          bind="query-params", placeholder="torchvision:resnet18",
-                         help="A torchvision architecture by name, or (where the operator allows it) an importable "
-                              "function or nn.Module class that builds the untrained model.").strip()
+                         help="A torchvision architecture by name; a Hugging Face model folder on the server "
+                              "(hf:PATH, weights and tokenizer inside it, under the folders the operator shares); "
+                              "or (where the operator allows it) an importable function or nn.Module class that "
+                              "builds the untrained model.").strip()
     num_classes = st.number_input("Classes", min_value=1, max_value=MAX_CLASSES, value=None, step=1,
                                   key="num_classes", bind="query-params", placeholder="the model's default",
                                   help="Output classes of the model's head; torchvision heads default to 1000.")
@@ -157,7 +159,7 @@ def render_sidebar() -> Selection | None:
     with st.sidebar:
         try:
             model, factory, weights_id, num_classes = _model_picker()
-            if model and (factory is None or weights_id is not None):
+            if model and (factory is None or weights_id is not None or factory.startswith("hf:")):
                 choices = services.compatible_datasets(model, factory, weights_id, num_classes)
             elif factory is not None:
                 services.check_model(factory)  # a refused spec says so at once, before any upload

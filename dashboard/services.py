@@ -26,7 +26,7 @@ import torch
 from compression_core import histograms, sensitivity
 from compression_core.compressed import CompressedModel, LayerCompression
 from compression_core.config import CompressionConfig, ConfigError, PruneSpec, QuantSpec
-from compression_core.datasets import Dataset, DatasetUnavailable, list_datasets, load_dataset
+from compression_core.datasets import TEXT_NAMES, Dataset, DatasetUnavailable, list_datasets, load_dataset
 from compression_core.datasets_images import resolve_transform
 from compression_core.errors import error_line as core_error_line
 from compression_core.evaluate import DeviceUnavailable
@@ -39,7 +39,7 @@ from compression_core.pareto import pareto_front, staircase
 from compression_core.store import Store, StoreError
 from compression_core.sweep import expand_grid
 from dashboard import uploads
-from dashboard.server_paths import PATH_KINDS, PathRefused
+from dashboard.server_paths import PATH_KINDS, PathRefused, check_server_path, data_roots
 from dashboard.selection import Selection
 
 CODEBOOK_MAX_BITS = 8  # a 16-bit codebook has 65,536 levels: too slow to fit for a sweep
@@ -73,6 +73,8 @@ def check_model(spec: str) -> None:
     Raises:
         ModelLoadError: one line saying what is wrong and what is allowed.
     """
+    if spec.startswith("hf:"):
+        check_server_path(spec, data_roots())
     check_model_name(spec, allowed_factories=uploads.allowed_factories())
 
 
@@ -95,11 +97,15 @@ def _compatible_datasets(model: str, factory: str | None, weights_id: str | None
                          allowed: tuple[str, ...]) -> list[dict]:
     """compatible_datasets, cached per operator setting too: a result never outlives the allow-list it passed."""
     registry = {d["name"]: d for d in datasets()}
+    registry.update({name: {"name": name, "available": True, "reason": None} for name in TEXT_NAMES})
     if factory is None:
         wanted = next((m["datasets"] for m in models() if m["name"] == model), [])
         return [{"name": n, "available": registry.get(n, {}).get("available", False),
                  "reason": registry.get(n, {}).get("reason") or ""} for n in wanted]
-    net = _loaded_model(model, None, factory, weights_id, num_classes, allowed).model
+    loaded = _loaded_model(model, None, factory, weights_id, num_classes, allowed)
+    if loaded.tokenizer is not None:  # a language model reads text: the shipped set (and text: paths on the server)
+        return [{"name": name, "available": True, "reason": ""} for name in TEXT_NAMES]
+    net = loaded.model
     choices = []
     for d in registry.values():
         if not d["available"]:
@@ -123,6 +129,8 @@ def _loaded_model(model: str, dataset: str | None, factory: str | None, weights_
     keyed on its weights' content id (the model is kept, not a file)."""
     if factory is None:
         return load_model(model, dataset=dataset)
+    if factory.startswith("hf:"):  # weights, classes and tokenizer come from a folder the operator shares
+        return load_model(check_server_path(factory, data_roots()))
     return uploads.load_upload(factory, weights_id, num_classes, allowed)
 
 
@@ -131,8 +139,19 @@ def _dataset(name: str, transform: str = "none") -> Dataset:
     return load_dataset(name, transform=transform)
 
 
-def _selection_dataset(selection: Selection) -> Dataset:
-    """The selection's dataset: a built-in, or a path on the server decoded with its (resolved) transform."""
+@st.cache_resource(show_spinner="Tokenizing the text…", max_entries=8)
+def _text_dataset(name: str, model_key: tuple, mode: str, _tokenizer) -> Dataset:
+    """A text dataset tokenized with the model's tokenizer (`model_key` identifies the model, hence the tokenizer)."""
+    return load_dataset(name, tokenizer=_tokenizer, text_mode=mode)
+
+
+def _selection_dataset(selection: Selection, loaded: LoadedModel) -> Dataset:
+    """The selection's dataset: a built-in, a text set tokenized for the model (whole-file windows for `lm`), or a
+    path on the server decoded with its (resolved) transform."""
+    if selection.dataset in TEXT_NAMES or selection.dataset.startswith("text:"):
+        task = selection.task or ("lm" if loaded.kind == "causal-lm" else "fidelity")
+        return _text_dataset(selection.dataset, (selection.model, selection.factory, loaded.fingerprint),
+                             "stream" if task == "lm" else "lines", loaded.tokenizer)
     if selection.dataset.startswith(SERVER_PATH_PREFIXES):
         return _dataset(selection.dataset, resolve_transform(selection.transform, selection.factory or selection.model))
     return _dataset(selection.dataset)
@@ -149,7 +168,7 @@ def get_experiment(selection: Selection) -> Experiment:
     loaded = _loaded_model(selection.model, selection.dataset if own_data else None,
                            selection.factory, selection.weights_id, selection.num_classes,
                            uploads.allowed_factories())
-    return Experiment(loaded, _selection_dataset(selection), split="test", limit=selection.limit,
+    return Experiment(loaded, _selection_dataset(selection, loaded), split="test", limit=selection.limit,
                       device=selection.device)
 
 

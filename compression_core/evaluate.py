@@ -1,4 +1,9 @@
-"""Measuring a model: accuracy with a Wilson interval, top-5, loss, agreement, MACs/BitOps, device choice."""
+"""Running a model over a split and measuring it: batches of any input kind, the forward tuner, MACs, device choice.
+
+Inputs `x` are a float Tensor (N, ...), a dict of tensors sharing N on dim 0 (text: input_ids, attention_mask;
+the model is called `model(**batch)`), or a streamed split (`datasets_stream.StreamedImages`: batches read and
+normalised on the fly). The metrics themselves are the task's accumulators (`tasks`).
+"""
 from __future__ import annotations
 
 import copy
@@ -6,10 +11,10 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .compressed import COMPRESSIBLE
+from .tasks import accumulator, wilson_interval  # noqa: F401 - wilson_interval: importable from here as ever
 
 DEFAULT_BATCH = {"cpu": 512, "cuda": 8192, "mps": 4096}
 BATCH_CANDIDATES = {"cpu": (256, 512, 1024), "cuda": (1024, 4096, 16384), "mps": (512, 2048, 8192)}
@@ -41,75 +46,97 @@ def select_device(name: str = "auto") -> torch.device:
     raise DeviceUnavailable(f"device must be auto, cpu, cuda or mps; got {name!r}")
 
 
-def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval for a proportion correct/n (well-behaved near 0 and 1).
+Inputs = "torch.Tensor | dict[str, torch.Tensor]"  # an in-memory batch or split: a tensor or a dict of tensors
 
-    Example:
-        >>> [round(v, 4) for v in wilson_interval(95, 100)]
-        [0.8882, 0.9785]
-    """
-    if n == 0:
-        return (0.0, 1.0)
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+
+def n_samples(x) -> int:
+    """N of a tensor, of a dict of tensors (dim 0 of each) or of a streamed split (its len)."""
+    if isinstance(x, dict):
+        return len(next(iter(x.values())))
+    return len(x)
+
+
+def take(x, start: int, stop: int):
+    """Samples [start, stop) of a tensor or a dict of tensors (views, no copy)."""
+    return {k: v[start:stop] for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
+
+
+def forward(model: nn.Module, batch):
+    """`model(**batch)` for a dict of tensors, else `model(batch)`."""
+    return model(**batch) if isinstance(batch, dict) else model(batch)
+
+
+def batches(x, batch_size: int):
+    """Yield the batches of x in order: slices of a tensor / dict, or what a streamed split reads and normalises."""
+    if isinstance(x, (torch.Tensor, dict)):
+        for i in range(0, n_samples(x), batch_size):
+            yield take(x, i, i + batch_size)
+    else:
+        yield from x.batches(batch_size)
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits for all of x, in batches; x already on the model's device."""
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+def predict(model: nn.Module, x, batch_size: int) -> torch.Tensor:
+    """Outputs for all of x (a tensor or dict of tensors on the model's device), in batches, concatenated."""
+    return torch.cat([forward(model, b) for b in batches(x, batch_size)])
 
 
 @torch.inference_mode()
-def tune_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.memory_format, int]:
+def tune_forward(model: nn.Module, x) -> tuple[torch.memory_format, int]:
     """The fastest (memory format, batch size) for `model` on x's device that computes what the plain forward does.
 
     channels_last is tried for image inputs (N, C, H, W): on this kind of CPU it cuts LeNet-5's forward by
-    about a third. A layout is kept only if, on the tuning slice, it runs and gives the same top-1 predictions as
-    the plain contiguous forward with logits equal up to float rounding (`same_function`); a model that flattens
-    with `.view` or reads its memory as contiguous keeps the plain layout. A CUDA out-of-memory at a batch size
-    drops that size and every larger one (and halves below the smallest candidate when even that fails). The
-    model is not modified (each layout runs on a copy).
+    about a third; dict inputs (text) keep the plain layout and only the batch size is tuned. A layout is kept
+    only if, on the tuning slice, it runs and gives the same top-1 predictions as the plain contiguous forward
+    with outputs equal up to float rounding (`same_function`); a model that flattens with `.view` or reads its
+    memory as contiguous keeps the plain layout. A CUDA out-of-memory at a batch size drops that size and every
+    larger one (and halves below the smallest candidate when even that fails). The model is not modified (each
+    layout runs on a copy).
     """
-    sizes = sorted(BATCH_CANDIDATES.get(x.device.type, (DEFAULT_BATCH["cpu"],)))
-    sample = x[:sizes[-1]].contiguous()
+    device = _device_of(x)
+    sizes = sorted(BATCH_CANDIDATES.get(device.type, (DEFAULT_BATCH["cpu"],)))
+    sample = take(x, 0, sizes[-1])
+    sample = {k: v.contiguous() for k, v in sample.items()} if isinstance(sample, dict) else sample.contiguous()
     reference, smallest = predict_fitting(model, sample, sizes[0])  # the plain forward: what must not change
-    formats = [torch.contiguous_format] + ([torch.channels_last] if x.dim() == 4 else [])
+    image = isinstance(sample, torch.Tensor) and sample.dim() == 4
+    formats = [torch.contiguous_format] + ([torch.channels_last] if image else [])
     timings = {(torch.contiguous_format, smallest): math.inf}  # always valid, even if nothing could be timed
     for fmt in formats:
         m = copy.deepcopy(model).to(memory_format=fmt)
-        xs = sample.contiguous(memory_format=fmt)
+        xs = sample.contiguous(memory_format=fmt) if image else sample
         try:
             if not same_function(predict(m, xs, smallest), reference):  # also the warm-up: allocator, kernels
                 continue
         except Exception:  # noqa: BLE001 - any failure (an out-of-memory too) only rules this layout out
-            _free(x.device)
+            _free(device)
             continue
-        for bs in sorted({min(b, len(xs)) for b in sizes if b >= smallest}):
+        for bs in sorted({min(b, n_samples(xs)) for b in sizes if b >= smallest}):
             try:
-                _sync(x.device)
+                _sync(device)
                 t0 = time.perf_counter()
                 predict(m, xs, bs)
-                _sync(x.device)
+                _sync(device)
             except torch.OutOfMemoryError:
-                _free(x.device)
+                _free(device)
                 break
             timings[(fmt, bs)] = time.perf_counter() - t0
     return min(timings, key=timings.get)
 
 
+def _device_of(x) -> torch.device:
+    return next(iter(x.values())).device if isinstance(x, dict) else x.device
+
+
 def same_function(logits: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-4) -> bool:
-    """Whether two forwards computed the same thing: same shape and top-1, logits equal up to float rounding."""
+    """Whether two forwards computed the same thing: same shape, same argmax over the last axis, outputs equal up
+    to float rounding (logits (N, C), embeddings (N, D), token logits (N, L, V) alike)."""
     if logits.shape != reference.shape or not torch.equal(logits.argmax(-1), reference.argmax(-1)):
         return False
     scale = float(reference.abs().max()) if reference.numel() else 0.0
     return bool(torch.allclose(logits.float(), reference.float(), rtol=rtol, atol=rtol * max(scale, 1.0)))
 
 
-def predict_fitting(model: nn.Module, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:
+def predict_fitting(model: nn.Module, x, batch_size: int) -> tuple[torch.Tensor, int]:
     """`predict`, halving the batch after a CUDA out-of-memory until it fits; returns (logits, batch size used)."""
     while True:
         try:
@@ -117,7 +144,7 @@ def predict_fitting(model: nn.Module, x: torch.Tensor, batch_size: int) -> tuple
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise
-            _free(x.device)
+            _free(_device_of(x))
             batch_size //= 2
 
 
@@ -143,31 +170,46 @@ def predict_stacked(models: list[nn.Module], x: torch.Tensor, batch_size: int) -
     return torch.cat([batched(params, buffers, x[i:i + batch_size]) for i in range(0, len(x), batch_size)], dim=1)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, reference_pred: torch.Tensor | None = None,
-             batch_size: int | None = None) -> dict:
-    """Accuracy (+ Wilson 95 % CI), top-5, mean loss and agreement with reference predictions.
+def evaluate(model: nn.Module, x, y: torch.Tensor | None, *, task: str = "classify", reference=None,
+             logits: bool = True, keep: bool = False, batch_size: int | None = None) -> dict:
+    """The task's metrics of `model` on (x, y), batch by batch (`tasks.accumulator`).
 
     Args:
-        model: module in eval mode on the same device as x.
-        x, y: inputs (N, ...) and int64 labels (N,).
-        reference_pred: (N,) predicted classes of the fp32 model; agreement is the fraction equal to them.
-        batch_size: evaluation batch (default: large, per device type).
+        model: module in eval mode on the device of x.
+        x: inputs — a tensor (N, ...), a dict of tensors sharing N, or a streamed split (see the module doc).
+        y: classify: int64 labels (N,); lm: token labels (N, L), -100 where not scored; fidelity: ignored (None).
+        task: classify | fidelity | lm.
+        reference: the fp32 run's predictions (classify: (N,), for agreement) or outputs (fidelity, on the cpu);
+            None = none (classify: agreement None; fidelity: the model is compared with itself).
+        logits: fidelity only — the outputs are logits (agreement and KL) rather than embeddings (recall@10).
+        keep: also return what a later run needs as its reference: `pred` (classify) or `outputs` (fidelity).
+        batch_size: evaluation batch (default: large, per device type); a streamed split reads batches of it.
 
     Returns:
-        dict with accuracy, accuracy_ci_low, accuracy_ci_high, n_samples, correct, top5 (None for <= 5
-        classes), loss, agreement (None without a reference), eval_seconds, batch_size, latency_ms_per_batch.
+        The task's metrics (classify: accuracy, accuracy_ci_low, accuracy_ci_high, n_samples, correct, top5 (None
+        for <= 5 classes), loss, agreement; fidelity: n_samples, cosine, rel_l2, kl, agreement, recall_at_10;
+        lm: n_samples, n_tokens, loss, perplexity) + eval_seconds, batch_size, latency_ms_per_batch, eval_group.
     """
-    batch_size = batch_size or DEFAULT_BATCH.get(x.device.type, 2048)
-    _sync(x.device)
+    batch_size = batch_size or DEFAULT_BATCH.get(_device_of(x).type if isinstance(x, (torch.Tensor, dict))
+                                                 else x.device.type, 2048)
+    acc = accumulator(task, reference, logits=logits, keep=keep)
+    start, n_batches, device = 0, 0, torch.device("cpu")
     t0 = time.perf_counter()
-    logits = predict(model, x, batch_size)
-    _sync(x.device)
-    return metrics(logits, y, reference_pred, time.perf_counter() - t0, batch_size)
+    with torch.inference_mode():
+        for batch in batches(x, batch_size):
+            out = forward(model, batch)
+            stop, device = start + len(out), out.device
+            acc.update(out, None if y is None else y[start:stop].to(device))
+            start, n_batches = stop, n_batches + 1
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    return {**acc.result(), "eval_seconds": seconds, "batch_size": batch_size, "eval_group": 1,
+            "latency_ms_per_batch": 1000 * seconds / max(n_batches, 1)}
 
 
 def evaluate_stacked(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, *,
-                     reference_pred: torch.Tensor | None = None, batch_size: int | None = None) -> list[dict]:
-    """`evaluate` for K same-architecture models at once (see `predict_stacked`).
+                     reference: torch.Tensor | None = None, batch_size: int | None = None) -> list[dict]:
+    """`evaluate` (task classify, tensor inputs) for K same-architecture models at once (see `predict_stacked`).
 
     Each dict's eval_seconds is the measured time of the shared forward divided by K, and `eval_group` = K.
     """
@@ -177,34 +219,13 @@ def evaluate_stacked(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, 
     logits = predict_stacked(models, x, batch_size)
     _sync(x.device)
     seconds = (time.perf_counter() - t0) / len(models)
-    return [{**metrics(l, y, reference_pred, seconds, batch_size), "eval_group": len(models)} for l in logits]
-
-
-def metrics(logits: torch.Tensor, y: torch.Tensor, reference_pred: torch.Tensor | None, seconds: float,
-            batch_size: int) -> dict:
-    """The metric dict of `evaluate` from logits (N, classes) and the measured forward time."""
-    pred = logits.argmax(1)
-    n = len(y)
-    correct = int((pred == y).sum())
-    low, high = wilson_interval(correct, n)
-    top5 = None
-    if logits.shape[1] > 5:
-        top5 = float((logits.topk(5, dim=1).indices == y[:, None]).any(1).float().mean())
-    return {
-        "accuracy": correct / n,
-        "accuracy_ci_low": low,
-        "accuracy_ci_high": high,
-        "n_samples": n,
-        "correct": correct,
-        "top5": top5,
-        "loss": float(F.cross_entropy(logits.float(), y)),
-        "agreement": None if reference_pred is None else float((pred == reference_pred).float().mean()),
-        "eval_seconds": seconds,
-        "batch_size": batch_size,
-        "latency_ms_per_batch": 1000 * seconds / math.ceil(n / batch_size),
-        "pred": pred,
-        "eval_group": 1,
-    }
+    results = []
+    for out in logits:
+        acc = accumulator("classify", reference)
+        acc.update(out, y)
+        results.append({**acc.result(), "eval_seconds": seconds, "batch_size": batch_size, "eval_group": len(models),
+                        "latency_ms_per_batch": 1000 * seconds / math.ceil(len(y) / batch_size)})
+    return results
 
 
 def _sync(device: torch.device) -> None:
@@ -213,8 +234,8 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def layer_macs(model: nn.Module, sample: torch.Tensor) -> dict[str, int]:
-    """Multiply-accumulates per compressible layer for ONE input sample (dense count).
+def layer_macs(model: nn.Module, sample) -> dict[str, int]:
+    """Multiply-accumulates per compressible layer for ONE input sample (a tensor or dict batch; dense count).
 
     Conv: output elements x (in_channels / groups) x kernel size; Linear: in x out (per leading position).
     """
@@ -229,7 +250,7 @@ def layer_macs(model: nn.Module, sample: torch.Tensor) -> dict[str, int]:
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, COMPRESSIBLE)]
     try:
-        model(sample[:1])
+        forward(model, take(sample, 0, 1))
     finally:
         for h in handles:
             h.remove()

@@ -1,8 +1,9 @@
 """Experiment: one model on one evaluation split, ready to compress and measure config after config.
 
-Holds the pristine model (never mutated), the evaluation tensors on the device (moved once), a calibration
-batch from the train split, the fp32 baseline predictions and the dense MAC counts; `run(config)` returns the
-flat record (`record.Record`) that the CLI prints, the store keeps and the dashboard plots.
+Holds the pristine model (never mutated), the evaluation inputs on the device (tensors moved once; a large image
+folder streamed batch by batch), the task and its fp32 reference (predictions for classify, outputs for fidelity),
+a calibration batch from the train split and the dense MAC counts; `run(config)` returns the flat record
+(`record.Record`) that the CLI prints, the store keeps and the dashboard plots.
 """
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from .compress import compress
 from .compressed import COMPRESSIBLE_NAMES, CompressedModel, compressible_layers
 from .config import CompressionConfig
 from .datasets import Dataset, stratified_indices
-from .evaluate import evaluate, evaluate_stacked, layer_macs, select_device, tune_forward
+from .evaluate import (evaluate, evaluate_stacked, forward, layer_macs, n_samples, select_device, take,
+                       tune_forward)
 from .models import LoadedModel
 from .errors import error_line
 from .record import LayerRow, Record
 from .size import size_report
+from .tasks import DEFAULT_METRIC, TASKS, default_task
 
 CALIB_SIZE = 1024
 STACK_GROUP = 8  # configs per stacked forward on a GPU
@@ -31,17 +34,26 @@ class ExperimentError(ValueError):
     """The model and the dataset do not fit together; the one-line message names both sides."""
 
 
-def check_fits(model: torch.nn.Module, name: str, dataset: Dataset, sample: torch.Tensor) -> None:
-    """Refuse a model that has nothing to compress, cannot take the dataset's samples or has the wrong output size.
+def describe(sample) -> str:
+    """The shapes of an input batch in words: `shape (1, 3, 224)` or `input_ids (1, 12), attention_mask (1, 12)`."""
+    if isinstance(sample, dict):
+        return ", ".join(f"{k} {tuple(v.shape)}" for k, v in sample.items())
+    return f"shape {tuple(sample.shape)}"
+
+
+def check_fits(model: torch.nn.Module, name: str, dataset: Dataset, sample, task: str = "classify") -> None:
+    """Refuse a model that has nothing to compress, cannot take the dataset's samples or gives the wrong output.
 
     Args:
         model: the model, on the device of `sample`, in eval mode.
         name: the model's name, for the message.
-        dataset: the dataset whose class count the output must match.
-        sample: one input sample batch (1, C, H, W) or (1, C, L).
+        dataset: the dataset whose samples (and, for classify, class count) the model must fit.
+        sample: one input batch of one sample: a tensor (1, C, H, W) / (1, C, L) or a dict of (1, L) tensors.
+        task: classify needs (1, classes) logits matching the dataset's class count; lm needs (1, L, V) token
+            logits; fidelity takes any tensor output.
 
     Raises:
-        ExperimentError: one line naming the model's and the dataset's side of the mismatch.
+        ExperimentError: one line naming the model's and the dataset's side of the mismatch (both shapes).
     """
     info = dataset.info
     layers = compressible_layers(model)
@@ -53,43 +65,79 @@ def check_fits(model: torch.nn.Module, name: str, dataset: Dataset, sample: torc
              else f"{layer.in_channels} input channels")
     try:
         with torch.no_grad():
-            out = model(sample)
+            out = forward(model, sample)
     except Exception as err:  # user code: any failure of the forward pass is reported as one line
-        raise ExperimentError(f"model {name!r} cannot take {info.name} samples of shape {tuple(sample.shape[1:])} "
+        raise ExperimentError(f"model {name!r} cannot take {info.name} samples of {describe(sample)} "
                               f"(its first layer {first} takes {takes})"
                               f": {type(err).__name__}: {error_line(err, first_line=True)}") from None
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != info.num_classes:
-        outputs = f"{out.shape[1]} classes" if isinstance(out, torch.Tensor) and out.dim() == 2 else f"shape {shape}"
+    if not isinstance(out, torch.Tensor):
+        raise ExperimentError(f"model {name!r} returns {shape} for {info.name} samples of {describe(sample)}; "
+                              "the engine needs a tensor (logits or embeddings)")
+    if task == "lm" and out.dim() != 3:
+        raise ExperimentError(f"task lm needs token logits (1, L, vocabulary) but model {name!r} outputs shape "
+                              f"{shape} for {info.name} samples of {describe(sample)}; use a causal language model, "
+                              "or --task fidelity")
+    if task == "classify" and (out.dim() != 2 or out.shape[1] != info.num_classes):
+        outputs = f"{out.shape[1]} classes" if out.dim() == 2 else f"shape {shape}"
         raise ExperimentError(f"model {name!r} outputs {outputs} for a batch of one, but {info.name} has "
                               f"{info.num_classes} classes (expected shape (1, {info.num_classes})); use a model "
-                              f"built and trained for {info.num_classes} classes")
+                              f"built and trained for {info.num_classes} classes, or --task fidelity")
+
+
+def _subset(x, idx: torch.Tensor):
+    """Samples `idx` of a tensor, a dict of tensors or a streamed split (which stays streamed)."""
+    if isinstance(x, dict):
+        return {k: v[idx] for k, v in x.items()}
+    return x[idx] if isinstance(x, torch.Tensor) else x.take(idx)
+
+
+def _to(x, device: torch.device):
+    if isinstance(x, dict):
+        return {k: v.to(device) for k, v in x.items()}
+    return x.to(device)
+
+
+def _check_task(task: str, y: torch.Tensor | None, info) -> None:
+    if task not in TASKS:
+        raise ExperimentError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    if task == "classify" and (y is None or y.dim() != 1 or info.num_classes == 0):
+        raise ExperimentError(f"task classify needs class labels, but {info.name} has none; use --task fidelity "
+                              "(agreement, KL, cosine, recall@10 against the fp32 model)")
+    if task == "lm" and (y is None or y.dim() != 2):
+        raise ExperimentError(f"task lm needs token labels (a text file read as one token stream), but {info.name} "
+                              "has none; give --dataset text:PATH with --task lm, or use --task fidelity")
 
 
 class Experiment:
-    """Compress-and-evaluate loop for one (model, dataset, split, limit, device).
+    """Compress-and-evaluate loop for one (model, dataset, split, limit, device, task).
 
     Args:
         loaded: the pristine model from `models.load_model`; it is only read (we work on our own copy).
-        dataset: from `datasets.load_dataset`.
+        dataset: from `datasets.load_dataset`; a split's inputs are a tensor, a dict of tensors (text) or a
+            streamed split (large image folders), its targets class labels, None or token labels.
         split: evaluation split name ("test" or "train").
-        limit: evaluate a fixed class-stratified subset of this many samples (None = the whole split).
+        limit: evaluate a fixed subset of this many samples: class-stratified with class labels, else the first
+            `limit` (None = the whole split).
         device: auto | cpu | cuda | mps.
         batch_size: evaluation batch; None = the fastest of a few, measured once here (`tune_forward`).
+        task: classify | fidelity | lm (`tasks.TASKS`); None = lm for a causal LM, fidelity for an embedding model
+            or an unlabelled dataset, else classify.
 
     Raises:
-        ExperimentError: unknown split, a limit below 1, or a model that does not fit the dataset (`check_fits`).
+        ExperimentError: unknown split or task, a limit below 1, a task the dataset has no targets for, or a model
+            that does not fit the dataset (`check_fits`).
 
     Example:
         >>> from compression_core import QuantSpec, load_dataset, load_model
         >>> exp = Experiment(load_model("digits-cnn"), load_dataset("digits"), limit=100, device="cpu")
         >>> record = exp.run(CompressionConfig(quant=QuantSpec(bits=4)))
-        >>> record["n_samples"], record["accuracy"] >= 0.95
-        (100, True)
+        >>> record["task"], record["n_samples"], record["accuracy"] >= 0.95
+        ('classify', 100, True)
     """
 
     def __init__(self, loaded: LoadedModel, dataset: Dataset, split: str = "test", limit: int | None = None,
-                 device: str = "auto", batch_size: int | None = None):
+                 device: str = "auto", batch_size: int | None = None, task: str | None = None):
         if split not in dataset.info.splits:
             raise ExperimentError(f"split must be one of {sorted(dataset.info.splits)}; got {split!r}")
         if limit is not None and limit < 1:
@@ -99,19 +147,30 @@ class Experiment:
         self.split = split
         self.device = select_device(device)
         x, y = dataset.split(split)
-        if limit is not None and limit < len(y):
-            idx = stratified_indices(y, limit)
-            x, y = x[idx], y[idx]
-        self.limit = limit if limit is not None and limit < len(dataset.split(split)[1]) else None
-        x, self.y = x.to(self.device), y.to(self.device)
+        kind = getattr(loaded, "kind", "classifier")
+        labelled = y is not None and y.dim() == 1 and dataset.info.num_classes > 0
+        self.task = task or default_task(kind, labelled)
+        _check_task(self.task, y, dataset.info)
+        self.logits = kind != "embedding"  # fidelity: logits (agreement, KL) or embeddings (recall@10)
+        n = n_samples(x)
+        if limit is not None and limit < n:
+            idx = stratified_indices(y, limit) if labelled else torch.arange(limit)
+            x, y = _subset(x, idx), None if y is None else y[idx]
+        self.limit = limit if limit is not None and limit < n else None
+        x, self.y = _to(x, self.device), None if y is None else y.to(self.device)
         # our own copy of the pristine model, in the fastest measured layout and batch size for this device
         model = copy.deepcopy(loaded.model).to(self.device).eval()
-        check_fits(model, loaded.name, dataset, x[:1])
-        fmt, tuned_batch = tune_forward(model, x)
+        streamed = not isinstance(x, (torch.Tensor, dict))
+        check_fits(model, loaded.name, dataset, x.load(1) if streamed else take(x, 0, 1), self.task)
+        fmt, tuned_batch = tune_forward(model, x.load(x.tune_samples) if streamed else x)
         self.memory_format = fmt
         self.batch_size = batch_size or tuned_batch
         self.model = model.to(memory_format=fmt)
-        self.x = x.contiguous(memory_format=fmt)
+        if isinstance(x, torch.Tensor):
+            x = x.contiguous(memory_format=fmt)
+        elif streamed:
+            x = x.to(self.device, memory_format=fmt)
+        self.x = x
 
     # ---- cached one-off work -------------------------------------------------------------------
     @cached_property
@@ -122,22 +181,38 @@ class Experiment:
     def calib(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A fixed, class-stratified calibration batch from the train split (never the evaluation split).
 
-        None when the dataset has no train split (an image folder of class folders): configs that need
-        calibration then fail with one line saying so.
+        None when the dataset has no train split with class labels and image / signal inputs (an image folder of
+        class folders, a text set): configs that need calibration then fail with one line saying so.
         """
         if "train" not in self.dataset.tensors:
             return None
         x, y = self.dataset.split("train")
+        if isinstance(x, dict) or y is None or y.dim() != 1:
+            return None
         idx = stratified_indices(y, CALIB_SIZE, seed=1)
-        return x[idx].to(self.device), y[idx].to(self.device)
+        x = x[idx] if isinstance(x, torch.Tensor) else x.take(idx).load(len(idx))  # a streamed split: read them
+        return x.to(self.device), y[idx].to(self.device)
 
     @cached_property
     def macs(self) -> dict[str, int]:
-        return layer_macs(self.model, self.x[:1])
+        return layer_macs(self.model, self.x.load(1) if self.streamed else self.x)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the evaluation split is streamed batch by batch (a large image folder) rather than held."""
+        return not isinstance(self.x, (torch.Tensor, dict))
 
     @cached_property
     def _baseline_eval(self) -> dict:
-        return evaluate(self.model, self.x, self.y, batch_size=self.batch_size)
+        """The fp32 model's metrics, keeping only what its task compares against: predictions (classify) or
+        outputs on the cpu (fidelity); nothing for lm."""
+        return evaluate(self.model, self.x, self.y, task=self.task, logits=self.logits, keep=self.task != "lm",
+                        batch_size=self.batch_size)
+
+    @property
+    def _reference(self):
+        base = self._baseline_eval
+        return base.get("pred", base.get("outputs"))
 
     @cached_property
     def baseline(self) -> Record:
@@ -147,7 +222,7 @@ class Experiment:
     # ---- the loop --------------------------------------------------------------------------------
     def key(self, config: CompressionConfig) -> dict:
         return {"model": self.loaded.name, "fingerprint": self.loaded.fingerprint, "dataset": self.dataset.info.name,
-                "split": self.split, "limit": self.limit, "config_hash": config.config_hash}
+                "split": self.split, "limit": self.limit, "task": self.task, "config_hash": config.config_hash}
 
     def compress(self, config: CompressionConfig, progress=None) -> CompressedModel:
         """`compress()` on our pristine model; the calibration batch is used only by configs that need it."""
@@ -172,8 +247,8 @@ class Experiment:
         cm = compressed or self.compress(config, progress)
         compress_seconds = None if compressed is not None else time.perf_counter() - t0
         base = self._baseline_eval
-        metrics = evaluate(cm.model, self.x, self.y, reference_pred=base["pred"], batch_size=self.batch_size)
-        metrics.pop("pred")
+        metrics = evaluate(cm.model, self.x, self.y, task=self.task, reference=self._reference, logits=self.logits,
+                           batch_size=self.batch_size)
         return self._record(config, cm, metrics, base, compress_seconds)
 
     def run_many(self, configs, *, group: int | None = None, cancel=None):
@@ -182,10 +257,12 @@ class Experiment:
         Args:
             configs: CompressionConfigs to run.
             group: configs evaluated per vmap-ed forward (default STACK_GROUP on cuda, 1 elsewhere). Configs with
-                activation quantization (forward hooks) always run alone.
+                activation quantization (forward hooks) always run alone, and so does every config of a task other
+                than classify or of inputs that are not one tensor (dict, streamed).
             cancel: a threading.Event; once set, no further group starts.
         """
-        group = group or (STACK_GROUP if self.device.type == "cuda" else 1)
+        stackable = self.task == "classify" and isinstance(self.x, torch.Tensor)
+        group = group or (STACK_GROUP if self.device.type == "cuda" and stackable else 1)
         configs = list(configs)
         for start in range(0, len(configs), group):
             if cancel is not None and cancel.is_set():
@@ -198,13 +275,27 @@ class Experiment:
                 cms = [self.compress(c) for c in stacked]
                 compress_seconds = (time.perf_counter() - t0) / len(cms)
                 base = self._baseline_eval
-                results = evaluate_stacked([cm.model for cm in cms], self.x, self.y, reference_pred=base["pred"],
+                results = evaluate_stacked([cm.model for cm in cms], self.x, self.y, reference=base["pred"],
                                            batch_size=self.batch_size)
                 for config, cm, metrics in zip(stacked, cms, results):
-                    metrics.pop("pred")
                     yield self._record(config, cm, metrics, base, compress_seconds)
             for config in alone:
                 yield self.run(config)
+
+    def _quality(self, metrics: dict, base: dict) -> dict:
+        """The task's fields of the record, in record order; those another task measures are None (e.g. accuracy
+        without labels)."""
+        metric = DEFAULT_METRIC[self.task]
+        acc, base_acc = metrics.get("accuracy"), base.get("accuracy")
+        return {
+            "metric": metric, "metric_value": metrics[metric], "baseline_metric_value": base[metric],
+            **{name: metrics.get(name) for name in ("accuracy", "accuracy_ci_low", "accuracy_ci_high")},
+            "n_samples": metrics["n_samples"], "n_skipped": self.dataset.info.n_skipped,
+            **{name: metrics.get(name) for name in ("correct", "top5", "loss")},
+            "baseline_accuracy": base_acc, "accuracy_drop_pts": None if acc is None else 100.0 * (base_acc - acc),
+            **{name: metrics.get(name) for name in ("agreement", "kl", "cosine", "rel_l2", "recall_at_10",
+                                                    "perplexity", "n_tokens")},
+        }
 
     def _record(self, config, cm, metrics, base, compress_seconds) -> Record:
         size = size_report(cm)
@@ -234,17 +325,7 @@ class Experiment:
             "prune_method": config.prune.method if config.prune.enabled else "none",
             "sparsity": config.prune.target_sparsity,
             "act_bits": config.act_bits,
-            "accuracy": metrics["accuracy"],
-            "accuracy_ci_low": metrics["accuracy_ci_low"],
-            "accuracy_ci_high": metrics["accuracy_ci_high"],
-            "n_samples": metrics["n_samples"],
-            "n_skipped": self.dataset.info.n_skipped,
-            "correct": metrics["correct"],
-            "top5": metrics["top5"],
-            "loss": metrics["loss"],
-            "baseline_accuracy": base["accuracy"],
-            "accuracy_drop_pts": 100.0 * (base["accuracy"] - metrics["accuracy"]),
-            "agreement": metrics["agreement"],
+            **self._quality(metrics, base),
             "dense_bytes": size.dense_bytes,
             "size_bytes": size.total_bytes,
             "compression_ratio": size.compression_ratio,

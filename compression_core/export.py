@@ -15,10 +15,13 @@ are byte-aligned bitstreams (LSB first, `width` bits per entry):
     row_ptr     (rows+1) x ceil(log2(nnz+1)), cols  nnz x ceil(log2(cols))          csr format
     gaps        entries x index_bits      relative format (fillers included)
     scale       float32 per scale; zero_point int32 (asym only); codebook float32 levels
+    side_NAME   each side tensor of a block format (group scales, FP / MX / NF4), raw in its storage kind
+                (quantize_blocks.SIDE_KINDS: float32 / float16 / e8m0 byte / int8 / int32), in row order
     tensors     every other state-dict tensor, raw, at its own dtype
 
-Decoding: grids w = (code - zp) * scale per output channel; codebooks w = codebook[code] (code K = 0). Which
-applies follows the quantizer's registry entry (value_storage / scale_storage, see size.value_kind / scale_kind).
+Decoding: grids w = (code - zp) * scale per output channel; codebooks w = codebook[code] (code K = 0); side data:
+the quantizer's registered `decode(stored codes, side tensors, spec)`. Which applies follows the quantizer's
+registry entry (value_storage / scale_storage / side_layout, see size.value_kind / scale_kind).
 `export` decodes what it wrote and refuses to finish unless the weights come back bit-for-bit.
 
 Files carry data, never code: `load_exported` rebuilds only `builtin` and `torchvision` sources by itself; for any
@@ -30,7 +33,6 @@ under the same rules; see `export_format` for why version 2 uses sha256. Every f
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -41,11 +43,13 @@ import torch
 from torch import nn
 
 from .compressed import CompressedModel, LayerCompression
+from .config import QuantSpec, quant_to_dict
 from .errors import shown
 from .export_format import DTYPES, MAGIC, PREFIX, VERSION, ExportError, check_fits, pack_file, parse_file, \
     refold
 from .methods import quantizer_info
 from .quantize import qrange
+from .quantize_blocks import SIDE_KINDS
 from .size import LayerSize, flat_positions, needs_zero_code, other_tensors, relative_fillers, scale_kind, \
     size_report, value_kind
 
@@ -110,6 +114,9 @@ def _stored_values(lc: LayerCompression) -> np.ndarray:
     if lc.codes is None:
         raise ExportError(f"layer {lc.name!r} is {lc.quant.quantizer}-quantized but has no codes; re-run compress")
     codes = lc.codes.detach().cpu().reshape(-1).to(torch.int64).numpy()
+    if scale_kind(lc) == "side":  # codes at pruned positions already decode to 0
+        grid = quantizer_info(lc.quant.quantizer).kind == "grid"
+        return codes - qrange(lc.quant.bits, lc.quant.scheme)[0] if grid else codes
     if scale_kind(lc) == "scale":
         zp = lc.zero_point.detach().cpu().to(torch.int64).numpy()
         zero = np.repeat(zp, lc.n // zp.size) if lc.quant.scheme == "asym" else np.zeros(lc.n, np.int64)
@@ -150,6 +157,11 @@ def _layer_sections(lc: LayerCompression, ls: LayerSize, index_bits: int) -> dic
             sections["zero_point"] = lc.zero_point.detach().cpu().to(torch.int32).numpy().tobytes()
     elif scale_kind(lc) == "codebook":
         sections["codebook"] = lc.codebook.detach().cpu().to(torch.float32).numpy().tobytes()
+    elif scale_kind(lc) == "side":
+        layout = quantizer_info(lc.quant.quantizer).side_layout(lc.quant, tuple(lc.shape))
+        for name, (_, storage) in layout.items():
+            raw = lc.side[name].detach().cpu().reshape(-1).contiguous().view(SIDE_KINDS[storage][2])
+            sections[f"side_{name}"] = raw.numpy().astype(SIDE_KINDS[storage][1]).tobytes()
     return sections
 
 
@@ -193,7 +205,10 @@ def _decode_layer(entry: dict, payload: memoryview) -> torch.Tensor:
         pos = np.cumsum(unpack_bits(section("gaps"), entry["entries"], entry["index_bits"]) + 1) - 1
     if pos.size != values.size or (pos.size and (pos.min() < 0 or pos.max() >= n)):
         raise ExportError(f"corrupt export: the index of layer {entry['name']!r} does not fit its shape {shape}")
-    if kind in FLOAT_KINDS:
+    info, spec = side_spec(entry)
+    if spec is not None:
+        w = _decode_side(entry, section, info, spec, values, pos)
+    elif kind in FLOAT_KINDS:
         dtype, int_dtype = FLOAT_KINDS[kind]
         size = int_dtype.itemsize
         w = torch.from_numpy(values.astype(f"<u{size}").view(f"<i{size}")).view(dtype).float()
@@ -212,6 +227,30 @@ def _decode_layer(entry: dict, payload: memoryview) -> torch.Tensor:
     full = torch.zeros(n, dtype=torch.float32)
     full[torch.from_numpy(pos)] = w
     return full.reshape(shape)
+
+
+def side_spec(entry: dict):
+    """(quantizer info, QuantSpec) of a checked layer entry whose quantizer stores side tensors; (None, None)
+    for the classic grid / codebook / float layouts."""
+    if entry["kind"] != "code":
+        return None, None
+    spec = QuantSpec(**entry["quant"])  # valid: the header check built it
+    info = quantizer_info(spec.quantizer)
+    if info.side_layout is None or info.side_layout(spec, tuple(entry["shape"])) is None:
+        return None, None
+    return info, spec
+
+
+def _decode_side(entry: dict, section, info, spec, values: np.ndarray, pos: np.ndarray) -> torch.Tensor:
+    """Values at `pos` of a side-data layer: every code laid out (0 where not stored), decoded by the quantizer."""
+    shape = tuple(entry["shape"])
+    side = {}
+    for name, (count, storage) in info.side_layout(spec, shape).items():
+        raw = np.frombuffer(section(f"side_{name}"), dtype=SIDE_KINDS[storage][1], count=count)
+        side[name] = torch.from_numpy(raw.copy()).view(SIDE_KINDS[storage][2])
+    codes = torch.zeros(int(np.prod(shape)), dtype=torch.int64)
+    codes[torch.from_numpy(pos)] = torch.from_numpy(values)
+    return info.decode(codes.reshape(shape), side, spec).reshape(-1)[torch.from_numpy(pos)].float()
 
 
 # ---- public API --------------------------------------------------------------------------------
@@ -245,7 +284,7 @@ def export(cm: CompressedModel, path: str | os.PathLike, source: dict) -> int:
         entry = {"name": lc.name, "shape": list(lc.shape), "format": ls.index_format, "kind": value_kind(lc),
                  "value_bits": ls.value_bits, "entries": ls.entries, "nnz": ls.nnz, "index_bits": index_bits,
                  "qmin": qrange(lc.quant.bits, lc.quant.scheme)[0] if uniform else 0, "skipped": lc.skipped,
-                 "quant": dataclasses.asdict(lc.quant)}
+                 "quant": quant_to_dict(lc.quant)}
         sections = _layer_sections(lc, ls, index_bits)
         entry["sections"] = {key: add(data) for key, data in sections.items()}
         layers.append(entry)

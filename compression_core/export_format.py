@@ -31,6 +31,7 @@ from .config import CompressionConfig, ConfigError, QuantSpec
 from .errors import shown
 from .fold import BATCHNORMS, CONVS, replace_with_identity
 from .methods import quantizer_info
+from .quantize_blocks import SIDE_KINDS
 from .size import SKIPPED_BUFFERS
 
 MAGIC = b"CMPX"
@@ -244,7 +245,13 @@ def _check_layer(entry: object, where: str, payload_len: int) -> str:
     sizes = {"values": entries * bits, "mask": n, "row_ptr": (rows + 1) * nnz.bit_length(),
              "cols": nnz * (n // rows - 1).bit_length(), "gaps": entries * index_bits}
     wanted = ["values", *FORMAT_SECTIONS[e["format"]]]
-    if e["kind"] == "code" and quantizer_info(quant.quantizer).scale_storage == "scale":  # a grid
+    info = quantizer_info(quant.quantizer)
+    side = info.side_layout(quant, tuple(e["shape"])) if e["kind"] == "code" and info.side_layout else None
+    if side is not None:  # block formats: each side tensor's exact size follows from the spec and the shape
+        for key, (count, storage) in side.items():
+            wanted.append(f"side_{key}")
+            sizes[f"side_{key}"] = count * SIDE_KINDS[storage][0]
+    elif e["kind"] == "code" and info.scale_storage == "scale":  # a grid
         wanted += ["scale"] + (["zero_point"] if quant.scheme == "asym" else [])
     elif e["kind"] == "code":
         wanted.append("codebook")

@@ -24,8 +24,9 @@ import pandas as pd
 import torch
 
 from .compressed import LayerCompression
-from .methods import prune_method_info
+from .methods import prune_method_info, quantizer_info
 from .quantize import qrange
+from .quantize_blocks import as_rows
 
 MAX_LEVELS = 256  # more levels than this (16-bit grids) draw as a continuum: only the clip range is given
 
@@ -108,12 +109,16 @@ class GridLevels:
         integer-quantized.
     channel: for per-channel uniform grids, the channel whose levels are given (the widest, largest scale).
     threshold: magnitude pruning only: the largest |w| that was removed (needs the original weight).
+    block: for layers with side data (group scales, FP / MX / NF4 formats), the row of the block table
+        (quantize_blocks) whose representable values are given: the one holding the largest |w|; clip is then
+        that block's range.
     """
 
     levels: tuple[float, ...]
     clip: tuple[float, float] | None
     channel: int | None
     threshold: float | None
+    block: int | None = None
 
 
 def grid_levels(layer: LayerCompression, before: torch.Tensor | None = None) -> GridLevels:
@@ -121,7 +126,8 @@ def grid_levels(layer: LayerCompression, before: torch.Tensor | None = None) -> 
 
     Per-tensor uniform: every level (q - zero_point) * scale for q in [qmin, qmax]. Per-channel uniform: the
     levels of the channel with the largest scale, and the clip envelope over all channels. k-means / pow2:
-    the codebook. Skipped layers, bits 32 and fp16 / bf16 casts: no levels.
+    the codebook. Side data (group scales, FP / MX / NF4): every value the block holding the largest |w| can
+    represent, decoded by the quantizer's own `decode`. Skipped layers, bits 32 and fp16 / bf16 casts: no levels.
 
     Args:
         layer: a compressed layer from `CompressedModel.layers`.
@@ -131,6 +137,12 @@ def grid_levels(layer: LayerCompression, before: torch.Tensor | None = None) -> 
     levels: torch.Tensor | None = None
     clip, channel = None, None
     quantized = not layer.skipped and layer.codes is not None  # fp32 and float casts have no grid to draw
+    if quantized and layer.side is not None:
+        if 2 ** q.bits > MAX_LEVELS:  # 16-bit codes draw as a continuum
+            return GridLevels(levels=(), clip=None, channel=None, threshold=prune_threshold(layer, before))
+        levels, block = block_levels(layer)
+        return GridLevels(levels=tuple(levels.tolist()), clip=(float(levels[0]), float(levels[-1])), channel=None,
+                          threshold=prune_threshold(layer, before), block=block)
     if quantized and layer.codebook is not None:
         levels = layer.codebook.detach().to("cpu", torch.float64).flatten().sort().values
         clip = (float(levels[0]), float(levels[-1]))
@@ -146,6 +158,25 @@ def grid_levels(layer: LayerCompression, before: torch.Tensor | None = None) -> 
             levels = (torch.arange(qmin, qmax + 1, dtype=torch.float64) - zp[c]) * scale[c]
     shown = tuple(levels.tolist()) if levels is not None and levels.numel() <= MAX_LEVELS else ()
     return GridLevels(levels=shown, clip=clip, channel=channel, threshold=prune_threshold(layer, before))
+
+
+def block_levels(layer: LayerCompression) -> tuple[torch.Tensor, int]:
+    """(every value of the block holding the largest |w|, float64 increasing; that block's row) of a layer with
+    side data, by decoding each possible code in that block with the quantizer's registered `decode`."""
+    spec, shape = layer.quant, tuple(layer.shape)
+    side = {k: v.detach().cpu() for k, v in layer.side.items()}
+    block = int(as_rows(layer.weight.detach().cpu().abs(), spec.granularity, spec.group_size).amax(1).argmax())
+    index = torch.arange(layer.n).reshape(shape)
+    positions = as_rows(index, spec.granularity, spec.group_size, fill=-1)[block]
+    positions = positions[positions >= 0]  # the block's real weights, padding left out
+    decode = quantizer_info(spec.quantizer).decode
+    values = []
+    for start in range(0, 2 ** spec.bits, positions.numel()):  # as many codes per pass as the block holds
+        chunk = torch.arange(start, min(start + positions.numel(), 2 ** spec.bits))
+        codes = torch.zeros(layer.n, dtype=torch.int64)
+        codes[positions[:chunk.numel()]] = chunk
+        values.append(decode(codes.reshape(shape), side, spec).reshape(-1)[positions[:chunk.numel()]])
+    return torch.unique(torch.cat(values).double()), block
 
 
 def prune_threshold(layer: LayerCompression, before: torch.Tensor | None) -> float | None:

@@ -78,7 +78,7 @@ def _onnx():
 def is_grid_layer(lc: LayerCompression) -> bool:
     """True when the layer's weight is integer codes on a uniform grid (stored as DequantizeLinear in ONNX)."""
     grid = lc.quant.enabled and quantizer_info(lc.quant.quantizer).kind == "grid"
-    return not lc.skipped and grid and lc.codes is not None
+    return not lc.skipped and grid and lc.codes is not None and lc.side is None  # group scales: stored as floats
 
 
 # ---- integer weights -----------------------------------------------------------------------------

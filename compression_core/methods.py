@@ -26,10 +26,11 @@ if TYPE_CHECKING:
 
 DEFAULT_QUANTIZER = "uniform"  # the affine integer grid; also what bits=32 (not quantized) canonicalises to
 DEFAULT_PRUNE_METHOD = "magnitude"  # what sparsity=0 (not pruned) canonicalises to
-KINDS = ("grid", "codebook", "cast")
+KINDS = ("grid", "codebook", "cast", "format")
 VALUE_STORAGE = ("code", "float16", "bfloat16")
-SCALE_STORAGE = ("scale", "codebook", "none")
-_BUILTIN_MODULES = (".quantize", ".prune")  # importing these registers the built-in methods
+SCALE_STORAGE = ("scale", "codebook", "side", "none")
+# importing these registers the built-in methods
+_BUILTIN_MODULES = (".quantize", ".quantize_formats", ".quantize_nf4", ".prune")
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class QuantizerInfo:
 
     name: the value of `QuantSpec.quantizer`. label: short display name; description: one sentence for help.
     kind: "grid" (integer codes on an affine grid, scale + zero point), "codebook" (integer codes into a table
-        of float levels) or "cast" (a plain float cast of fixed width).
+        of float levels), "cast" (a plain float cast of fixed width) or "format" (element codes of a named number
+        format: FP8 / FP6 / FP4, MX, NF4, with their scales stored beside them).
     bits: the widths `QuantSpec.bits` may take (32 = not quantized is always allowed as well); a single entry
         means a fixed width that config canonicalisation sets whatever the user asked (fp16: 16).
     schemes / granularities / ranges: the `QuantSpec` settings that apply; () = the setting does not apply and
@@ -46,9 +48,18 @@ class QuantizerInfo:
     value_storage: "code" (unsigned integers of `bits` width: grid codes minus qmin, or codebook indices) or
         the float dtype the raw values are stored in ("float16", "bfloat16").
     scale_storage: side data per tensor / channel: "scale" (float32 scale per group, plus an int32 zero point
-        per group for scheme asym), "codebook" (float32 levels, at most 2^bits) or "none".
+        per group for scheme asym), "codebook" (float32 levels, at most 2^bits), "side" (the named side tensors
+        `side_layout` lists) or "none".
     quantize: (w, spec, mask) -> QuantResult; the weight must be exactly 0 where mask is False, and `codes`
-        / `scale` / `zero_point` / `codebook` must be set as value_storage and scale_storage say.
+        / `scale` / `zero_point` / `codebook` / `side` must be set as value_storage and scale_storage say.
+    default_group_size: the block size `QuantSpec.group_size` takes when the user gives none (granularity group);
+        fixed_group_size: the block size is part of the format (MX: 32) and always used.
+    scale_dtypes: the storage types `QuantSpec.scale_dtype` may take (compression_core.quantize_blocks); () = the
+        setting does not apply. double_quant: `QuantSpec.double_quant` applies (NF4).
+    side_layout: (spec, weight shape) -> {side tensor name: (count, side kind)} when this spec stores named side
+        tensors (QuantResult.side), else None; the size model counts them, the export writes and checks them.
+    decode: (stored codes int64 like the weight, {name: side tensor}, spec) -> float32 weight, bit for bit the
+        quantized weight; stored codes are the unsigned values in the file (grids: code - qmin).
     """
 
     name: str
@@ -62,6 +73,12 @@ class QuantizerInfo:
     schemes: tuple[str, ...] = ()
     granularities: tuple[str, ...] = ()
     ranges: tuple[str, ...] = ()
+    default_group_size: int = 128
+    fixed_group_size: bool = False
+    scale_dtypes: tuple[str, ...] = ()
+    double_quant: bool = False
+    side_layout: Callable | None = None
+    decode: Callable | None = None
 
     @property
     def uses_bits(self) -> bool:
@@ -78,6 +95,8 @@ class QuantizerInfo:
             problems.append(f"bits {self.bits!r} (need one or more integers in 1-16)")
         if (self.value_storage == "code") != (self.scale_storage != "none"):
             problems.append("integer codes need a scale or a codebook, and only codes have one")
+        if (self.side_layout is None) != (self.decode is None) or (self.scale_storage == "side") > bool(self.decode):
+            problems.append("side data needs both side_layout and decode")
         if problems:
             raise ValueError(f"quantizer {self.name!r} has a bad " + "; ".join(problems))
 

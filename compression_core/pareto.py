@@ -1,4 +1,5 @@
-"""Pareto fronts of sweep records: the configs no other config beats on both size (smaller) and accuracy (higher).
+"""Pareto fronts of sweep records: the configs no other config beats on both size (smaller) and quality (accuracy
+higher, perplexity / KL / relative error lower: the direction of `tasks.METRICS`).
 
 Example:
     >>> pts = [{"size_bytes": 10, "accuracy": 0.90}, {"size_bytes": 20, "accuracy": 0.85},
@@ -13,6 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
+from .tasks import METRICS
+
 
 def _value(record: Mapping, field: str) -> float | None:
     v = record.get(field)
@@ -22,21 +25,30 @@ def _value(record: Mapping, field: str) -> float | None:
 
 
 def pareto_front(records: Iterable[Mapping], x: str = "size_bytes", y: str = "accuracy") -> list[Mapping]:
-    """The non-dominated records for (x smaller is better, y larger is better), sorted by x ascending.
+    """The non-dominated records for (x smaller is better, y better in its own direction), sorted by x ascending.
 
-    A record is dominated when another has x <= its x and y >= its y with at least one strict. Of records
-    with exactly the same (x, y), the first one given is kept. Records whose x or y is missing or not a finite
-    number are ignored.
+    y's direction is `tasks.METRICS[y].higher_is_better` (lower is better for loss, kl, rel_l2 and perplexity;
+    a field not in METRICS is higher-is-better). A record is dominated when another has x <= its x and a y at
+    least as good with at least one strict. Of records with exactly the same (x, y), the first one given is
+    kept. Records whose x or y is missing or not a finite number are ignored.
 
     Args:
         records: dicts such as sweep records.
         x: the cost field (default honest size in bytes).
-        y: the quality field (default accuracy).
+        y: the quality field (default accuracy; a record's own headline metric is `metric_value`, whose
+            direction is that of its `metric`: pass y=record["metric"] to get it right).
 
     Returns:
-        The front's records themselves (not copies), x strictly increasing and y strictly increasing.
+        The front's records themselves (not copies), x strictly increasing and y strictly improving.
+
+    Example:
+        >>> pts = [{"size_bytes": 10, "perplexity": 30.0}, {"size_bytes": 20, "perplexity": 35.0},
+        ...        {"size_bytes": 30, "perplexity": 21.0}]
+        >>> [p["size_bytes"] for p in pareto_front(pts, y="perplexity")]
+        [10, 30]
     """
-    points = [(vx, vy, i, r) for i, r in enumerate(records)
+    sign = 1.0 if y not in METRICS or METRICS[y].higher_is_better else -1.0
+    points = [(vx, sign * vy, i, r) for i, r in enumerate(records)
               if (vx := _value(r, x)) is not None and (vy := _value(r, y)) is not None]
     points.sort(key=lambda p: (p[0], -p[1], p[2]))  # cheapest first; at equal cost the best, then input order
     front: list[Mapping] = []

@@ -15,8 +15,12 @@ quantize-dequantize is bit-identical to `torch.fake_quantize_per_tensor_affine` 
 |-------------|-------------------------------------------------------------------|--------------------------|
 | tensor      | any                                                               | (1,)                     |
 | channel     | Linear (O, I), Conv1d/2d/3d (O, I / groups, *kernel), depthwise: I / groups = 1 | (O,): axis 0 |
+| group g     | blocks of g along the input dimension, K = I x kernel (quantize_blocks)          | side: (O * ceil(K / g),) |
 
-A scale is never below float32 eps (an all-zero range), as in torch's observers.
+A scale is never below float32 eps (an all-zero range), as in torch's observers. Group scales, and a scale
+stored as fp16 or e8m0 (`scale_dtype`, rounded up to that type), go to `QuantResult.side` with the zero points;
+the grid is then the same per row of the block table. The block and float number formats (FP8 / FP6 / FP4, MX,
+NF4) live in `quantize_formats` and `quantize_nf4`.
 
 Non-uniform quantizers (`quantize_codebook`, re-exported here) return integer codes into a float32 codebook:
 k-means weight sharing (Deep Compression) and power-of-two levels. The built-in quantizers register here, in
@@ -31,7 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import ALLOWED_BITS, GRANULARITIES, RANGES, SCHEMES, ConfigError, QuantSpec
+from . import quantize_blocks as blocks
+from .config import ALLOWED_BITS, GRANULARITIES, RANGES, SCALE_DTYPES, SCHEMES, ConfigError, QuantSpec
 from .methods import QuantizerInfo, quantizer_info, register_quantizer
 from .quantize_codebook import kmeans_quantize, pow2_quantize
 
@@ -49,6 +54,9 @@ class QuantResult:
         hold the code of 0 for grids and index 0 otherwise); None for bits 32 and float casts.
     scale, zero_point: float32 / int32 of shape (1,) or (C_out,) for grids; None otherwise.
     codebook: float32 sorted levels (at most 2^bits) for codebook quantizers; None otherwise.
+    side: named side tensors in their storage form (quantize_blocks.SIDE_KINDS) where the quantizer's
+        `side_layout` gives one for this spec (group scales, FP / MX / NF4 formats); None otherwise. The codes
+        are then the unsigned stored values (grids: q as above, stored as q - qmin).
     """
 
     weight: torch.Tensor
@@ -56,6 +64,7 @@ class QuantResult:
     scale: torch.Tensor | None = None
     zero_point: torch.Tensor | None = None
     codebook: torch.Tensor | None = None
+    side: dict[str, torch.Tensor] | None = None
 
 
 # ---- uniform affine grids -------------------------------------------------------------------------
@@ -246,11 +255,49 @@ def _masked(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 def _uniform(w: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None) -> QuantResult:
     qmin, qmax = qrange(spec.bits, spec.scheme)
     kept = _masked(w.float(), mask)  # pruned weights are 0, which the grid maps to exactly 0
+    if _uniform_layout(spec, tuple(w.shape)) is not None:
+        return _uniform_rows(kept, spec, mask, qmin, qmax)
     scale, zero_point = choose_qparams(kept, spec.bits, spec.scheme, spec.granularity, spec.range,
                                        spec.percentile, mask)
     weight = _masked(fake_quantize(kept, scale, zero_point, qmin, qmax), mask)
     return QuantResult(weight=weight, codes=quantize_codes(kept, scale, zero_point, qmin, qmax),
                        scale=scale, zero_point=zero_point)
+
+
+def _uniform_layout(spec: QuantSpec, shape: tuple[int, ...]) -> dict[str, tuple[int, str]] | None:
+    """Side tensors of a uniform grid with group scales or a scale stored below fp32; None = the classic layout
+    (one fp32 scale per tensor / channel, `QuantResult.scale`)."""
+    if spec.granularity != "group" and spec.scale_dtype == "fp32":
+        return None
+    layout = blocks.scale_layout(spec, shape)
+    if spec.scheme == "asym":  # zero points lie in [0, 2^bits - 1]: one byte each up to 8 bits
+        layout["zero_point"] = (layout["scale"][0], "uint8" if spec.bits <= 8 else "int32")
+    return layout
+
+
+def _uniform_rows(kept: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None, qmin: int, qmax: int):
+    """The grid of `_uniform` with one scale (+ zero point) per row of the block table (quantize_blocks)."""
+    rows = blocks.as_rows(kept, spec.granularity, spec.group_size)  # (R, L)
+    valid = blocks.valid_rows(tuple(kept.shape), mask, spec.granularity, spec.group_size, kept.device)
+    scale, zero_point = choose_qparams(rows, spec.bits, spec.scheme, "channel", spec.range, spec.percentile, valid)
+    stored = blocks.round_scale_up(scale, spec.scale_dtype)  # rounded up: the range stays covered
+    scale = blocks.side_to_float(stored, blocks.SCALE_KIND[spec.scale_dtype])
+    codes = quantize_codes(rows, scale, zero_point, qmin, qmax)
+    weight = blocks.from_rows(dequantize_codes(codes, scale, zero_point), tuple(kept.shape), spec.granularity)
+    zp_dtype = blocks.SIDE_KINDS[_uniform_layout(spec, tuple(kept.shape))["zero_point"][1]][2] \
+        if spec.scheme == "asym" else None
+    side = {"scale": stored} | ({"zero_point": zero_point.to(zp_dtype)} if zp_dtype else {})
+    return QuantResult(weight=_masked(weight, mask), side=side,
+                       codes=blocks.from_rows(codes, tuple(kept.shape), spec.granularity))
+
+
+def _uniform_decode(stored: torch.Tensor, side: dict[str, torch.Tensor], spec: QuantSpec) -> torch.Tensor:
+    """Weight of `_uniform_rows` from its stored codes (q - qmin) and side tensors."""
+    qmin = qrange(spec.bits, spec.scheme)[0]
+    rows = blocks.as_rows(stored + qmin, spec.granularity, spec.group_size)
+    scale = blocks.side_to_float(side["scale"], blocks.SCALE_KIND[spec.scale_dtype])
+    zero_point = side.get("zero_point", torch.zeros(scale.shape, dtype=torch.int32)).to(torch.int32)
+    return blocks.from_rows(dequantize_codes(rows, scale, zero_point), tuple(stored.shape), spec.granularity)
 
 
 def _codebook(quantizer):
@@ -271,8 +318,9 @@ def _cast(dtype: torch.dtype):
 _INTEGER_BITS = tuple(b for b in ALLOWED_BITS if b < 32)
 register_quantizer(QuantizerInfo(
     name="uniform", label="uniform", kind="grid", bits=_INTEGER_BITS, value_storage="code", scale_storage="scale",
-    schemes=SCHEMES, granularities=GRANULARITIES, ranges=RANGES, quantize=_uniform,
-    description="Affine integer grid: q = clamp(round(w / scale) + zero_point), per tensor or per channel."))
+    schemes=SCHEMES, granularities=GRANULARITIES, ranges=RANGES, quantize=_uniform, scale_dtypes=SCALE_DTYPES,
+    side_layout=_uniform_layout, decode=_uniform_decode,
+    description="Affine integer grid: q = clamp(round(w / scale) + zero_point), per tensor, channel or group."))
 register_quantizer(QuantizerInfo(
     name="kmeans", label="k-means", kind="codebook", bits=_INTEGER_BITS, value_storage="code",
     scale_storage="codebook", quantize=_codebook(kmeans_quantize),

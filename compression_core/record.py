@@ -63,6 +63,7 @@ class Record(TypedDict):
     dataset: str
     split: str
     limit: int | None
+    task: str
     config_hash: str
     engine_version: str
     config: dict[str, Any]
@@ -72,17 +73,26 @@ class Record(TypedDict):
     prune_method: str
     sparsity: float
     act_bits: int
-    accuracy: float
-    accuracy_ci_low: float
-    accuracy_ci_high: float
+    metric: str
+    metric_value: float
+    baseline_metric_value: float
+    accuracy: float | None
+    accuracy_ci_low: float | None
+    accuracy_ci_high: float | None
     n_samples: int
     n_skipped: int
-    correct: int
+    correct: int | None
     top5: float | None
-    loss: float
-    baseline_accuracy: float
-    accuracy_drop_pts: float
-    agreement: float
+    loss: float | None
+    baseline_accuracy: float | None
+    accuracy_drop_pts: float | None
+    agreement: float | None
+    kl: float | None
+    cosine: float | None
+    rel_l2: float | None
+    recall_at_10: float | None
+    perplexity: float | None
+    n_tokens: int | None
     dense_bytes: int
     size_bytes: int
     compression_ratio: float
@@ -135,6 +145,8 @@ RECORD_FIELDS: tuple[Field, ...] = (
     Field("split", str, NO_UNIT, "evaluation split (`test` or `train`)"),
     Field("limit", int | None, "samples", "size of the fixed class-stratified evaluation subset; null = the "
           "whole split"),
+    Field("task", str, NO_UNIT, "what quality means here: `classify` (labels: accuracy), `fidelity` (the outputs "
+          "against the fp32 model's) or `lm` (perplexity); see `tasks.py`"),
     Field("config_hash", str, NO_UNIT, "first 16 hex digits of the sha256 of the canonical config JSON"),
     Field("engine_version", str, NO_UNIT, "version of `compression_core` that computed the record; the store "
           "serves only records of its own version as cache hits"),
@@ -148,20 +160,38 @@ RECORD_FIELDS: tuple[Field, ...] = (
     Field("sparsity", float, FRACTION, "target sparsity of the config (1 - N/M for N:M)"),
     Field("act_bits", int, "bits", "activation bits of quantized layer inputs (32 = off)"),
     # ---- quality
-    Field("accuracy", float, FRACTION, "top-1 accuracy on the evaluated samples"),
-    Field("accuracy_ci_low", float, FRACTION, "lower end of the Wilson 95 % interval of accuracy"),
-    Field("accuracy_ci_high", float, FRACTION, "upper end of the Wilson 95 % interval of accuracy"),
+    Field("metric", str, NO_UNIT, "the task's headline metric (`tasks.DEFAULT_METRIC`): accuracy, cosine or "
+          "perplexity; `tasks.METRICS` says which way is better"),
+    Field("metric_value", float, "as the metric", "the value of `metric` for this config"),
+    Field("baseline_metric_value", float, "as the metric", "the value of `metric` for the uncompressed fp32 model "
+          "on the same samples"),
+    Field("accuracy", float | None, FRACTION, "top-1 accuracy on the evaluated samples; null without class labels "
+          "(tasks fidelity, lm)"),
+    Field("accuracy_ci_low", float | None, FRACTION, "lower end of the Wilson 95 % interval of accuracy"),
+    Field("accuracy_ci_high", float | None, FRACTION, "upper end of the Wilson 95 % interval of accuracy"),
     Field("n_samples", int, "samples", "number of samples evaluated"),
     Field("n_skipped", int, "samples", "images of the dataset skipped as corrupt when it was decoded (0 for "
           "datasets that are not image folders)"),
-    Field("correct", int, "samples", "number of samples whose top-1 prediction is right"),
+    Field("correct", int | None, "samples", "number of samples whose top-1 prediction is right"),
     Field("top5", float | None, FRACTION, "top-5 accuracy; null when the dataset has 5 classes or fewer"),
-    Field("loss", float, "nats", "mean cross-entropy over the evaluated samples"),
-    Field("baseline_accuracy", float, FRACTION, "top-1 accuracy of the uncompressed fp32 model on the same "
+    Field("loss", float | None, "nats", "mean cross-entropy over the evaluated samples (classify) or scored tokens "
+          "(lm); null for fidelity"),
+    Field("baseline_accuracy", float | None, FRACTION, "top-1 accuracy of the uncompressed fp32 model on the same "
           "samples"),
-    Field("accuracy_drop_pts", float, "percentage points", "100 × (baseline_accuracy - accuracy); positive = "
-          "worse than fp32"),
-    Field("agreement", float, FRACTION, "fraction of samples whose top-1 prediction equals the fp32 model's"),
+    Field("accuracy_drop_pts", float | None, "percentage points", "100 × (baseline_accuracy - accuracy); positive "
+          "= worse than fp32"),
+    Field("agreement", float | None, FRACTION, "fraction of samples (token positions for token logits) whose top-1 "
+          "prediction equals the fp32 model's; null for embedding models and lm"),
+    Field("kl", float | None, "nats", "fidelity of logits: mean KL(fp32 ‖ compressed) of the softmax distributions "
+          "per sample (per token position for (N, L, V) logits)"),
+    Field("cosine", float | None, "cosine -1..1", "fidelity: mean over samples of the cosine similarity of the "
+          "compressed and fp32 outputs (flattened per sample)"),
+    Field("rel_l2", float | None, "ratio", "fidelity: mean over samples of ‖compressed − fp32‖₂ / ‖fp32‖₂"),
+    Field("recall_at_10", float | None, FRACTION, "fidelity of 2-D embeddings (N > 10): mean fraction of each "
+          "sample's 10 nearest fp32 neighbours (cosine, itself excluded) that are among its 10 nearest compressed "
+          "ones"),
+    Field("perplexity", float | None, "perplexity", "lm: exp(mean cross-entropy) over the scored tokens"),
+    Field("n_tokens", int | None, "tokens", "lm: number of scored tokens (labels != -100 after the shift)"),
     # ---- size
     Field("dense_bytes", int, "bytes", "the uncompressed model: every float tensor at 32 bits"),
     Field("size_bytes", int, "bytes", "honest compressed size: values, sparse index, quantization metadata and "

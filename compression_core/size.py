@@ -25,6 +25,10 @@ positions each), so a gap g needs floor(g / 2^k) fillers. Zeros after the last n
 
 Metadata: grids (scale_storage "scale") store one float32 scale per channel (or one per tensor) and, for asym,
 one int32 zero point per scale; sym zero points are implied 0 and not stored. Codebooks store K float32 levels.
+Side data (group scales, a scale stored as fp16 / e8m0, FP / MX / NF4 formats: the quantizer's `side_layout`)
+counts every side tensor at its storage width (quantize_blocks.SIDE_KINDS): e.g. one 8-bit E8M0 scale per 32
+MX weights, or NF4's int8 block scales + one float32 factor per 256 of them + one float32 mean. Codes of a
+padded last block are not stored or counted: n is the layer's real weight count.
 A layer whose input is fake-quantized (act_qparams) stores a float32 scale and an int32 zero point (64 bits);
 qmin / qmax follow from the config's act_bits.
 
@@ -44,6 +48,7 @@ import torch
 
 from .compressed import CompressedModel, LayerCompression, tied_keys
 from .methods import quantizer_info
+from .quantize_blocks import SIDE_KINDS
 
 FORMATS = ("dense", "bitmask", "csr", "relative")
 FLOAT_BITS = 32  # width of an uncompressed float, of a scale and of a codebook level
@@ -169,10 +174,14 @@ def value_kind(lc: LayerCompression) -> str:
 
 
 def scale_kind(lc: LayerCompression) -> str:
-    """The layer's side data: its quantizer's scale_storage ('scale', 'codebook'), or 'none' when not quantized."""
+    """The layer's side data: 'side' when its quantizer lists side tensors for its spec (`side_layout`), else its
+    quantizer's scale_storage ('scale', 'codebook'), or 'none' when not quantized."""
     if value_kind(lc) != "code":
         return "none"
-    return quantizer_info(lc.quant.quantizer).scale_storage
+    info = quantizer_info(lc.quant.quantizer)
+    if info.side_layout is not None and info.side_layout(lc.quant, tuple(lc.shape)) is not None:
+        return "side"
+    return info.scale_storage
 
 
 def value_width(lc: LayerCompression) -> int:
@@ -195,6 +204,9 @@ def zero_code_width(lc: LayerCompression) -> int:
 def meta_bits(lc: LayerCompression) -> int:
     """Bits of the layer's quantization parameters: scales (+ asym zero points) or codebook levels."""
     kind = scale_kind(lc)
+    if kind == "side":
+        layout = quantizer_info(lc.quant.quantizer).side_layout(lc.quant, tuple(lc.shape))
+        return sum(count * SIDE_KINDS[storage][0] for count, storage in layout.values())
     if kind == "scale":
         per = FLOAT_BITS + (ZERO_POINT_BITS if lc.quant.scheme == "asym" else 0)
         return lc.scale.numel() * per

@@ -1,4 +1,4 @@
-"""The result store: one SQLite row per evaluated (model fingerprint, dataset, split, limit, config hash).
+"""The result store: one SQLite row per evaluated (model fingerprint, dataset, split, limit, config hash, task).
 
 The file is opened in WAL mode with a busy timeout, so a sweep process can write while the dashboard reads,
 and a killed writer loses at most the transaction in flight. Records are kept as the full JSON the engine
@@ -44,7 +44,8 @@ from .record import RECORD_FIELDS
 from .store_claims import CLAIM_TTL_S, ClaimsMixin, new_owner
 from .store_runs import RunsMixin
 from .store_schema import (FULL_SPLIT, HIT, KEY_COLS, KEY_FIELDS, SCHEMA_VERSION, TABLES, UNKNOWN_ENGINE, StoreError,
-                           key_cols, key_tuple, migrate, newer_schema, read_only_uri, schema_version)
+                           key_cols, key_tuple, migrate, newer_schema, read_only_uri, schema_version,
+                           split_config_col)
 
 # importable from here as before the split into store_schema / store_runs / store_claims
 __all__ = ["ANY", "CLAIM_TTL_S", "ENV_VAR", "FULL_SPLIT", "KEY_FIELDS", "SCHEMA_VERSION", "TRANSIENT_FIELDS", "Store",
@@ -278,12 +279,12 @@ class Store(RunsMixin, ClaimsMixin):
 
     def keys(self, model: str | None = None, dataset: str | None = None, split: str | None = None,
              limit=ANY, *, fingerprint: str | None = None, run_id: str | None = None) -> list[dict]:
-        """Keys (model, fingerprint, dataset, split, limit, config_hash) of the matching records."""
+        """Keys (model, fingerprint, dataset, split, limit, config_hash, task) of the matching records."""
         where, params = self._where(model, dataset, split, limit, fingerprint, run_id)
         rows = self._query(f"SELECT r.model, {key_cols('r')} FROM records r {where} ORDER BY r.created_at, r.rowid",
                            params)
-        return [{"model": m, "fingerprint": f, "dataset": d, "split": s,
-                 "limit": None if n == FULL_SPLIT else n, "config_hash": h} for m, f, d, s, n, h in rows]
+        return [{"model": m, "fingerprint": f, "dataset": d, "split": s, "limit": None if n == FULL_SPLIT else n,
+                 **dict(zip(("config_hash", "task"), split_config_col(h)))} for m, f, d, s, n, h in rows]
 
     def count(self, model: str | None = None, dataset: str | None = None, split: str | None = None,
               limit=ANY, *, fingerprint: str | None = None, run_id: str | None = None) -> int:

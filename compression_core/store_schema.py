@@ -1,7 +1,8 @@
 """The store's schema: its tables and key columns, the version number in the file, the migrations up to it.
 
-A record's key is (model fingerprint, dataset, split, limit, config hash); `key_tuple` turns a key or record dict
-into the values of the key columns `KEY_COLS`, which every table shares.
+A record's key is (model fingerprint, dataset, split, limit, config hash, task); `key_tuple` turns a key or record
+dict into the values of the key columns `KEY_COLS`, which every table shares (the task rides in the config hash
+column, see `key_tuple`).
 
 The version is SQLite's `PRAGMA user_version`. Version 1 never set it, so 0 (with the tables present) reads as
 1. Each entry of `MIGRATIONS` upgrades a store of the version before it and runs inside the opener's write
@@ -21,6 +22,7 @@ from pathlib import Path
 KEY_FIELDS = ("fingerprint", "dataset", "split", "limit", "config_hash")
 FULL_SPLIT = -1  # stored in the `limit_n` column when the whole split was evaluated (limit None)
 SCHEMA_VERSION = 2  # the `PRAGMA user_version` this build reads and writes
+DEFAULT_TASK = "classify"  # the task of a key that names none (records from before tasks)
 UNKNOWN_ENGINE = "unknown"  # engine_version of records stored before records carried one
 
 
@@ -79,13 +81,25 @@ def key_cols(alias: str) -> str:
 
 
 def key_tuple(key: dict) -> tuple:
-    """(fingerprint, dataset, split, limit_n, config_hash) from a key or record dict."""
+    """(fingerprint, dataset, split, limit_n, config_hash column) from a key or record dict.
+
+    The task is part of the key without a column of its own: the config_hash column holds `HASH` for task
+    classify (or a key without a task: every record before tasks existed) and `HASH:TASK` for the others, so a
+    store keeps serving its classify records unchanged and records of two tasks never collide.
+    """
     missing = [f for f in KEY_FIELDS if f not in key]
     if missing:
         raise StoreError(f"record/key lacks field(s) {', '.join(missing)}; a key needs {', '.join(KEY_FIELDS)}")
-    limit = key["limit"]
+    limit, task = key["limit"], key.get("task") or DEFAULT_TASK
+    config_col = str(key["config_hash"]) if task == DEFAULT_TASK else f"{key['config_hash']}:{task}"
     return (str(key["fingerprint"]), str(key["dataset"]), str(key["split"]),
-            FULL_SPLIT if limit is None else int(limit), str(key["config_hash"]))
+            FULL_SPLIT if limit is None else int(limit), config_col)
+
+
+def split_config_col(value: str) -> tuple[str, str]:
+    """(config_hash, task) of a config_hash column value (see `key_tuple`)."""
+    config_hash, _, task = value.partition(":")
+    return config_hash, task or DEFAULT_TASK
 
 
 # (version, statements): each entry upgrades a store of the version before it to `version`, in order

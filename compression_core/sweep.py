@@ -52,6 +52,9 @@ GRID_FIELDS: dict[str, tuple[str, str]] = {
     "granularity": ("quant", "granularity"),
     "range": ("quant", "range"),
     "percentile": ("quant", "percentile"),
+    "group_size": ("quant", "group_size"),
+    "scale_dtype": ("quant", "scale_dtype"),
+    "double_quant": ("quant", "double_quant"),
     "sparsity": ("prune", "sparsity"),
     "prune": ("prune", "method"),
     "scope": ("prune", "scope"),
@@ -99,7 +102,8 @@ def expand_grid(base: CompressionConfig | None = None, **lists: Any) -> list[Com
     Args:
         base: the config the grid varies (its overrides, seed, ... are kept); None = `CompressionConfig()`.
         **lists: setting name -> list of values (a single value is a one-element list). Names are those of
-            `GRID_FIELDS`: bits, quantizer, scheme, granularity, range, percentile, sparsity, prune (method),
+            `GRID_FIELDS`: bits, quantizer, scheme, granularity, range, percentile, group_size, scale_dtype,
+            double_quant, sparsity, prune (method),
             scope, norm, nm ("2:4"), act_bits, index_bits, finetune_steps, bias_correction, fold_bn, seed.
 
     Returns:

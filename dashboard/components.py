@@ -119,6 +119,9 @@ def layer_details(selection: Selection, record: dict, key: str) -> str:
     if grid.get("channel") is not None:
         st.caption(f"Per-channel grid: levels shown for channel {grid['channel']} (the widest); the dashed lines "
                    f"are the clip range over all channels.")
+    if grid.get("block") is not None:
+        st.caption(f"Block grid: the values block {grid['block']} can represent (the block holding the largest "
+                   f"|w|; blocks run along the input dimension); the dashed lines are that block's range.")
     return layer
 
 

@@ -249,13 +249,13 @@ def histogram_view(before: torch.Tensor, layer: LayerCompression, bins: int = 80
     Returns:
         (frame with columns left, right, center, before, after;
          {"levels": [...], "clip": [lo, hi] | None, "threshold": float | None, "channel": int | None,
-          "hidden_zeros_before": int, "hidden_zeros_after": int})
+          "block": int | None, "hidden_zeros_before": int, "hidden_zeros_after": int})
     """
     hist = histograms.weight_histograms(before, layer.weight, bins=bins, hide_zeros=hide_zeros)
     grid = histograms.grid_levels(layer, before=before)
     return hist.to_frame(), {
         "levels": list(grid.levels), "clip": list(grid.clip) if grid.clip else None,
-        "threshold": grid.threshold, "channel": grid.channel,
+        "threshold": grid.threshold, "channel": grid.channel, "block": grid.block,
         "hidden_zeros_before": hist.hidden_zeros_before, "hidden_zeros_after": hist.hidden_zeros_after,
     }
 
@@ -315,11 +315,14 @@ def pareto(records: list[dict]) -> tuple[list[dict], tuple[list[float], list[flo
 
 
 def sweep_grid(bits: list, sparsities: list[float], quantizers: list[str], methods: list[str], *, scheme: str,
-               granularity: str, range_method: str, scope: str) -> tuple[list[CompressionConfig], list[str]]:
+               granularity: str, range_method: str, scope: str,
+               group_sizes: list[int] | None = None) -> tuple[list[CompressionConfig], list[str]]:
     """The configs a sweep form describes, and one line per combination the engine rejects (those are skipped).
 
     Integer bit-widths cross every chosen quantizer (codebooks such as k-means and power-of-two only up to
-    CODEBOOK_MAX_BITS); fixed-width quantizers (fp16 / bf16 casts) are crossed with the pruning settings only.
+    CODEBOOK_MAX_BITS); fixed-width quantizers (fp16 / bf16 casts, FP / MX / NF4 formats) are crossed with the
+    pruning settings only. `group_sizes` cross every quantizer that takes one (granularity group, NF4; None = its
+    default); a block-only format (MX, NF4) keeps its blocks whatever `granularity` says.
     """
     base = CompressionConfig(quant=QuantSpec(scheme=scheme, granularity=granularity, range=range_method),
                              prune=PruneSpec(scope=scope))
@@ -329,8 +332,11 @@ def sweep_grid(bits: list, sparsities: list[float], quantizers: list[str], metho
               if quantizer_info(q).kind != "codebook" or b <= CODEBOOK_MAX_BITS]
     combos += [(quantizer_info(b).bits[0], b) for b in bits if isinstance(b, str)]
     for b, quantizer in combos:
+        grans = quantizer_info(quantizer).granularities
+        own = granularity if granularity in grans or len(grans) != 1 else grans[0]
         try:
-            grid = expand_grid(base, bits=[b], quantizer=[quantizer], sparsity=sparsities, prune=methods)
+            grid = expand_grid(base, bits=[b], quantizer=[quantizer], sparsity=sparsities, prune=methods,
+                               granularity=[own], group_size=group_sizes or [None])
         except ConfigError as e:
             problems.append(str(e))
             continue

@@ -72,6 +72,7 @@ def act_bits_label(bits: int) -> str:
 # Display names of engine option values, for selectors and legends; method names use their registry labels.
 OPTION_NAMES: dict[str, str] = {
     "sym": "symmetric", "asym": "asymmetric", "tensor": "per tensor", "channel": "per channel",
+    "group": "per group (block)",
     "minmax": "min-max", "percentile": "percentile", "mse": "MSE search",
     "layer": "per layer", "global": "global", "none": "none",
 }

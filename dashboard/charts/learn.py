@@ -1,4 +1,5 @@
-"""Learn page charts: a quantizer's transfer curve and an N:M mask pattern (toy tensors; histograms reuse layers)."""
+"""Learn page charts: a quantizer's transfer curve, block scales along a row and an N:M mask pattern (toy tensors;
+histograms reuse layers)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -8,6 +9,7 @@ from .common import AFTER_COLOR, LEVEL_COLOR, REFERENCE_COLOR, THRESHOLD_COLOR, 
 
 QUANTIZED_AXIS = "Quantized value ŵ"
 INPUT_COLUMN_AXIS = "Input index (groups of M)"
+INPUT_INDEX_AXIS = "Input index"
 OUTPUT_ROW_AXIS = "Output row"
 
 
@@ -53,4 +55,28 @@ def mask_pattern(weights: pd.DataFrame, *, m: int, title: str | None = None, hei
     base_layout(fig, title=title, height=height, legend=False)
     fig.update_xaxes(title_text=INPUT_COLUMN_AXIS, showgrid=False)
     fig.update_yaxes(title_text=OUTPUT_ROW_AXIS, autorange="reversed", showgrid=False)
+    return fig
+
+
+def block_scales(row: pd.DataFrame, *, title: str | None = None, height: int = 320) -> go.Figure:
+    """One row of weights with its block-wise and per-tensor quantization, and each block's covered range.
+
+    Args:
+        row: columns index, w (the weights), w_block / w_tensor (quantize-dequantize with block scales / one scale),
+            reach (the largest |ŵ| each weight's block can represent: qmax x its scale).
+    """
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=row["index"], y=row["w"], mode="markers", name="w",
+                             marker={"color": REFERENCE_COLOR, "size": 4}))
+    fig.add_trace(go.Scatter(x=row["index"], y=row["w_tensor"], mode="lines", name="ŵ, one scale per tensor",
+                             line={"color": LEVEL_COLOR, "width": 1, "shape": "hv"}))
+    fig.add_trace(go.Scatter(x=row["index"], y=row["w_block"], mode="lines", name="ŵ, one scale per block",
+                             line={"color": AFTER_COLOR, "width": 2, "shape": "hv"}))
+    for sign, name in ((1, "block range ±qmax · s_g"), (-1, None)):
+        fig.add_trace(go.Scatter(x=row["index"], y=sign * row["reach"], mode="lines", name=name,
+                                 showlegend=name is not None, hoverinfo="skip",
+                                 line={"color": THRESHOLD_COLOR, "dash": "dash", "width": 1, "shape": "hv"}))
+    base_layout(fig, title=title, height=height)
+    fig.update_xaxes(title_text=INPUT_INDEX_AXIS)
+    fig.update_yaxes(title_text=WEIGHT_AXIS)
     return fig

@@ -12,6 +12,7 @@ import math
 import pandas as pd
 import plotly.graph_objects as go
 
+from compression_core.methods import quantizers
 from compression_core.record import TABLE_COLUMNS, table_row
 
 from .common import (ACCURACY_AXIS, BITS_AXIS, METHOD_SYMBOLS, REFERENCE_COLOR, SPARSITY_AXIS,
@@ -61,16 +62,21 @@ def pareto_figure(df: pd.DataFrame, *, front: tuple[list[float], list[float]] | 
 
     Returns:
         One markers trace per bit-width (role "configs", name "4-bit" ... "fp32", customdata[i][0] = the
-        point's config_hash), legend-only marker keys per method when several are present (role "method"),
+        point's config_hash) and one per number format (FP8 / MX / NF4 ...: name "MXFP4 (4-bit)", its own colour), legend-only marker keys per method when several are present (role "method"),
         then "Pareto front" (role "front") and "fp32 reference" (role "reference") when given.
     """
     fig = go.Figure()
-    for bits in sorted(df["bits"].unique()) if len(df) else []:
-        group = df[df["bits"] == bits]
+    # number formats (FP8 / MX / NF4 ...) get a trace each, so formats of one width stay apart in the legend
+    formats = [q for q, info in quantizers().items() if info.kind == "format"]
+    family = df["quantizer"].where(df["quantizer"].isin(formats), "") if len(df) else pd.Series(dtype=str)
+    for bits, fmt in sorted(set(zip(df["bits"], family))) if len(df) else []:
+        group = df[(df["bits"] == bits) & (family == fmt)]
+        name = f"{option_label(fmt)} ({bits_label(bits)})" if fmt else bits_label(bits)
+        color = OVERLAY_COLORS[formats.index(fmt) % len(OVERLAY_COLORS)] if fmt else bit_color(bits)
         fig.add_trace(go.Scatter(
-            x=group["size_bytes"].map(kib), y=100.0 * group["accuracy"], mode="markers", name=bits_label(bits),
-            legendgroup="bits", meta={"role": "configs", "bits": int(bits)},
-            marker={"color": bit_color(bits), "size": 11, "line": {"color": "white", "width": 1},
+            x=group["size_bytes"].map(kib), y=100.0 * group["accuracy"], mode="markers", name=name,
+            legendgroup="bits", meta={"role": "configs", "bits": int(bits), "format": fmt or None},
+            marker={"color": color, "size": 11, "line": {"color": "white", "width": 1},
                     "symbol": [METHOD_SYMBOLS.get(m, "circle") for m in group["prune_method"]]},
             text=group["label"], customdata=_hover_data(group), hovertemplate=HOVER))
     methods = sorted(set(df["prune_method"])) if len(df) else []

@@ -13,7 +13,7 @@ import streamlit as st
 
 from compression_core import methods
 from compression_core.config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES,
-                                     SCHEMES, SCOPES, CompressionConfig, PruneSpec, QuantSpec)
+                                     SCALE_DTYPES, SCHEMES, SCOPES, CompressionConfig, PruneSpec, QuantSpec)
 from dashboard import components, frame, services
 from dashboard.charts import explore as explore_charts
 from dashboard.charts.common import act_bits_label, option_label
@@ -23,6 +23,8 @@ HISTORY_KEY = "explore_history"  # {selection key: [point dicts]}
 POINT_FIELDS = ("config_hash", "label", "bits", "quantizer", "prune_method", "sparsity", "accuracy",
                 "accuracy_ci_low", "accuracy_ci_high", "size_bytes", "compression_ratio")
 NM_PATTERNS = ("2:4", "1:4", "4:8", "2:8")
+GROUP_SIZES = (0, 32, 64, 128, 256)  # 0 = the quantizer's own default block size
+GROUP_SIZE_NAMES = {0: "format default"} | {g: str(g) for g in GROUP_SIZES[1:]}
 
 
 def _state(key: str, default):
@@ -46,17 +48,20 @@ def controls() -> CompressionConfig:
     sparsity = right.slider("Sparsity", 0.0, 0.99, 0.0, 0.01, key="explore_sparsity", bind="query-params",
                             disabled=not p_info.uses_sparsity, format="%.2f",
                             help="Fraction of weights removed (exactly round(s·n) of them). N:M sets its own.")
-    on = bits < 32
+    on = bits < 32 or not q_info.uses_bits  # a fixed-width quantizer (a cast, a float format) is always on
     c = st.columns(4)
     quantizer = c[0].selectbox("Quantizer", QUANTIZERS, key="explore_quantizer", bind="query-params",
                                format_func=option_label)
+    q_info = known_q[quantizer]  # the controls below follow the quantizer just chosen
+    on = bits < 32 or not q_info.uses_bits
     scheme = c[1].selectbox("Scheme", SCHEMES, key="explore_scheme", bind="query-params", format_func=option_label,
                             disabled=not (on and q_info.schemes))
     granularity = c[2].selectbox("Granularity", GRANULARITIES, index=1, key="explore_granularity",
                                  bind="query-params", format_func=option_label,
-                                 disabled=not (on and q_info.granularities))
+                                 disabled=not (on and len(q_info.granularities) > 1))
     range_method = c[3].selectbox("Range", RANGES, key="explore_range", bind="query-params", format_func=option_label,
                                   disabled=not (on and q_info.ranges))
+    group_size, scale_dtype, double_quant = format_controls(q_info, on, granularity)
     c = st.columns(4)
     method = c[0].selectbox("Pruning method", PRUNE_METHODS, key="explore_prune", bind="query-params",
                             format_func=option_label)
@@ -69,9 +74,30 @@ def controls() -> CompressionConfig:
                               help="Quantize each layer's input, calibrated on training samples.")
     n, m = (int(v) for v in nm.split(":"))
     # settings that do not apply to the chosen methods are reset by QuantSpec / PruneSpec themselves
-    quant = QuantSpec(bits=bits, quantizer=quantizer, scheme=scheme, granularity=granularity, range=range_method)
+    if len(q_info.granularities) <= 1:
+        granularity = "channel"  # the default: a block-only format (MX, NF4) then uses its blocks
+    quant = QuantSpec(bits=bits, quantizer=quantizer, scheme=scheme, granularity=granularity, range=range_method,
+                      group_size=group_size, scale_dtype=scale_dtype, double_quant=double_quant)
     prune = PruneSpec(sparsity=sparsity, method=method, scope=scope, n=n, m=m)
     return CompressionConfig(quant=quant, prune=prune, act_bits=act_bits)
+
+
+def format_controls(q_info: methods.QuantizerInfo, on: bool, granularity: str) -> tuple[int | None, str, bool]:
+    """Group size, scale storage type and NF4 double quantization; each enabled only where it applies."""
+    c = st.columns(4)
+    grouped = on and not q_info.fixed_group_size and "group" in q_info.granularities and (
+        granularity == "group" or len(q_info.granularities) == 1)
+    group_size = c[0].selectbox("Group size", GROUP_SIZES, key="explore_group_size", bind="query-params",
+                                disabled=not grouped, format_func=GROUP_SIZE_NAMES.get,
+                                help="Weights per block along the input dimension (granularity group: default 128; "
+                                     "NF4: 64). MX formats always use 32.")
+    scale_dtype = c[1].selectbox("Scale stored as", SCALE_DTYPES, key="explore_scale_dtype", bind="query-params",
+                                 disabled=not (on and q_info.scale_dtypes),
+                                 help="Storage type of each scale, counted in the size; rounded up to it.")
+    double_quant = c[2].toggle("Double-quantize scales", value=True, key="explore_double_quant",
+                               disabled=not (on and q_info.double_quant),
+                               help="NF4: block scales as int8 in blocks of 256 (QLoRA); off keeps them fp32.")
+    return (group_size or None) if grouped else None, scale_dtype, double_quant
 
 
 def remember(selection: Selection, record: dict) -> list[dict]:

@@ -12,10 +12,12 @@ import streamlit as st
 import torch
 
 from compression_core import quantize as quant_ops
+from compression_core import quantize_blocks as blocks
 from compression_core.compress import compress_weight
 from compression_core.compressed import LayerCompression
 from compression_core.config import PruneSpec, QuantSpec
 from compression_core.methods import prune_methods, quantizers
+from compression_core.size import layer_size
 from dashboard import services
 from dashboard.charts import layers as layer_charts
 from dashboard.charts import learn as learn_charts
@@ -146,6 +148,61 @@ def power_of_two() -> None:
     codebook_demo("pow2", lambda bits: f"{bits}-bit power-of-two levels")
 
 
+def block_scales() -> None:
+    st.latex(r"s_g = \frac{\max_{i \in g} |w_i|}{2^{b-1}-1}\ \text{ for each block } g \text{ of } G "
+             r"\text{ inputs},\qquad \hat w_i = s_g \cdot \operatorname{clamp}\!\left(\operatorname{round}"
+             r"\!\left(\tfrac{w_i}{s_g}\right),\ \pm(2^{b-1}-1)\right)")
+    st.markdown("Group-wise (block) scales: every block of `G` consecutive inputs gets its own scale, so an "
+                "outlier only coarsens its own block. Each scale costs storage of its own: 32 bits as fp32, 16 "
+                "as fp16, 8 as e8m0 (a power of two, rounded up, as in the MX formats).")
+    c = st.columns(3)
+    bits = c[0].slider("Bits", 2, 8, 3, key="learn_block_bits")
+    group = c[1].segmented_control("Block size G", [8, 16, 32, 64], default=32, required=True,
+                                   key="learn_block_size") or 32
+    scale_dtype = c[2].segmented_control("Scale stored as", list(blocks.SCALE_KIND), default="fp32", required=True,
+                                         key="learn_block_scale_dtype") or "fp32"
+    w = toy_tensor()[:, :256].clone()
+    w[0, [37, 150, 201]] = torch.tensor(OUTLIERS[-3:])  # outliers inside the row, not at its end
+    spec = QuantSpec(bits=bits, granularity="group", group_size=group, scale_dtype=scale_dtype)
+    layer = compress_weight(w, spec)
+    tensor = compress_weight(w, QuantSpec(bits=bits, granularity="tensor"))
+    scale = blocks.side_to_float(layer.side["scale"], blocks.SCALE_KIND[scale_dtype])
+    reach = (scale * quant_ops.qrange(bits, "sym")[1]).repeat_interleave(group)[:w.numel()]
+    row = pd.DataFrame({"index": range(w.numel()), "w": w[0].tolist(), "w_block": layer.weight[0].tolist(),
+                        "w_tensor": tensor.weight[0].tolist(), "reach": reach.tolist()})
+    st.plotly_chart(learn_charts.block_scales(row, title=f"{bits}-bit grid, one {scale_dtype} scale per {group} "
+                                                         f"weights"), key="learn_block_chart",
+                    config={"displaylogo": False})
+    per_weight = layer_size(layer, index_bits=4).total_bits / layer.n
+    st.caption(f"Mean squared error: blocks {float(((layer.weight - w) ** 2).mean()):.2e} vs one scale "
+               f"{float(((tensor.weight - w) ** 2).mean()):.2e} · {per_weight:.3f} bits per weight with the scales")
+
+
+def float_elements() -> None:
+    st.latex(r"\begin{gathered} v = (-1)^{S}\, 2^{E - \text{bias}} \left(1 + \tfrac{M}{2^{m}}\right)\ "
+             r"(E > 0),\qquad v = (-1)^{S}\, 2^{1 - \text{bias}}\, \tfrac{M}{2^{m}}\ (E = 0) \\ "
+             r"s = \frac{\max_i |w_i|}{v_{\max}},\qquad \hat w = s \cdot \operatorname{fp}\!\left("
+             r"\tfrac{w}{s}\right) \end{gathered}")
+    st.markdown("Floating-point elements (FP8 E4M3 / E5M2, FP6, FP4 E2M1) space their levels "
+                "logarithmically: fine steps near zero where most weights are, coarse ones far out. The scale "
+                "maps the largest weight to the format's largest value; rounding is to nearest, ties to even.")
+    formats = [q for q, info in quantizers().items() if info.kind == "format" and "tensor" in info.granularities]
+    name = st.segmented_control("Format", formats, default=formats[-1], required=True,
+                                key="learn_fp_format") or formats[-1]
+    w = toy_tensor()
+    spec = QuantSpec(quantizer=name, granularity="tensor")
+    layer = compress_weight(w, spec)
+    reach = float(w.abs().max())
+    xs = torch.linspace(-reach, reach, 1500).unsqueeze(0)  # the same absmax, so the same scale as the toy
+    curve = pd.DataFrame({"w": xs.flatten().tolist(), "w_hat": compress_weight(xs, spec).weight.flatten().tolist()})
+    st.plotly_chart(learn_charts.transfer_curve(curve, title=f"{quantizers()[name].label}: "
+                                                              f"{len(layer.weight.unique())} levels used by the toy"),
+                    key="learn_fp_curve", config={"displaylogo": False})
+    grid = compress_weight(w, QuantSpec(bits=spec.bits, granularity="tensor"))
+    st.caption(f"Mean squared error: {name} {float(((layer.weight - w) ** 2).mean()):.2e} vs a {spec.bits}-bit "
+               f"integer grid {float(((grid.weight - w) ** 2).mean()):.2e}")
+
+
 def n_of_m() -> None:
     st.latex(r"m_{g,j} = \big[\, j \in \operatorname{top}_N\{|w_{g,1}|, \dots, |w_{g,M}|\}\,\big]\quad"
              r"\text{for every group } g \text{ of } M \text{ consecutive weights}")
@@ -182,6 +239,8 @@ SECTIONS = {
     "Magnitude pruning": magnitude_pruning,
     "k-means sharing": kmeans_sharing,
     "Power-of-two": power_of_two,
+    "Block scales": block_scales,
+    "Float elements": float_elements,
     "N:M sparsity": n_of_m,
     "All methods": all_methods,
 }

@@ -28,6 +28,7 @@ RUN_KEY = "sweep_run"  # session state and URL parameter: the run id (= job id) 
 BIT_CHOICES = ALLOWED_BITS + tuple(q for q in QUANTIZERS if not quantizer_info(q).uses_bits)
 GRID_QUANTIZERS = tuple(q for q in QUANTIZERS if quantizer_info(q).uses_bits)
 MAX_CONFIGS = 400
+GROUP_SIZES = (32, 64, 128, 256)
 POLL_S = 1.0
 
 
@@ -58,12 +59,15 @@ def sweep_form(selection: Selection) -> dict | None:
         methods = c[1].multiselect("Pruning methods", PRUNE_METHODS, default=[DEFAULT_PRUNE_METHOD],
                                    key="sweep_methods",
                                    format_func=option_label, help="N:M uses its 2:4 pattern whatever the sparsity.")
-        c = st.columns(4)
+        c = st.columns(5)
         granularity = c[0].selectbox("Granularity", GRANULARITIES, index=1, key="sweep_granularity",
                                      format_func=option_label)
-        scheme = c[1].selectbox("Scheme", SCHEMES, key="sweep_scheme", format_func=option_label)
-        range_method = c[2].selectbox("Range", RANGES, key="sweep_range", format_func=option_label)
-        scope = c[3].selectbox("Pruning scope", SCOPES, key="sweep_scope", format_func=option_label)
+        group_sizes = c[1].multiselect("Group sizes", GROUP_SIZES, default=[], key="sweep_group_sizes",
+                                       help="Crossed with granularity group and NF4 (none chosen: each "
+                                            "format's default). MX formats always use 32.")
+        scheme = c[2].selectbox("Scheme", SCHEMES, key="sweep_scheme", format_func=option_label)
+        range_method = c[3].selectbox("Range", RANGES, key="sweep_range", format_func=option_label)
+        scope = c[4].selectbox("Pruning scope", SCOPES, key="sweep_scope", format_func=option_label)
         n_test = services.get_experiment(selection).dataset.info.splits["test"]
         eval_names = {"subset": f"Live subset ({min(selection.limit, n_test):,} samples)",
                       "full": f"Whole test set ({n_test:,} samples)"}
@@ -74,6 +78,7 @@ def sweep_form(selection: Selection) -> dict | None:
         return None
     return {"bits": bits, "sparsities": _sparsities(span[0], span[1], step), "quantizers": quantizers,
             "methods": methods, "scheme": scheme, "granularity": granularity, "range_method": range_method,
+            "group_sizes": group_sizes,
             "scope": scope, "full": subset == "full"}
 
 
@@ -85,7 +90,8 @@ def launch(selection: Selection, form: dict) -> str | None:
     grid = {k: form[k] for k in ("bits", "sparsities", "quantizers", "methods")}
     configs, problems = services.sweep_grid(form["bits"], form["sparsities"], form["quantizers"], form["methods"],
                                    scheme=form["scheme"], granularity=form["granularity"],
-                                   range_method=form["range_method"], scope=form["scope"])
+                                   range_method=form["range_method"], scope=form["scope"],
+                                   group_sizes=form.get("group_sizes"))
     for line in problems:
         st.warning(f"Skipped: {line}", icon=":material/warning:")
     if not configs:

@@ -127,9 +127,9 @@ def test_every_sweep_setting_but_norm_the_switches_and_seed_is_a_comma_list_flag
     args = build_parser().parse_args(["sweep", "--model", "digits-cnn", "--bits", "4,8", "--index-bits", "4,8",
                                       "--finetune-steps", "0,5", "--seed", "3", "--bias-correction",
                                       "--no-fold-bn"])
-    assert set(GRID_FIELDS) - set(GRID_FLAGS) == {"norm", "bias_correction", "fold_bn", "seed"}
+    assert set(GRID_FIELDS) - set(GRID_FLAGS) == {"norm", "bias_correction", "fold_bn", "seed", "double_quant"}
     assert all(isinstance(getattr(args, flag), list) for flag in GRID_FLAGS if flag not in
-               ("sparsity", "nm", "percentile"))  # these three default to None: "not given"
+               ("sparsity", "nm", "percentile", "granularity", "group_size"))  # these default to None: "not given"
     configs = configs_from_args(args)
     assert [(c.quant.bits, c.index_bits, c.finetune_steps) for c in configs] == [
         (4, 4, 0), (4, 4, 5), (4, 8, 0), (4, 8, 5), (8, 4, 0), (8, 4, 5), (8, 8, 0), (8, 8, 5)]
@@ -152,4 +152,4 @@ def test_evaluate_image_folder_counts_a_corrupt_image_and_needs_train_to_calibra
     assert rec["dataset"] == f"imagefolder:{(tmp_path / 'imgs').resolve()} [transform none]"
     r = cli("evaluate", *model, "--act-bits", "8", store=tmp_path / "s.sqlite")
     assert r.returncode == 2 and "no train split to calibrate on" in r.stderr and "Traceback" not in r.stderr
-    assert len(list((tmp_path / "decoded").glob("*.npz"))) == 1  # both runs: one decode, one cache entry
+    assert len(list((tmp_path / "decoded").iterdir())) == 1  # both runs: one decode, one cache entry

@@ -37,7 +37,7 @@ def test_evaluate_counts_and_agreement():
         model.weight.copy_(torch.eye(3, 4))
     x = torch.tensor([[5., 0, 0, 0], [0, 5, 0, 0], [0, 0, 5, 0], [5, 0, 0, 0]])
     y = torch.tensor([0, 1, 1, 0])
-    m = evaluate(model, x, y, reference_pred=torch.tensor([0, 1, 2, 1]), batch_size=3)
+    m = evaluate(model, x, y, reference=torch.tensor([0, 1, 2, 1]), batch_size=3)
     assert (m["correct"], m["n_samples"], m["accuracy"]) == (3, 4, 0.75)
     assert m["agreement"] == 0.75 and m["top5"] is None
     assert m["accuracy_ci_low"] < 0.75 < m["accuracy_ci_high"]

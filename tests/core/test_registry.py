@@ -21,9 +21,11 @@ from compression_core.size import size_report
 
 ROOT = Path(__file__).resolve().parents[2]
 # the registry itself and each family's own module may spell its names
-OWN_MODULES = {"compression_core/methods.py", "compression_core/quantize.py", "compression_core/prune.py"}
+OWN_MODULES = {"compression_core/methods.py", "compression_core/quantize.py", "compression_core/prune.py",
+               "compression_core/quantize_formats.py", "compression_core/quantize_nf4.py"}
 # (file, literal): uses of a method-name string that mean something else
-NOT_METHOD_NAMES = {("compression_core/cli.py", "nm"): "the sweep grid field of the N:M pattern (--nm)"}
+NOT_METHOD_NAMES = {("compression_core/cli.py", "nm"): "the sweep grid field of the N:M pattern (--nm)",
+                    ("compression_core/quantize_blocks.py", "fp16"): "the storage type of a scale (--scale-dtype)"}
 
 
 def stray_method_names(source: str, names: set[str]) -> list[tuple[int, str]]:
@@ -90,7 +92,11 @@ def toy_methods():
 
 
 def test_builtin_tables_in_display_order():
-    assert list(methods.quantizers()) == ["uniform", "kmeans", "pow2", "fp16", "bf16"]
+    assert list(methods.quantizers()) == ["uniform", "kmeans", "pow2", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2",
+                                          "fp6_e3m2", "fp6_e2m3", "fp4_e2m1", "mxfp8", "mxfp6", "mxfp4", "mxint8",
+                                          "nf4"]
+    assert [n for n, q in methods.quantizers().items() if q.side_layout] == ["uniform"] + list(
+        methods.quantizers())[5:]
     assert list(methods.prune_methods()) == ["magnitude", "random", "structured", "nm", "taylor"]
     assert [n for n, q in methods.quantizers().items() if q.kind == "cast"] == ["fp16", "bf16"]
     assert [n for n, p in methods.prune_methods().items() if p.ranks_globally] == ["magnitude", "random", "taylor"]

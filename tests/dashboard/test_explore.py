@@ -81,3 +81,24 @@ def test_layer_table_and_histogram_toggles(make_app, no_exception, figures):
     assert hist["layout"]["yaxis"]["type"] == "log"
     assert hist["layout"]["title"]["text"].startswith(table["Layer"].iloc[-1])
     assert "exact zeros hidden" in hist["layout"]["annotations"][0]["text"]
+
+
+def test_format_controls_enable_only_what_applies(make_app, no_exception):
+    at = make_app(explore_quantizer="NF4")  # a selectbox's URL value is its shown label
+    no_exception(at)
+    assert at.selectbox(key="explore_granularity").disabled  # NF4 is a block format only
+    assert not at.selectbox(key="explore_group_size").disabled and at.selectbox(key="explore_scale_dtype").disabled
+    assert not at.toggle(key="explore_double_quant").disabled
+    at.selectbox(key="explore_group_size").set_value(32).run()
+    at.toggle(key="explore_double_quant").set_value(False).run()
+    no_exception(at)
+    assert any("nf4 g32 no-dq" in c.value for c in at.caption)
+    at.selectbox(key="explore_quantizer").set_value("mxfp4").run()
+    no_exception(at)
+    assert at.selectbox(key="explore_group_size").disabled and at.toggle(key="explore_double_quant").disabled
+    assert any("mxfp4 g32" in c.value for c in at.caption)
+    at.selectbox(key="explore_quantizer").set_value("fp8_e4m3").run()
+    at.selectbox(key="explore_scale_dtype").set_value("e8m0").run()
+    no_exception(at)
+    assert not at.selectbox(key="explore_granularity").disabled
+    assert any("fp8_e4m3 channel e8m0" in c.value for c in at.caption)

@@ -10,8 +10,8 @@ def test_learn_page_loads_with_formulas_and_plots(make_app, no_exception):
     at = make_app("learn")
     no_exception(at)
     assert at.title[0].value == "Learn"
-    assert len(at.get("latex")) == 7  # one formula per method
-    assert len(at.get("plotly_chart")) == 8  # a histogram each, plus the asymmetric transfer curve
+    assert len(at.get("latex")) == 9  # one formula per method
+    assert len(at.get("plotly_chart")) == 10  # a histogram or curve each, plus the asymmetric transfer curve
 
 
 def test_bits_slider_moves_the_quantization_levels(make_app, no_exception, figures):
@@ -36,3 +36,26 @@ def test_n_of_m_pattern_keeps_exactly_n_per_group(make_app, no_exception, figure
     kept_per_group = {sum(not math.isnan(v) for v in row[j:j + 4]) for row in z for j in range(0, 16, 4)}
     assert kept_per_group == {1}
     assert fig["layout"]["title"]["text"].startswith("1:4: 32 of 128 kept")
+
+
+def test_block_scales_follow_the_block_size(make_app, no_exception, figures):
+    at = make_app("learn")
+    at.segmented_control(key="learn_block_size").set_value(8).run()
+    at.segmented_control(key="learn_block_scale_dtype").set_value("e8m0").run()
+    no_exception(at)
+    fig = next(f for f in figures(at) if f["layout"]["title"]["text"].startswith("3-bit grid, one e8m0 scale"))
+    reach = fig["data"][3]["y"]
+    assert len(reach) == 256 and len(set(reach)) <= 32  # one range per block of 8
+    assert all(math.log2(r / 3) == round(math.log2(r / 3)) for r in reach)  # e8m0: powers of two times qmax 3
+    assert any("4.000 bits per weight" in c.value for c in at.caption)  # 3 + one 8-bit scale per 8 weights
+
+
+def test_float_elements_curve_has_the_formats_levels(make_app, no_exception, figures):
+    at = make_app("learn")
+    at.segmented_control(key="learn_fp_format").set_value("fp4_e2m1").run()
+    no_exception(at)
+    fig = next(f for f in figures(at) if f["layout"]["title"]["text"].startswith("FP4 E2M1"))
+    levels = sorted(set(fig["data"][1]["y"]))
+    assert len(levels) == 15  # E2M1: ±{0.5, 1, 1.5, 2, 3, 4, 6} and 0
+    top = max(levels)
+    assert [round(v / top * 6, 6) for v in levels if v > 0] == [0.5, 1, 1.5, 2, 3, 4, 6]

@@ -2,7 +2,9 @@
 
 The sidebar's widgets are bound to the URL (`bind="query-params"`), so `?model=digits-cnn&dataset=digits&limit=500`
 reproduces a view and every change updates the address bar. Widget keys used here (and therefore URL parameter
-names): `model`, `factory`, `num_classes`, `dataset`, `device`, `limit`; `weights` is the upload widget.
+names): `model`, `factory`, `num_classes`, `dataset`, `task`, `device`, `limit`; `weights` is the upload widget.
+The Task picker offers only the tasks that apply to the chosen model and data (`services.task_choices`); a task in
+the URL that does not apply is ignored and the model's default task is used.
 
 A bring-your-own spec (`torchvision:NAME`, or `package.module:function` from a module prefix the operator allows in
 `$COMPRESSION_EXPLORER_ALLOWED_FACTORIES`) is never loaded straight from the URL: it loads only after the user
@@ -22,6 +24,7 @@ import torch
 from compression_core.evaluate import DeviceUnavailable, select_device
 from compression_core.models.loading import MAX_CLASSES
 from dashboard import components, data_picker, services, uploads
+from dashboard.charts.common import metric_axis
 from dashboard.selection import DEFAULT_DATASET, DEFAULT_LIMIT, DEFAULT_MODEL, Selection
 
 SELECTION_KEY = "selection"
@@ -29,6 +32,8 @@ LOADED_KEY = "loaded_model"  # {"spec", "num_classes"} the user confirmed with L
 UPLOAD_NAME_KEY = "upload_name"  # {weights content id: the file name the user uploaded}, to name it in messages
 UPLOADS_KEY = "uploads"  # {weights content id: bytes} uploaded by this session, for its quota
 CUSTOM = "custom"  # the model option "Bring your own"
+TASK_NAMES = {"classify": "classify (accuracy on the labels)", "fidelity": "fidelity (outputs vs the fp32 model)",
+              "lm": "lm (perplexity of the next token)"}
 DEVICES = ("auto", "cpu", "cuda")
 PAGE_CONFIG = {"page_title": "Compression Explorer", "page_icon": ":material/compress:", "layout": "wide",
                "initial_sidebar_state": "expanded"}
@@ -142,6 +147,40 @@ def _device_picker() -> str:
     return device
 
 
+def task_label(task: str) -> str:
+    """Task option label: the task's name and what it measures."""
+    return TASK_NAMES.get(task, task)
+
+
+def _task_picker(selection: Selection) -> Selection:
+    """The Task selectbox over the tasks that apply to the selection; the selection with the chosen task (None
+    when it is the model's default, so a view without a task in its URL is the same view)."""
+    choices, default = services.task_choices(selection)
+    task = st.selectbox("Task", choices, index=choices.index(default), key="task", bind="query-params",
+                        format_func=task_label,
+                        help="What quality means: accuracy on labelled data (classify), agreement of the outputs "
+                             "with the fp32 model (fidelity) or next-token perplexity (lm, causal language models). "
+                             "Only the tasks that apply to this model and data are offered.")
+    return dataclasses.replace(selection, task=None if task == default else task)
+
+
+def baseline_line(base: dict, source: str) -> str:
+    """The sidebar's fp32 summary: the task's headline metric on N samples from `source`, and one pass's time.
+
+    Args:
+        base: the fp32 record of the selection (`services.baseline`).
+        source: where the data comes from, already shown-literally (`components.plain`).
+    """
+    timing = f"from {source} · one evaluation pass {1000 * base['eval_seconds']:,.0f} ms (measured)"
+    if base["task"] == "classify":
+        return f"fp32 accuracy: **{100 * base['accuracy']:.2f} %** on {base['n_samples']:,} test samples {timing}"
+    axis = metric_axis(base["metric"])
+    if base["task"] == "fidelity":  # the fp32 model against itself scores 1 by construction: not a result
+        return f"fidelity ({axis.name}): reference = the fp32 model itself, on {base['n_samples']:,} samples {timing}"
+    tokens = f" ({base['n_tokens']:,} tokens)" if base.get("n_tokens") is not None else ""
+    return f"fp32 {axis.name}: **{axis.show(base['metric_value'])}** on {base['n_samples']:,} samples{tokens} {timing}"
+
+
 def _user_words(message: str) -> str:
     """An engine message with the upload's content id replaced by the name the user uploaded."""
     for weights_id, name in st.session_state.get(UPLOAD_NAME_KEY, {}).items():
@@ -167,6 +206,7 @@ def render_sidebar() -> Selection | None:
         except services.USER_ERRORS as e:
             problem = _user_words(services.error_line(e))
         dataset = _dataset_picker(choices)
+        task_slot = st.container()  # the Task picker, drawn here once the model and data are known
         transform = "auto"
         try:
             on_server, transform = data_picker.server_data()
@@ -177,18 +217,18 @@ def render_sidebar() -> Selection | None:
         device = _device_picker()
         limit = st.number_input("Live subset (test samples)", min_value=100, max_value=10_000, value=DEFAULT_LIMIT,
                                 step=100, key="limit", bind="query-params",
-                                help="Explore evaluates this many class-stratified test samples; the same number "
+                                help="Explore evaluates this many test samples (class-stratified where the data "
+                                     "has labels, else the first ones; for lm, token windows); the same number "
                                      "always gives the same samples.")
         if choices and dataset:
             try:
                 selection = Selection(model=model, dataset=dataset, device=device, limit=int(limit),
                                       factory=factory, weights_id=weights_id, num_classes=num_classes,
                                       transform=transform if on_server else "auto")
+                with task_slot:
+                    selection = _task_picker(selection)
                 base = services.baseline(selection)
-                source = components.plain(services.data_source(selection))
-                st.caption(f"fp32 accuracy: **{100 * base['accuracy']:.2f} %** on {base['n_samples']:,} "
-                           f"test samples from {source} · one evaluation pass {1000 * base['eval_seconds']:,.0f} ms "
-                           "(measured)")
+                st.caption(baseline_line(base, components.plain(services.data_source(selection))))
             except services.USER_ERRORS as e:
                 selection, problem = None, _user_words(services.error_line(e))
     if problem:

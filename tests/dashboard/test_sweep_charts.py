@@ -51,7 +51,7 @@ def test_pareto_figure_points_front_and_reference(records):
     df = charts.results_frame(records)
     front = pareto_front(records)
     xs, ys = staircase(front)
-    fig = charts.pareto_figure(df, front=(xs, ys), baseline_accuracy=0.985)
+    fig = charts.pareto_figure(df, front=(xs, ys), baseline=0.985)
 
     configs = by_role(fig, "configs")
     assert [t.name for t in configs] == ["2-bit", "4-bit", "8-bit", "fp32"]
@@ -135,7 +135,7 @@ def test_overlay_two_groups(records):
     b = [r for r in records if r["bits"] in (8, 32)]
     groups = {"run A": charts.results_frame(a), "run B": charts.results_frame(b)}
     fronts = {name: staircase(pareto_front(recs)) for name, recs in (("run A", a), ("run B", b))}
-    fig = charts.overlay_figure(groups, fronts, baseline_accuracy=0.985)
+    fig = charts.overlay_figure(groups, fronts, baseline=0.985)
     pts, lines = by_role(fig, "overlay-points"), by_role(fig, "overlay-front")
     assert [t.meta["group"] for t in pts] == ["run A", "run B"]
     assert [len(t.x) for t in pts] == [len(a), len(b)]

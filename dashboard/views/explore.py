@@ -106,7 +106,7 @@ def remember(selection: Selection, record: dict) -> list[dict]:
     history = dict(_state(HISTORY_KEY, {}))
     points = list(history.get(selection.key, []))
     if all(p["config_hash"] != record["config_hash"] for p in points):
-        points.append({f: record.get(f) for f in POINT_FIELDS})
+        points.append({f: record[f] for f in POINT_FIELDS if record.get(f) is not None})  # the task's own fields
     history[selection.key] = points
     st.session_state[HISTORY_KEY] = history
     return points

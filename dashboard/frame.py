@@ -32,8 +32,6 @@ LOADED_KEY = "loaded_model"  # {"spec", "num_classes"} the user confirmed with L
 UPLOAD_NAME_KEY = "upload_name"  # {weights content id: the file name the user uploaded}, to name it in messages
 UPLOADS_KEY = "uploads"  # {weights content id: bytes} uploaded by this session, for its quota
 CUSTOM = "custom"  # the model option "Bring your own"
-TASK_NAMES = {"classify": "classify (accuracy on the labels)", "fidelity": "fidelity (outputs vs the fp32 model)",
-              "lm": "lm (perplexity of the next token)"}
 DEVICES = ("auto", "cpu", "cuda")
 PAGE_CONFIG = {"page_title": "Compression Explorer", "page_icon": ":material/compress:", "layout": "wide",
                "initial_sidebar_state": "expanded"}
@@ -147,20 +145,16 @@ def _device_picker() -> str:
     return device
 
 
-def task_label(task: str) -> str:
-    """Task option label: the task's name and what it measures."""
-    return TASK_NAMES.get(task, task)
-
-
 def _task_picker(selection: Selection) -> Selection:
     """The Task selectbox over the tasks that apply to the selection; the selection with the chosen task (None
     when it is the model's default, so a view without a task in its URL is the same view)."""
     choices, default = services.task_choices(selection)
+    # options are the task names themselves, so the URL reads ?task=fidelity
     task = st.selectbox("Task", choices, index=choices.index(default), key="task", bind="query-params",
-                        format_func=task_label,
-                        help="What quality means: accuracy on labelled data (classify), agreement of the outputs "
-                             "with the fp32 model (fidelity) or next-token perplexity (lm, causal language models). "
-                             "Only the tasks that apply to this model and data are offered.")
+                        help="What quality means. classify: accuracy on the labels (a classifier on labelled data); "
+                             "fidelity: the outputs against the fp32 model's (cosine, relative L2, agreement, KL, "
+                             "recall@10); lm: next-token perplexity (causal language models). Only the tasks that "
+                             "apply to this model and data are offered.")
     return dataclasses.replace(selection, task=None if task == default else task)
 
 

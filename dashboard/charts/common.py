@@ -102,6 +102,12 @@ def metric_axis(metric: str) -> MetricAxis:
                       digits=digits, higher_is_better=info.higher_is_better if info else True)
 
 
+def metric_heading(metric: str) -> str:
+    """A metric's name for option lists and headings: 'accuracy' -> 'Accuracy', 'cosine' -> 'Cosine similarity to
+    fp32'."""
+    return metric_axis(metric).heading
+
+
 ACCURACY = metric_axis("accuracy")
 
 

@@ -15,7 +15,7 @@ import streamlit as st
 from compression_core.models import ModelLoadError
 from dashboard import components, frame, services
 from dashboard.charts import sweep as sweep_charts
-from dashboard.charts.common import metric_axis, option_label
+from dashboard.charts.common import metric_axis, metric_heading, option_label
 from dashboard.components import eval_set_label
 from dashboard.selection import Selection
 
@@ -112,11 +112,6 @@ def show_overlay(records: list[dict], runs: list[dict]) -> None:
     st.plotly_chart(fig, key="runs_overlay", config=components.CHART_CONFIG)
     if len({(r["model"], r["dataset"], r["limit"]) for rs in chosen.values() for r in rs}) > 1:
         st.caption("These groups mix models, datasets or evaluation sets; filter above for a like-for-like view.")
-
-
-def metric_heading(metric: str) -> str:
-    """Metric option label ("Accuracy", "Perplexity")."""
-    return metric_axis(metric).heading
 
 
 def _one_metric(records: list[dict]) -> tuple[list[dict], str]:

@@ -1,14 +1,20 @@
 """The Task picker and the pages that follow the record's metric: MiniLM (fidelity, cosine), a tiny GPT-2 from a
 shared folder (lm, perplexity), a classifier (classify or fidelity) and a URL naming a task that does not apply."""
+import json
 import re
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from compression_core.datasets import load_dataset
+from compression_core.experiment import Experiment
+from compression_core.models import load_model
+from compression_core.store import Store
+from compression_core.sweep import expand_grid, sweep
 from dashboard import frame
 from dashboard.server_paths import DATA_ROOTS_ENV
 from tests.core.hf_models import save_gpt2
-from tests.dashboard.conftest import APP, TIMEOUT
+from tests.dashboard.conftest import APP, TIMEOUT, decode_figure
 
 
 def _summary(at) -> str:
@@ -32,7 +38,7 @@ def minilm():
 
 def test_minilm_offers_fidelity_only_and_says_what_the_reference_is(minilm, no_exception):
     no_exception(minilm)
-    assert minilm.selectbox(key="task").options == ["fidelity (outputs vs the fp32 model)"]
+    assert minilm.selectbox(key="task").options == ["fidelity"]
     summary = _summary(minilm)
     assert summary.startswith("fidelity (cosine similarity to fp32): reference = the fp32 model itself, on 200 "
                               "samples from the shipped sentences set "), summary
@@ -59,7 +65,7 @@ def test_a_classifier_offers_classify_and_fidelity(make_app, no_exception, metri
     at = make_app(model="lenet5", dataset="mnist", limit="200")
     no_exception(at)
     task = at.selectbox(key="task")
-    assert task.options == ["classify (accuracy on the labels)", "fidelity (outputs vs the fp32 model)"]
+    assert task.options == ["classify", "fidelity"]
     assert task.value == "classify"
     assert _summary(at).startswith("fp32 accuracy: **")
     task.set_value("fidelity").run()
@@ -88,7 +94,7 @@ def test_a_gpt2_from_a_shared_folder_is_scored_by_perplexity(make_app, no_except
     at.button(key="load_model").click().run()
     no_exception(at)
     task = at.selectbox(key="task")
-    assert task.options == ["fidelity (outputs vs the fp32 model)", "lm (perplexity of the next token)"]
+    assert task.options == ["fidelity", "lm"]
     assert task.value == "lm"
     summary = _summary(at)
     found = re.match(r"fp32 perplexity: \*\*([\d,.]+)\*\* on 100 samples \(([\d,]+) tokens\) from the shipped "
@@ -99,3 +105,39 @@ def test_a_gpt2_from_a_shared_folder_is_scored_by_perplexity(make_app, no_except
     assert 1.0 < float(ppl.replace(",", "")) < 10 * 51  # a random 51-token model: near its vocabulary size
     assert any(c.value == f"n = 100 · {found[2]} tokens" for c in at.caption)
     assert _points_axis(figures, at) == "Perplexity"
+
+
+def test_layers_sensitivity_follows_the_task_metric(make_app, no_exception, figures):
+    at = make_app("layers", task="fidelity")
+    at.multiselect(key="layers_bits").set_value([2, 8])
+    at.multiselect(key="layers_sparsity").set_value([])
+    at.button[0].click().run()
+    no_exception(at)
+    heat = figures(at)[0]
+    (cells,) = heat["data"]
+    assert cells["colorbar"]["title"]["text"] == "Cosine similarity to fp32 drop vs fp32"
+    assert heat["layout"]["title"]["text"] == "Cosine similarity to fp32 drop vs fp32 when only this layer is compressed"
+    int2 = next(i for i, x in enumerate(cells["x"]) if x.startswith("int2"))
+    lost = [row[int2] for row in cells["z"]]
+    assert all(0 < v < 1 for v in lost)  # cosine lost: a fraction of 1, never a percentage
+
+
+def test_runs_never_put_two_metrics_on_one_axis(make_app, no_exception):
+    store = Store()
+    loaded, data = load_model("digits-cnn"), load_dataset("digits")
+    grid = expand_grid(bits=[2, 8], sparsity=[0.0, 0.5])
+    for task in ("classify", "fidelity", "fidelity"):
+        run = store.new_run(f"{task} run", {"model": "digits-cnn"})
+        sweep(Experiment(loaded, data, limit=None, device="cpu", task=task), grid, store=store, run_id=run)
+    at = make_app("runs")
+    no_exception(at)
+    metric = at.selectbox(key="runs_metric")
+    assert metric.options[:2] == ["Accuracy", "Cosine similarity to fp32"]
+    metric.set_value("cosine").run()
+    no_exception(at)
+    assert any("only those measured by cosine similarity to fp32" in c.value for c in at.caption)
+    (chart,) = [c for c in at.get("plotly_chart") if c.key == "runs_overlay"]
+    fig = decode_figure(json.loads(chart.proto.spec))
+    assert fig["layout"]["yaxis"]["title"]["text"] == "Cosine similarity to fp32"
+    ys = [y for t in fig["data"] if t["meta"]["role"] == "overlay-points" for y in t["y"]]
+    assert len(ys) == 8 and all(0 < y <= 1 for y in ys)  # two fidelity runs of 4 configs, no accuracy among them

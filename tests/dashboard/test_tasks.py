@@ -9,11 +9,13 @@ from streamlit.testing.v1 import AppTest
 from compression_core.datasets import load_dataset
 from compression_core.experiment import Experiment
 from compression_core.models import load_model
+from compression_core.pareto import pareto_front, staircase
 from compression_core.store import Store
 from compression_core.sweep import expand_grid, sweep
 from dashboard import frame
 from dashboard.server_paths import DATA_ROOTS_ENV
 from tests.core.hf_models import save_gpt2
+from tests.dashboard import test_sweep as sweep_page
 from tests.dashboard.conftest import APP, TIMEOUT, decode_figure
 
 
@@ -141,3 +143,24 @@ def test_runs_never_put_two_metrics_on_one_axis(make_app, no_exception):
     assert fig["layout"]["yaxis"]["title"]["text"] == "Cosine similarity to fp32"
     ys = [y for t in fig["data"] if t["meta"]["role"] == "overlay-points" for y in t["y"]]
     assert len(ys) == 8 and all(0 < y <= 1 for y in ys)  # two fidelity runs of 4 configs, no accuracy among them
+
+
+def test_a_fidelity_sweep_draws_cosine_fronts_heatmap_and_table(make_app, no_exception):
+    at = make_app("sweep", task="fidelity")
+    sweep_page.finish(sweep_page.launch(at, bits=[2, 8], span=(0.0, 0.5)))
+    no_exception(at)
+    records = Store().records(run_id=at.session_state["sweep_run"])
+    assert len(records) == 4 and {r["metric"] for r in records} == {"cosine"}
+    pareto = sweep_page.spec(at, "sweep_pareto")
+    assert pareto["layout"]["yaxis"]["title"]["text"] == "Cosine similarity to fp32"
+    (front,) = sweep_page.traces(at, "sweep_pareto", "front")
+    _, ys = staircase(pareto_front(records, y="cosine"), y="cosine")
+    assert front["y"] == pytest.approx(ys)
+    (reference,) = sweep_page.traces(at, "sweep_pareto", "reference")
+    assert reference["y"] == pytest.approx([1.0, 1.0], abs=1e-6)  # the fp32 model against itself
+    (heat,) = sweep_page.spec(at, "sweep_heatmap")["data"]
+    best = max(r["cosine"] for r in records if r["bits"] == 8 and r["sparsity"] == 0.0)
+    assert heat["colorbar"]["title"]["text"] == "Cosine similarity to fp32"
+    assert heat["z"][heat["y"].index("8-bit")][heat["x"].index("0 %")] == pytest.approx(best)
+    (table,) = [d.value for d in at.dataframe if "compression_ratio" in d.value.columns]
+    assert {"cosine", "rel_l2", "agreement", "kl"} <= set(table.columns) and "accuracy" not in table.columns

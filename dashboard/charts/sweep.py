@@ -164,8 +164,8 @@ def bits_sparsity_heatmap(df: pd.DataFrame, *, axis: MetricAxis = ACCURACY, heig
     for b in bits:
         row = [cell.get((b, s)) for s in sparsities]
         z.append([axis.scale * c.value if c is not None and c.value is not None else None for c in row])
-        text.append([f"{axis.scale * c.value:.{1 if axis.unit else axis.digits}f}" if c is not None else ""
-                     for c in row])
+        text.append([f"{axis.scale * c.value:.{1 if axis.unit else axis.digits}f}"
+                     if c is not None and c.value is not None else "" for c in row])
         hover.append([f"{c.label}<br>best of {c.n} config(s)" if c is not None else "" for c in row])
     finite = [v for r in z for v in r if v is not None and math.isfinite(v)]
     fig = go.Figure(go.Heatmap(

@@ -49,7 +49,7 @@ def run_sensitivity(selection: Selection, settings: list[str]) -> tuple[list[dic
 
 def show_sensitivity(selection: Selection, records: list[dict], table: pd.DataFrame) -> None:
     """The layer x setting heatmap, then each most affected layer's weights at its worst setting."""
-    axis = metric_axis(records[0].get("metric", "accuracy"))
+    axis = metric_axis(records[0].get("metric", "accuracy") if records else "accuracy")
     harm = layer_charts.harm_title(axis).removesuffix(" (pts)")
     st.plotly_chart(layer_charts.sensitivity_heatmap(table, title=f"{harm} when only this layer is compressed",
                                                      axis=axis),

@@ -1,4 +1,5 @@
-"""Per-layer sensitivity: compress one layer at a time (all others left fp32) and measure the accuracy drop.
+"""Per-layer sensitivity: compress one layer at a time (all others left fp32) and measure how much worse the
+task's metric gets (the accuracy drop for classify; `metric_harm` for any task).
 
 For layer L and setting S the config is S itself with every other layer skipped (`LayerOverride(skip=True)`),
 so S's own choices (scheme, range, act_bits on L's input, ...) apply to L alone. The result is a layer x setting
@@ -24,6 +25,7 @@ import pandas as pd
 from .config import CompressionConfig, ConfigError, LayerOverride, PruneSpec, QuantSpec
 from .store import Store
 from .sweep import ProgressFn, sweep
+from .tasks import METRICS
 
 Setting = Union[CompressionConfig, QuantSpec, PruneSpec, tuple]
 
@@ -107,6 +109,23 @@ def layer_sensitivity(
     done = sweep(experiment, probes, store=store, progress=progress, cancel=cancel,
                  on_record=forward if on_record else None)
     return [r for record in done for r in tag(record)]
+
+
+def metric_harm(record: dict) -> float:
+    """How much worse than fp32 a record is in its task's headline metric (positive = worse).
+
+    Accuracy: the drop in percentage points (`accuracy_drop_pts`); any other metric: its change in its own unit
+    in the worse direction (cosine lost, perplexity or KL gained).
+
+    Example:
+        >>> metric_harm({"metric": "perplexity", "metric_value": 31.5, "baseline_metric_value": 30.0})
+        1.5
+    """
+    metric = record.get("metric", "accuracy")
+    if metric == "accuracy":
+        return record["accuracy_drop_pts"]
+    change = record["metric_value"] - record["baseline_metric_value"]
+    return -change if METRICS[metric].higher_is_better else change
 
 
 def sensitivity_table(records: Sequence[dict], value: str = "accuracy_drop_pts") -> pd.DataFrame:

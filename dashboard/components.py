@@ -18,6 +18,7 @@ from compression_core.config import CompressionConfig
 from dashboard import services
 from dashboard.charts import layers as layer_charts
 from dashboard.charts import sweep as sweep_charts
+from dashboard.charts.common import metric_axis
 from dashboard.selection import Selection
 
 ERROR_ICON = ":material/error:"
@@ -35,11 +36,38 @@ RESULT_COLUMNS = {
     "label": st.column_config.TextColumn("Config", width="large"),
     "accuracy": st.column_config.NumberColumn("Accuracy (%)", format="%.2f"),
     "accuracy_drop_pts": st.column_config.NumberColumn("Drop (pts)", format="%.2f"),
+    "task": "Task",
+    "cosine": st.column_config.NumberColumn("Cosine vs fp32", format="%.4f"),
+    "rel_l2": st.column_config.NumberColumn("Rel. L2 error", format="%.4f"),
+    "recall_at_10": st.column_config.NumberColumn("Recall@10 (%)", format="%.1f"),
+    "agreement": st.column_config.NumberColumn("Agreement (%)", format="%.1f"),
+    "kl": st.column_config.NumberColumn("KL (nats)", format="%.4f"),
+    "perplexity": st.column_config.NumberColumn("Perplexity", format="%.2f"),
     "size_kib": st.column_config.NumberColumn("Size (KiB)", format="%.2f"),
     "compression_ratio": st.column_config.NumberColumn("Compression (×)", format="%.1f"),
     "bits_per_weight": st.column_config.NumberColumn("Bits / weight", format="%.2f"),
     "realized_sparsity": st.column_config.NumberColumn("Sparsity (%)", format="%.1f"),
 }
+# Each task's secondary metric tiles (after the headline metric and the size tiles); absent ones are not shown,
+# except classify's agreement ("—" for the fp32 model itself).
+SECONDARY = {"classify": ("agreement",), "fidelity": ("rel_l2", "recall_at_10", "agreement", "kl"), "lm": ("loss",)}
+SECONDARY_NAMES = {"agreement": "Agreement", "rel_l2": "Relative L2 error", "recall_at_10": "Recall@10",
+                   "kl": "KL vs fp32 (nats)", "loss": "Cross-entropy (nats)"}
+METRIC_HELP = {
+    "agreement": "Fraction of samples (or token positions) where the compressed model predicts the same class as "
+                 "the fp32 one.",
+    "cosine": "Mean cosine similarity between the compressed and the fp32 outputs of the same inputs (1 = same "
+              "direction).",
+    "rel_l2": "Mean ‖compressed − fp32‖ / ‖fp32‖ of each sample's outputs (0 = identical).",
+    "recall_at_10": "How many of each sample's 10 nearest neighbours under the fp32 embeddings stay among its 10 "
+                    "nearest under the compressed ones.",
+    "kl": "Mean KL(fp32 ‖ compressed) of the softmax distributions (0 = identical).",
+    "perplexity": "exp(mean next-token cross-entropy) over the scored tokens; lower is better.",
+    "loss": "Mean cross-entropy in nats (per token for lm, per sample for classify).",
+}
+TASK_COLUMNS = {"classify": ("accuracy", "accuracy_drop_pts"),
+                "fidelity": ("cosine", "rel_l2", "recall_at_10", "agreement", "kl"), "lm": ("perplexity",)}
+PERCENT_COLUMNS = ("accuracy", "recall_at_10", "agreement", "realized_sparsity")  # fractions shown in %
 # layer_charts.layer_table columns with a number format
 LAYER_COLUMNS = {
     "Weights": st.column_config.NumberColumn(format="localized"),
@@ -71,23 +99,41 @@ def selection_caption(selection: Selection, text: str) -> None:
     st.caption(f"{plain(selection.label)} — {text}")
 
 
+def _headline_tile(column, record: dict) -> None:
+    """The record's task metric with its change against fp32 (green when better, whichever way that is)."""
+    if record.get("task", "classify") == "classify":
+        acc, drop = 100.0 * record["accuracy"], record["accuracy_drop_pts"]
+        column.metric("Accuracy", f"{acc:.2f} %", delta=f"{0.0 - drop:+.2f} pts vs fp32",
+                      help="Top-1 accuracy on the evaluation samples; the delta is the change against the fp32 model.")
+        column.caption(f"95 % CI {100 * record['accuracy_ci_low']:.1f}–{100 * record['accuracy_ci_high']:.1f} % · "
+                       f"n = {record['n_samples']:,}")
+        return
+    axis = metric_axis(record["metric"])
+    change = axis.scale * (record["metric_value"] - record["baseline_metric_value"])
+    column.metric(axis.title, axis.show(record["metric_value"]),
+                  delta=f"{change:+,.{axis.digits}f}{axis.unit} vs fp32",
+                  delta_color="normal" if axis.higher_is_better else "inverse", help=METRIC_HELP[record["metric"]])
+    tokens = f" · {record['n_tokens']:,} tokens" if record.get("n_tokens") is not None else ""
+    column.caption(f"n = {record['n_samples']:,}{tokens}")
+
+
 def metric_tiles(record: dict) -> None:
-    """The headline numbers of one record as st.metric tiles, with the accuracy's 95 % interval under them."""
-    acc, drop = 100.0 * record["accuracy"], record["accuracy_drop_pts"]
-    c = st.columns(6)
-    c[0].metric("Accuracy", f"{acc:.2f} %", delta=f"{0.0 - drop:+.2f} pts vs fp32",
-                help="Top-1 accuracy on the evaluation samples; the delta is the change against the fp32 model.")
-    c[0].caption(f"95 % CI {100 * record['accuracy_ci_low']:.1f}–{100 * record['accuracy_ci_high']:.1f} % · "
-                 f"n = {record['n_samples']:,}")
+    """The headline numbers of one record as st.metric tiles: its task's metric against fp32 (with the 95 %
+    interval for accuracy), size, compression, bits, sparsity, then the task's secondary metrics."""
+    secondary = [m for m in SECONDARY[record.get("task", "classify")]
+                 if m == "agreement" or record.get(m) is not None]
+    c = st.columns(5 + len(secondary))
+    _headline_tile(c[0], record)
     c[1].metric("Size", f"{record['size_bytes'] / 1024:,.1f} KiB",
                 delta=f"fp32 {record['dense_bytes'] / 1024:,.1f} KiB", delta_color="off", delta_arrow="off",
                 help="Honest size: values, sparse index, scales / codebooks and uncompressed tensors.")
     c[2].metric("Compression", f"{record['compression_ratio']:.1f}×", help="fp32 size / compressed size.")
     c[3].metric("Bits per weight", f"{record['bits_per_weight']:.2f}", help="All bits of the model / weights.")
     c[4].metric("Sparsity", f"{100 * record['realized_sparsity']:.1f} %", help="Realised fraction of zero weights.")
-    agreement = record.get("agreement")
-    c[5].metric("Agreement", "—" if agreement is None else f"{100 * agreement:.1f} %",
-                help="Fraction of samples where the compressed model predicts the same class as the fp32 one.")
+    for column, metric in zip(c[5:], secondary):
+        axis = metric_axis(metric)
+        column.metric(SECONDARY_NAMES.get(metric, axis.title), axis.show(record.get(metric)),
+                      help=METRIC_HELP[metric])
 
 
 def layer_details(selection: Selection, record: dict, key: str) -> str:
@@ -135,16 +181,24 @@ def eval_set_label(limit: int | None) -> str:
     return "whole test set" if limit is None else f"{limit:,} samples"
 
 
+def task_columns(records: list[dict]) -> list[str]:
+    """The metric columns (keys of RESULT_COLUMNS) of the records' tasks, leaving out those no record has."""
+    tasks = dict.fromkeys(r.get("task", "classify") for r in records)
+    columns = dict.fromkeys(c for t in tasks for c in TASK_COLUMNS[t])
+    return [c for c in columns if any(r.get(c) is not None for r in records)]
+
+
 def results_table(records: list[dict], columns: list[str], *, key: str, sort_by: str | None = None) -> pd.DataFrame:
-    """The records as an st.dataframe of `columns` (keys of RESULT_COLUMNS) in display units: accuracy and
-    sparsity in %, size in KiB, the evaluation set in words.
+    """The records as an st.dataframe of `columns` (keys of RESULT_COLUMNS) in display units: fractions
+    (accuracy, recall@10, agreement, sparsity) in %, size in KiB, the evaluation set in words.
 
     Returns:
         The records' `sweep_charts.results_frame` (engine units, every column), for the CSV download.
     """
     df = sweep_charts.results_frame(records)
-    show = df.assign(accuracy=100 * df["accuracy"], realized_sparsity=100 * df["realized_sparsity"],
-                     size_kib=df["size_bytes"] / 1024, limit=[eval_set_label(r["limit"]) for r in records])[columns]
+    percent = {c: 100 * pd.to_numeric(df[c]) for c in PERCENT_COLUMNS}  # None -> NaN: an empty cell
+    show = df.assign(**percent, size_kib=df["size_bytes"] / 1024,
+                     limit=[eval_set_label(r["limit"]) for r in records])[columns]
     st.dataframe(show if sort_by is None else show.sort_values(sort_by), hide_index=True, key=key,
                  column_config={c: RESULT_COLUMNS[c] for c in columns})
     return df

@@ -2,7 +2,9 @@
 
 The sidebar's widgets are bound to the URL (`bind="query-params"`), so `?model=digits-cnn&dataset=digits&limit=500`
 reproduces a view and every change updates the address bar. Widget keys used here (and therefore URL parameter
-names): `model`, `factory`, `num_classes`, `dataset`, `device`, `limit`; `weights` is the upload widget.
+names): `model`, `factory`, `num_classes`, `dataset`, `task`, `device`, `limit`; `weights` is the upload widget.
+The Task picker offers only the tasks that apply to the chosen model and data (`services.task_choices`); a task in
+the URL that does not apply is ignored and the model's default task is used.
 
 A bring-your-own spec (`torchvision:NAME`, or `package.module:function` from a module prefix the operator allows in
 `$COMPRESSION_EXPLORER_ALLOWED_FACTORIES`) is never loaded straight from the URL: it loads only after the user
@@ -21,7 +23,8 @@ import torch
 
 from compression_core.evaluate import DeviceUnavailable, select_device
 from compression_core.models.loading import MAX_CLASSES
-from dashboard import components, services, uploads
+from dashboard import components, data_picker, services, uploads
+from dashboard.charts.common import metric_axis
 from dashboard.selection import DEFAULT_DATASET, DEFAULT_LIMIT, DEFAULT_MODEL, Selection
 
 SELECTION_KEY = "selection"
@@ -78,10 +81,12 @@ def _model_picker() -> tuple[str | None, str | None, str | None, int | None]:
 def _bring_your_own() -> tuple[str | None, str | None, str | None, int | None]:
     """The bring-your-own widgets; the spec counts only once Load model confirmed it (with its class count)."""
     allowed = uploads.allowed_factories()
-    spec = st.text_input("Architecture (torchvision:NAME or package.module:function)", key="factory",
+    spec = st.text_input("Architecture (torchvision:NAME, hf:PATH or package.module:function)", key="factory",
                          bind="query-params", placeholder="torchvision:resnet18",
-                         help="A torchvision architecture by name, or (where the operator allows it) an importable "
-                              "function or nn.Module class that builds the untrained model.").strip()
+                         help="A torchvision architecture by name; a Hugging Face model folder on the server "
+                              "(hf:PATH, weights and tokenizer inside it, under the folders the operator shares); "
+                              "or (where the operator allows it) an importable function or nn.Module class that "
+                              "builds the untrained model.").strip()
     num_classes = st.number_input("Classes", min_value=1, max_value=MAX_CLASSES, value=None, step=1,
                                   key="num_classes", bind="query-params", placeholder="the model's default",
                                   help="Output classes of the model's head; torchvision heads default to 1000.")
@@ -140,6 +145,36 @@ def _device_picker() -> str:
     return device
 
 
+def _task_picker(selection: Selection) -> Selection:
+    """The Task selectbox over the tasks that apply to the selection; the selection with the chosen task (None
+    when it is the model's default, so a view without a task in its URL is the same view)."""
+    choices, default = services.task_choices(selection)
+    # options are the task names themselves, so the URL reads ?task=fidelity
+    task = st.selectbox("Task", choices, index=choices.index(default), key="task", bind="query-params",
+                        help="What quality means. classify: accuracy on the labels (a classifier on labelled data); "
+                             "fidelity: the outputs against the fp32 model's (cosine, relative L2, agreement, KL, "
+                             "recall@10); lm: next-token perplexity (causal language models). Only the tasks that "
+                             "apply to this model and data are offered.")
+    return dataclasses.replace(selection, task=None if task == default else task)
+
+
+def baseline_line(base: dict, source: str) -> str:
+    """The sidebar's fp32 summary: the task's headline metric on N samples from `source`, and one pass's time.
+
+    Args:
+        base: the fp32 record of the selection (`services.baseline`).
+        source: where the data comes from, already shown-literally (`components.plain`).
+    """
+    timing = f"from {source} · one evaluation pass {1000 * base['eval_seconds']:,.0f} ms (measured)"
+    if base["task"] == "classify":
+        return f"fp32 accuracy: **{100 * base['accuracy']:.2f} %** on {base['n_samples']:,} test samples {timing}"
+    axis = metric_axis(base["metric"])
+    if base["task"] == "fidelity":  # the fp32 model against itself scores 1 by construction: not a result
+        return f"fidelity ({axis.name}): reference = the fp32 model itself, on {base['n_samples']:,} samples {timing}"
+    tokens = f" ({base['n_tokens']:,} tokens)" if base.get("n_tokens") is not None else ""
+    return f"fp32 {axis.name}: **{axis.show(base['metric_value'])}** on {base['n_samples']:,} samples{tokens} {timing}"
+
+
 def _user_words(message: str) -> str:
     """An engine message with the upload's content id replaced by the name the user uploaded."""
     for weights_id, name in st.session_state.get(UPLOAD_NAME_KEY, {}).items():
@@ -157,7 +192,7 @@ def render_sidebar() -> Selection | None:
     with st.sidebar:
         try:
             model, factory, weights_id, num_classes = _model_picker()
-            if model and (factory is None or weights_id is not None):
+            if model and (factory is None or weights_id is not None or factory.startswith("hf:")):
                 choices = services.compatible_datasets(model, factory, weights_id, num_classes)
             elif factory is not None:
                 services.check_model(factory)  # a refused spec says so at once, before any upload
@@ -165,20 +200,29 @@ def render_sidebar() -> Selection | None:
         except services.USER_ERRORS as e:
             problem = _user_words(services.error_line(e))
         dataset = _dataset_picker(choices)
+        task_slot = st.container()  # the Task picker, drawn here once the model and data are known
+        transform = "auto"
+        try:
+            on_server, transform = data_picker.server_data()
+        except services.USER_ERRORS as e:
+            on_server, problem = None, problem or services.error_line(e)
+        if on_server and model:
+            dataset, choices = on_server, choices or [{"name": on_server, "available": True, "reason": ""}]
         device = _device_picker()
         limit = st.number_input("Live subset (test samples)", min_value=100, max_value=10_000, value=DEFAULT_LIMIT,
                                 step=100, key="limit", bind="query-params",
-                                help="Explore evaluates this many class-stratified test samples; the same number "
+                                help="Explore evaluates this many test samples (class-stratified where the data "
+                                     "has labels, else the first ones; for lm, token windows); the same number "
                                      "always gives the same samples.")
         if choices and dataset:
             try:
                 selection = Selection(model=model, dataset=dataset, device=device, limit=int(limit),
-                                      factory=factory, weights_id=weights_id, num_classes=num_classes)
+                                      factory=factory, weights_id=weights_id, num_classes=num_classes,
+                                      transform=transform if on_server else "auto")
+                with task_slot:
+                    selection = _task_picker(selection)
                 base = services.baseline(selection)
-                source = components.plain(services.data_source(selection))
-                st.caption(f"fp32 accuracy: **{100 * base['accuracy']:.2f} %** on {base['n_samples']:,} "
-                           f"test samples from {source} · one evaluation pass {1000 * base['eval_seconds']:,.0f} ms "
-                           "(measured)")
+                st.caption(baseline_line(base, components.plain(services.data_source(selection))))
             except services.USER_ERRORS as e:
                 selection, problem = None, _user_words(services.error_line(e))
     if problem:

@@ -20,6 +20,9 @@ class Selection:
     factory: the bring-your-own spec (factory or torchvision:NAME), None for built-ins.
     weights_id: content id of the uploaded weights (sha256 prefix + suffix; bring-your-own only), else None.
     num_classes: the class count passed to a bring-your-own constructor (None: its default).
+    transform: the preset a dataset path on the server is decoded with (`auto` = the model's own; ignored for
+        built-in datasets).
+    task: classify | fidelity | lm, or None for the model's default (`compression_core.tasks`).
     """
 
     model: str = DEFAULT_MODEL
@@ -29,6 +32,8 @@ class Selection:
     factory: str | None = None
     weights_id: str | None = None
     num_classes: int | None = None
+    transform: str = "auto"
+    task: str | None = None
 
     @property
     def key(self) -> str:

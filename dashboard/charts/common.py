@@ -6,11 +6,13 @@ All chart builders (Explore, Sweep, Layers, Runs, Learn) take their colours and 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
 from compression_core.config import PRUNE_METHODS
 from compression_core.methods import prune_methods, quantizers
+from compression_core.tasks import METRICS
 
 # One colour per weight bit-width: warm (few bits, aggressive) -> cool (many bits), fp32 grey (the reference).
 BIT_COLORS: dict[int, str] = {
@@ -50,6 +52,63 @@ THRESHOLD_COLOR = "#dc2626"  # pruning threshold
 LEVEL_COLOR = "#2563eb"  # quantization levels and clip range
 BEFORE_COLOR = "#94a3b8"  # histograms: weights before compression
 AFTER_COLOR = "#2563eb"  # histograms: weights after compression
+
+
+FRACTION_METRICS = ("accuracy", "top5", "agreement", "recall_at_10")  # fractions 0-1, shown in %
+
+
+@dataclass(frozen=True)
+class MetricAxis:
+    """How a chart shows one quality metric (`compression_core.tasks.METRICS`).
+
+    field: the record / DataFrame column (e.g. "accuracy", "cosine", "perplexity").
+    title: the axis title with its unit ("Accuracy (%)", "Perplexity").
+    scale: multiplies the engine's value for display (100 for fractions, else 1).
+    unit: appended to displayed values (" %" or "").
+    digits: decimals shown in hovers and cells.
+    higher_is_better: the metric's direction (best per cell, fronts, deltas).
+    """
+
+    field: str
+    title: str
+    scale: float
+    unit: str
+    digits: int
+    higher_is_better: bool
+
+    @property
+    def name(self) -> str:
+        """The metric's label in running text ("accuracy", "cosine similarity to fp32")."""
+        return METRICS[self.field].label if self.field in METRICS else self.field
+
+    @property
+    def heading(self) -> str:
+        """The metric's label starting with a capital, for headings ("Accuracy", "Perplexity")."""
+        return self.name[:1].upper() + self.name[1:]
+
+    def show(self, value: float | None) -> str:
+        """An engine value in display units: 0.995 -> '99.50 %' for accuracy, 23.41 -> '23.41' for perplexity."""
+        return "—" if value is None else f"{self.scale * value:,.{self.digits}f}{self.unit}"
+
+
+def metric_axis(metric: str) -> MetricAxis:
+    """The axis descriptor of a metric name (a key of METRICS; anything else is shown as a plain number)."""
+    info = METRICS.get(metric)
+    label = info.label if info else metric
+    percent = metric in FRACTION_METRICS
+    title = f"{label[0].upper()}{label[1:]}" + (" (%)" if percent else "")
+    digits = 2 if metric in ("accuracy", "perplexity", "loss") else 1 if percent else 4
+    return MetricAxis(field=metric, title=title, scale=100.0 if percent else 1.0, unit=" %" if percent else "",
+                      digits=digits, higher_is_better=info.higher_is_better if info else True)
+
+
+def metric_heading(metric: str) -> str:
+    """A metric's name for option lists and headings: 'accuracy' -> 'Accuracy', 'cosine' -> 'Cosine similarity to
+    fp32'."""
+    return metric_axis(metric).heading
+
+
+ACCURACY = metric_axis("accuracy")
 
 
 def bit_color(bits: int | float | None) -> str:

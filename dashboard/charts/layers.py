@@ -11,8 +11,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .common import (AFTER_COLOR, BEFORE_COLOR, CHANNEL_AXIS, COUNT_AXIS, COUNT_LOG_AXIS, DROP_AXIS, LAYER_AXIS,
-                     LEVEL_COLOR, SETTING_AXIS, THRESHOLD_COLOR, WEIGHT_AXIS, base_layout, kib)
+from .common import (ACCURACY, AFTER_COLOR, BEFORE_COLOR, CHANNEL_AXIS, COUNT_AXIS, COUNT_LOG_AXIS, DROP_AXIS,
+                     LAYER_AXIS, LEVEL_COLOR, SETTING_AXIS, THRESHOLD_COLOR, WEIGHT_AXIS, MetricAxis, base_layout,
+                     kib)
 
 FULL_HEIGHT_LEVELS = 32  # up to this many levels draw as full-height lines; more draw as ticks at the bottom
 TICK_HEIGHT = 0.08  # fraction of the plot height of a level tick
@@ -165,28 +166,40 @@ def histogram_grid(hists: dict[str, tuple[pd.DataFrame, dict]], *, log_y: bool =
     return fig
 
 
-def sensitivity_heatmap(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
-    """Layer x setting heatmap of accuracy drop in points (rows: layers in model order; columns: settings).
+def sensitivity_heatmap(table: pd.DataFrame, *, title: str | None = None, axis: MetricAxis = ACCURACY) -> go.Figure:
+    """Layer x setting heatmap of how much worse the metric gets (rows: layers in model order; columns: settings):
+    accuracy drop in points, or for another metric its change for the worse in its own unit.
 
     Setting labels break onto a second line at " · " and after the bit-width word ("int4 channel<br>sym minmax").
 
     Args:
-        table: `compression_core.sensitivity.sensitivity_table(records)` (index layer, one column per setting).
+        table: `compression_core.sensitivity.sensitivity_table(records, value)` (index layer, one column per
+            setting) of `accuracy_drop_pts` or `metric_harm` (`compression_core.sensitivity.metric_harm`).
+        axis: the task's headline metric (`common.metric_axis`); accuracy by default.
     """
     z = table.to_numpy(dtype=float)
     finite = [v for v in z.flatten().tolist() if math.isfinite(v)]
-    top = max([1.0] + finite)  # at least 1 pt so tiny noise is not painted dark red
+    accuracy = axis.field == "accuracy"
+    floor = 1.0 if accuracy else 0.0  # at least 1 pt so tiny accuracy noise is not painted dark red
+    digits, unit = (1, " pts") if accuracy else (axis.digits, "")
     fig = go.Figure(go.Heatmap(
         z=z, x=[_two_lines(str(c)) for c in table.columns], y=list(table.index),
-        zmin=min(0.0, min(finite, default=0.0)), zmax=top,
-        colorscale="Reds", colorbar={"title": {"text": DROP_AXIS}},
-        text=[[f"{v:.1f}" for v in row] for row in z.tolist()], texttemplate="%{text}",
-        hovertemplate="layer %{y}<br>%{x}<br>drop %{z:.2f} pts<extra></extra>"))
+        zmin=min(0.0, min(finite, default=0.0)), zmax=max([floor] + finite) or None,
+        colorscale="Reds", colorbar={"title": {"text": harm_title(axis)}},
+        text=[[f"{v:.{digits}f}" for v in row] for row in z.tolist()], texttemplate="%{text}",
+        hovertemplate=f"layer %{{y}}<br>%{{x}}<br>worse by %{{z:.{digits + 1}f}}{unit}<extra></extra>"))
     fig.update_xaxes(tickangle=0)
     base_layout(fig, title=title, height=max(300, 150 + 48 * len(table.index)), legend=False)
     fig.update_xaxes(title_text=SETTING_AXIS, side="bottom")
     fig.update_yaxes(title_text=LAYER_AXIS, autorange="reversed")
     return fig
+
+
+def harm_title(axis: MetricAxis) -> str:
+    """What a sensitivity cell measures: 'Accuracy drop vs fp32 (pts)', 'Perplexity rise vs fp32'."""
+    if axis.field == "accuracy":
+        return DROP_AXIS
+    return f"{axis.heading} {'drop' if axis.higher_is_better else 'rise'} vs fp32"
 
 
 def _two_lines(label: str) -> str:

@@ -16,12 +16,13 @@ from compression_core.config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUN
                                      REPAIRS, SCALE_DTYPES, SCHEMES, SCOPES, CompressionConfig, PruneSpec, QuantSpec)
 from dashboard import components, frame, services
 from dashboard.charts import explore as explore_charts
-from dashboard.charts.common import act_bits_label, option_label
+from dashboard.charts.common import act_bits_label, metric_axis, option_label
 from dashboard.selection import Selection
 
 HISTORY_KEY = "explore_history"  # {selection key: [point dicts]}
 POINT_FIELDS = ("config_hash", "label", "bits", "quantizer", "prune_method", "sparsity", "accuracy",
-                "accuracy_ci_low", "accuracy_ci_high", "size_bytes", "compression_ratio")
+                "accuracy_ci_low", "accuracy_ci_high", "size_bytes", "compression_ratio", "task", "metric",
+                "metric_value", "cosine", "rel_l2", "recall_at_10", "agreement", "kl", "perplexity")
 NM_PATTERNS = ("2:4", "1:4", "4:8", "2:8")
 GROUP_SIZES = (0, 32, 64, 128, 256)  # 0 = the quantizer's own default block size
 GROUP_SIZE_NAMES = {0: "format default"} | {g: str(g) for g in GROUP_SIZES[1:]}
@@ -131,7 +132,7 @@ def remember(selection: Selection, record: dict) -> list[dict]:
     history = dict(_state(HISTORY_KEY, {}))
     points = list(history.get(selection.key, []))
     if all(p["config_hash"] != record["config_hash"] for p in points):
-        points.append({f: record[f] for f in POINT_FIELDS})
+        points.append({f: record[f] for f in POINT_FIELDS if record.get(f) is not None})  # the task's own fields
     history[selection.key] = points
     st.session_state[HISTORY_KEY] = history
     return points
@@ -139,9 +140,9 @@ def remember(selection: Selection, record: dict) -> list[dict]:
 
 def show_points(points: list[dict], record: dict) -> None:
     frame_ = pd.DataFrame(points)
-    front, stairs = services.pareto(points)
+    front, stairs = services.pareto(points, record["metric"])
     fig = explore_charts.explored_points(frame_, current=record["config_hash"],
-                                         baseline_accuracy=record["baseline_accuracy"],
+                                         baseline=record["baseline_metric_value"], axis=metric_axis(record["metric"]),
                                          front=stairs if len(front) > 1 else None)
     st.plotly_chart(fig, key="explore_points_chart", config=components.CHART_CONFIG)
 

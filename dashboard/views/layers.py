@@ -1,4 +1,5 @@
-"""Layers: which layers suffer most when compressed alone (sensitivity), and why per-channel grids help."""
+"""Layers: which layers suffer most when compressed alone (sensitivity, in the task's own metric), and why
+per-channel grids help."""
 from __future__ import annotations
 
 import pandas as pd
@@ -7,7 +8,7 @@ import streamlit as st
 from compression_core.config import ALLOWED_BITS, GRANULARITIES, CompressionConfig, PruneSpec, QuantSpec
 from dashboard import components, frame, services
 from dashboard.charts import layers as layer_charts
-from dashboard.charts.common import option_label, percent_label
+from dashboard.charts.common import metric_axis, option_label, percent_label
 from dashboard.selection import Selection
 
 SETTINGS_KEY = "layers_settings"  # {selection key: [config JSON, ...]} of the last run sensitivity
@@ -48,7 +49,10 @@ def run_sensitivity(selection: Selection, settings: list[str]) -> tuple[list[dic
 
 def show_sensitivity(selection: Selection, records: list[dict], table: pd.DataFrame) -> None:
     """The layer x setting heatmap, then each most affected layer's weights at its worst setting."""
-    st.plotly_chart(layer_charts.sensitivity_heatmap(table, title="Accuracy drop when only this layer is compressed"),
+    axis = metric_axis(records[0].get("metric", "accuracy") if records else "accuracy")
+    harm = layer_charts.harm_title(axis).removesuffix(" (pts)")
+    st.plotly_chart(layer_charts.sensitivity_heatmap(table, title=f"{harm} when only this layer is compressed",
+                                                     axis=axis),
                     key="layers_heatmap", config=components.CHART_CONFIG)
     worst = table.max(axis=1).sort_values(ascending=False).head(TOP_LAYERS)
     probes = {(r["layer"], r["setting"]): r["config"] for r in records}  # the config each probe was run with
@@ -56,7 +60,9 @@ def show_sensitivity(selection: Selection, records: list[dict], table: pd.DataFr
     for layer in worst.index:
         label = table.loc[layer].idxmax()
         probe = CompressionConfig.from_dict(probes[layer, label]).to_json()
-        hists[f"{layer} @ {label} (−{worst[layer]:.1f} pts)"] = services.layer_histogram(
+        amount = (f"−{worst[layer]:.1f} pts" if axis.field == "accuracy"
+                  else f"{axis.name} {'−' if axis.higher_is_better else '+'}{worst[layer]:.{axis.digits}f}")
+        hists[f"{layer} @ {label} ({amount})"] = services.layer_histogram(
             selection, probe, layer, bins=60, hide_zeros=True)
     st.subheader("Most affected layers")
     st.caption("Each layer at its worst setting: weights before vs after (exact zeros hidden); dashed lines "
@@ -89,7 +95,8 @@ if submitted is not None:
 settings = saved.get(selection.key)
 if not settings:
     st.info("Choose the settings to probe and press **Run sensitivity**: each layer is compressed alone with "
-            "each setting and the accuracy drop is shown as a layer × setting heatmap.")
+            "each setting and how much worse the task's metric gets (accuracy drop for classify, cosine lost for "
+            "fidelity, perplexity gained for lm) is shown as a layer × setting heatmap.")
 else:
     try:
         show_sensitivity(selection, *run_sensitivity(selection, settings))

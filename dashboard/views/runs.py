@@ -15,7 +15,7 @@ import streamlit as st
 from compression_core.models import ModelLoadError
 from dashboard import components, frame, services
 from dashboard.charts import sweep as sweep_charts
-from dashboard.charts.common import option_label
+from dashboard.charts.common import metric_axis, metric_heading, option_label
 from dashboard.components import eval_set_label
 from dashboard.selection import Selection
 
@@ -61,7 +61,8 @@ def filters(records: list[dict], runs: list[dict]) -> list[dict]:
 
 
 def show_table(records: list[dict]) -> None:
-    df = components.results_table(records, ["model", "dataset", "limit", "label", "accuracy", "size_kib",
+    df = components.results_table(records, ["model", "dataset", "limit", "task", "label",
+                                            *components.task_columns(records), "size_kib",
                                             "compression_ratio", "bits_per_weight", "engine_version"],
                                   key="runs_table")
     with st.container(horizontal=True):
@@ -92,6 +93,7 @@ def show_overlay(records: list[dict], runs: list[dict]) -> None:
     st.subheader("Compare fronts")
     by = st.segmented_control("Compare", list(COMPARE_BY), format_func=COMPARE_BY.get, default="run",
                               required=True, key="runs_compare_by")
+    records, metric = _one_metric(records)
     groups = _groups(records, runs, by)
     if len(groups) < 2:
         st.caption("There is only one group to compare in the records shown; widen the filters or run another "
@@ -102,14 +104,26 @@ def show_overlay(records: list[dict], runs: list[dict]) -> None:
     a = c[0].selectbox("First", names, index=0, key=f"runs_a_{by}")
     b = c[1].selectbox("Second", names, index=1, key=f"runs_b_{by}")
     chosen = {n: groups[n] for n in dict.fromkeys([a, b])}
-    baselines = {r["baseline_accuracy"] for rs in chosen.values() for r in rs}
+    baselines = {r.get("baseline_metric_value") for rs in chosen.values() for r in rs}
     fig = sweep_charts.overlay_figure(
         {n: sweep_charts.results_frame(rs) for n, rs in chosen.items()},
-        {n: services.pareto(rs)[1] for n, rs in chosen.items()},
-        baseline_accuracy=baselines.pop() if len(baselines) == 1 else None)
+        {n: services.pareto(rs, metric)[1] for n, rs in chosen.items()},
+        baseline=baselines.pop() if len(baselines) == 1 else None, axis=metric_axis(metric))
     st.plotly_chart(fig, key="runs_overlay", config=components.CHART_CONFIG)
     if len({(r["model"], r["dataset"], r["limit"]) for rs in chosen.values() for r in rs}) > 1:
         st.caption("These groups mix models, datasets or evaluation sets; filter above for a like-for-like view.")
+
+
+def _one_metric(records: list[dict]) -> tuple[list[dict], str]:
+    """The records of one task metric (a picker when the records hold several; metrics never share an axis)."""
+    metrics = list(dict.fromkeys(r.get("metric", "accuracy") for r in records))  # records before tasks: accuracy
+    if len(metrics) == 1:
+        return records, metrics[0]
+    metric = st.selectbox("Metric", metrics, key="runs_metric", format_func=metric_heading,
+                          help="Records of different tasks measure different things; fronts are compared on one.")
+    st.caption(f"The records shown hold {len(metrics)} task metrics; only those measured by "
+               f"{metric_axis(metric).name} are compared below.")
+    return [r for r in records if r.get("metric", "accuracy") == metric], metric
 
 
 def record_selection(record: dict) -> Selection:

@@ -20,7 +20,7 @@ from compression_core.config import (ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS,
 from compression_core.methods import DEFAULT_PRUNE_METHOD, DEFAULT_QUANTIZER, quantizer_info
 from dashboard import components, frame, jobs, services
 from dashboard.charts import sweep as sweep_charts
-from dashboard.charts.common import bits_label, option_label, percent_label
+from dashboard.charts.common import bits_label, metric_axis, option_label, percent_label
 from dashboard.job_panel import offer_resume, owner, remember, show_outcome, show_progress
 from dashboard.selection import Selection
 
@@ -168,9 +168,10 @@ def show_details(run_selection: Selection, picked: list[dict]) -> None:
 def show_results(run_selection: Selection, records: list[dict], run_id: str) -> None:
     """Pareto plot (selectable), details of the selection, bits x sparsity heatmap, results table + CSV."""
     df = sweep_charts.results_frame(records)
-    front, stairs = services.pareto(records)
-    fig = sweep_charts.pareto_figure(df, front=stairs, baseline_accuracy=records[0]["baseline_accuracy"])
-    st.subheader("Accuracy vs honest size")
+    axis = metric_axis(records[0]["metric"])  # one run = one selection = one task
+    front, stairs = services.pareto(records, axis.field)
+    fig = sweep_charts.pareto_figure(df, front=stairs, baseline=records[0]["baseline_metric_value"], axis=axis)
+    st.subheader(f"{axis.heading} vs honest size")
     event = st.plotly_chart(fig, key="sweep_pareto", on_select="rerun", selection_mode=("points", "box"),
                             config=components.CHART_CONFIG)
     st.caption(f"{len(records)} configs, {len(front)} on the Pareto front (black staircase). Colour = weight bits, "
@@ -179,10 +180,13 @@ def show_results(run_selection: Selection, records: list[dict], run_id: str) -> 
     picked = [by_hash[h] for h in sweep_charts.picked_hashes(event.selection.points) if h in by_hash]
     if picked:
         show_details(run_selection, picked)
-    st.subheader("Accuracy by bits and sparsity")
-    st.plotly_chart(sweep_charts.bits_sparsity_heatmap(df), key="sweep_heatmap", config=components.CHART_CONFIG)
+    st.subheader(f"{axis.heading} by bits and sparsity")
+    st.plotly_chart(sweep_charts.bits_sparsity_heatmap(df, axis=axis), key="sweep_heatmap",
+                    config=components.CHART_CONFIG)
+    st.caption(f"Each cell is the best config by {axis.name} ("
+               f"{'higher' if axis.higher_is_better else 'lower'} is better).")
     st.subheader("All results")
-    components.results_table(records, ["label", "accuracy", "accuracy_drop_pts", "size_kib", "compression_ratio",
+    components.results_table(records, ["label", *components.task_columns(records), "size_kib", "compression_ratio",
                                        "bits_per_weight", "realized_sparsity"], key="sweep_table", sort_by="size_kib")
     components.csv_download(df, f"sweep-{run_id}.csv", key="sweep_csv")
 

@@ -5,7 +5,7 @@ import pytest
 
 from compression_core._version import __version__
 from compression_core.config import CompressionConfig, ConfigError, LayerOverride, PruneSpec, QuantSpec
-from compression_core.sensitivity import as_config, layer_sensitivity, only_layer, sensitivity_table
+from compression_core.sensitivity import as_config, layer_sensitivity, metric_harm, only_layer, sensitivity_table
 from compression_core.store import Store
 
 LAYERS = ["conv1", "conv2", "fc"]
@@ -117,3 +117,14 @@ def test_real_digits_model_one_layer_at_a_time():
     # 8-bit on any single layer is harmless; 1-bit hurts at least one layer clearly
     assert table.iloc[:, 1].abs().max() < 2.0
     assert table.iloc[:, 0].max() > table.iloc[:, 1].max()
+
+
+@pytest.mark.parametrize(("record", "harm"), [
+    ({"metric": "accuracy", "accuracy_drop_pts": 1.25, "metric_value": 0.9, "baseline_metric_value": 0.9125}, 1.25),
+    ({"metric": "cosine", "metric_value": 0.75, "baseline_metric_value": 1.0}, 0.25),  # higher is better: lost
+    ({"metric": "perplexity", "metric_value": 40.0, "baseline_metric_value": 32.0}, 8.0),  # lower is better: gained
+    ({"metric": "perplexity", "metric_value": 30.0, "baseline_metric_value": 32.0}, -2.0),  # better than fp32
+    ({"accuracy_drop_pts": 0.5}, 0.5),  # a record from before tasks: accuracy
+])
+def test_metric_harm_is_positive_when_the_metric_gets_worse(record, harm):
+    assert metric_harm(record) == pytest.approx(harm)

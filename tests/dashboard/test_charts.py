@@ -34,7 +34,7 @@ def test_bit_colors_cover_every_bit_width_and_are_distinct():
 
 
 def test_explored_points_one_trace_per_bit_width_plus_current():
-    fig = explore_charts.explored_points(_points(), current="d", baseline_accuracy=0.99,
+    fig = explore_charts.explored_points(_points(), current="d", baseline=0.99,
                                          front=([110 * 1024, 140 * 1024], [0.80, 0.97]))
     names = [t.name for t in fig.data]
     assert names == ["2-bit", "4-bit", "fp32", "Pareto front", "current"]

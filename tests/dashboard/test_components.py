@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dashboard.components import plain
+from dashboard.components import plain, task_columns
 
 
 @pytest.mark.parametrize("text, shown", [
@@ -34,3 +34,13 @@ def test_plain_loses_nothing_and_uses_only_valid_escapes(text):
     # CommonMark drops a backslash only before ASCII punctuation: every backslash we add must be one of those
     assert all(m.group(1) in string.punctuation for m in re.finditer(r"\\(.)", shown, flags=re.S))
     assert re.sub(r"\\(.)", r"\1", shown, flags=re.S) == " ".join(text.splitlines())
+
+
+def test_task_columns_follow_the_tasks_and_leave_out_empty_ones():
+    classify = {"task": "classify", "accuracy": 0.9, "accuracy_drop_pts": 1.0, "cosine": None}
+    embedding = {"task": "fidelity", "cosine": 0.99, "rel_l2": 0.1, "recall_at_10": 0.8, "agreement": None,
+                 "kl": None}
+    lm = {"task": "lm", "perplexity": 31.0}
+    assert task_columns([classify]) == ["accuracy", "accuracy_drop_pts"]
+    assert task_columns([embedding]) == ["cosine", "rel_l2", "recall_at_10"]  # no logits: no agreement, no KL
+    assert task_columns([lm, classify]) == ["perplexity", "accuracy", "accuracy_drop_pts"]

@@ -33,7 +33,7 @@ def test_sidebar_reads_the_url_and_stores_a_plain_selection(make_app, no_excepti
     assert at.number_input(key="limit").value == 200
     stored = at.session_state["selection"]
     assert stored == {"model": "digits-cnn", "dataset": "digits", "device": "cpu", "limit": 200, "factory": None,
-                      "weights_id": None, "num_classes": None}
+                      "weights_id": None, "num_classes": None, "transform": "auto", "task": None}
     assert any("Running on **cpu**" in c.value for c in at.sidebar.caption)
     (summary,) = [c.value for c in at.sidebar.caption if c.value.startswith("fp32 accuracy:")]
     # how many samples, from where (a package name, never a server path) and how long one pass took

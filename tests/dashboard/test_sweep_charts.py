@@ -8,7 +8,7 @@ import pytest
 from compression_core.config import CompressionConfig, PruneSpec, QuantSpec
 from compression_core.pareto import pareto_front, staircase
 from dashboard.charts import sweep as charts
-from dashboard.charts.common import METHOD_SYMBOLS, bit_color, log_ticks
+from dashboard.charts.common import METHOD_SYMBOLS, bit_color, log_ticks, metric_axis
 
 BITS = (2, 4, 8, 32)
 SPARSITIES = (0.0, 0.5, 0.9)
@@ -51,7 +51,7 @@ def test_pareto_figure_points_front_and_reference(records):
     df = charts.results_frame(records)
     front = pareto_front(records)
     xs, ys = staircase(front)
-    fig = charts.pareto_figure(df, front=(xs, ys), baseline_accuracy=0.985)
+    fig = charts.pareto_figure(df, front=(xs, ys), baseline=0.985)
 
     configs = by_role(fig, "configs")
     assert [t.name for t in configs] == ["2-bit", "4-bit", "8-bit", "fp32"]
@@ -135,7 +135,7 @@ def test_overlay_two_groups(records):
     b = [r for r in records if r["bits"] in (8, 32)]
     groups = {"run A": charts.results_frame(a), "run B": charts.results_frame(b)}
     fronts = {name: staircase(pareto_front(recs)) for name, recs in (("run A", a), ("run B", b))}
-    fig = charts.overlay_figure(groups, fronts, baseline_accuracy=0.985)
+    fig = charts.overlay_figure(groups, fronts, baseline=0.985)
     pts, lines = by_role(fig, "overlay-points"), by_role(fig, "overlay-front")
     assert [t.meta["group"] for t in pts] == ["run A", "run B"]
     assert [len(t.x) for t in pts] == [len(a), len(b)]
@@ -157,3 +157,47 @@ def test_log_ticks_are_one_two_five_within_the_data():
     assert log_ticks([]) == []
     fig = charts.pareto_figure(charts.results_frame([fake_record(b, 0.0) for b in BITS]))
     assert list(fig.layout.xaxis.tickvals) == log_ticks([fake_record(b, 0.0)["size_bytes"] / 1024 for b in BITS])
+
+
+def perplexity_records() -> list[dict]:
+    """lm records: perplexity rises as bits fall and sparsity grows (lower is better); no accuracy fields."""
+    out = []
+    for r in (fake_record(b, s) for b in BITS for s in SPARSITIES):
+        ppl = 30.0 + 40.0 / r["bits"] + 60.0 * r["sparsity"] ** 2
+        out.append({**r, "task": "lm", "metric": "perplexity", "metric_value": ppl, "perplexity": ppl,
+                    "baseline_metric_value": 31.25, "accuracy": None, "accuracy_ci_low": None,
+                    "accuracy_ci_high": None, "accuracy_drop_pts": None, "agreement": None})
+    return out
+
+
+def test_pareto_figure_of_perplexity_follows_its_direction_and_units():
+    recs = perplexity_records()
+    axis = metric_axis("perplexity")
+    xs, ys = staircase(pareto_front(recs, y="perplexity"), y="perplexity")
+    fig = charts.pareto_figure(charts.results_frame(recs), front=(xs, ys), baseline=31.25, axis=axis)
+    assert fig.layout.yaxis.title.text == "Perplexity"
+    points = {y for t in by_role(fig, "configs") for y in t.y}
+    assert points == {r["perplexity"] for r in recs}  # no percent scaling
+    (front,) = by_role(fig, "front")
+    assert list(front.y) == ys and ys == sorted(ys, reverse=True)  # bigger models, lower perplexity
+    (reference,) = by_role(fig, "reference")
+    assert list(reference.y) == [31.25, 31.25] and "31.25<" in reference.hovertemplate
+    assert "perplexity %{y:.2f}<br>" in by_role(fig, "configs")[0].hovertemplate  # no accuracy CI in the hover
+
+
+def test_heatmap_of_perplexity_keeps_the_lowest_per_cell():
+    recs = perplexity_records()
+    worse = {**recs[0], "config_hash": "other", "label": "other", "perplexity": recs[0]["perplexity"] + 5}
+    (hm,) = charts.bits_sparsity_heatmap(charts.results_frame([worse, *recs]), axis=metric_axis("perplexity")).data
+    assert hm.z[0][0] == pytest.approx(recs[0]["perplexity"])  # 2-bit, dense: the lower of the two
+    assert "best of 2 config(s)" in hm.customdata[0][0]
+    assert hm.colorbar.title.text == "Perplexity" and hm.reversescale
+
+
+def test_overlay_of_cosine_is_not_in_percent():
+    recs = [{**r, "task": "fidelity", "metric": "cosine", "cosine": 1 - 0.1 / r["bits"]} for r in perplexity_records()]
+    df = charts.results_frame(recs)
+    fig = charts.overlay_figure({"a": df}, {"a": ([1000.0], [0.95])}, baseline=1.0, axis=metric_axis("cosine"))
+    assert fig.layout.yaxis.title.text == "Cosine similarity to fp32"
+    assert max(by_role(fig, "overlay-points")[0].y) < 1.0 and list(by_role(fig, "overlay-front")[0].y) == [0.95]
+    assert list(by_role(fig, "reference")[0].y) == [1.0, 1.0]

@@ -35,7 +35,8 @@ from dashboard.selection import Selection
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "explore_retrain_job"  # session state only: {"job": id, "token": secret or None} of the latest retraining
+# session state only: {"job": id, "token": secret or None, "plotted": bool} of this session's latest retraining
+STATE_KEY = "explore_retrain_job"
 MAX_EPOCHS = 50
 MAX_GRADUAL = 20
 LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -116,6 +117,7 @@ class RetrainJob:
     def _run(self, experiment, config: CompressionConfig) -> None:
         try:
             compressed = experiment.compress(config, progress=self._progress, cancel=self._cancel)
+            self._progress("evaluating on the live subset…", 1.0)
             record = experiment.run(config, compressed=compressed)
         except finetune.RetrainCancelled:
             self._finish(CANCELLED)
@@ -223,8 +225,8 @@ def panel(selection: Selection, config: CompressionConfig, experiment=None) -> d
         experiment: the selection's `Experiment`; default `services.get_experiment(selection)`.
 
     Returns:
-        The record of this session's latest retraining once it is done on this selection (a point for the
-        chart), else None.
+        The record of this session's latest retraining on this selection, once, on the first run after it is done
+        (Explore keeps it as a point; after "Clear explored points" it does not come back), else None.
     """
     job = retrain_jobs().get((st.session_state.get(STATE_KEY) or {}).get("job"))
     experiment = experiment or services.get_experiment(selection)
@@ -240,7 +242,10 @@ def panel(selection: Selection, config: CompressionConfig, experiment=None) -> d
             polling = job.status().running
             st.fragment(run_every=POLL_S if polling else None)(_watch)(job.id, polling)
     status = job.status() if job is not None else None
-    return status.record if status is not None and status.state == DONE and job.key[0] == selection.key else None
+    if status is None or status.state != DONE or job.key[0] != selection.key or st.session_state[STATE_KEY]["plotted"]:
+        return None
+    st.session_state[STATE_KEY] = {**st.session_state[STATE_KEY], "plotted": True}
+    return status.record
 
 
 def _start(selection: Selection, experiment, config: CompressionConfig) -> RetrainJob | None:
@@ -251,7 +256,7 @@ def _start(selection: Selection, experiment, config: CompressionConfig) -> Retra
     except JobLimitError as e:
         components.show_error(e)
         return None
-    st.session_state[STATE_KEY] = {"job": job.id, "token": job.token if job.owner == me else None}
+    st.session_state[STATE_KEY] = {"job": job.id, "token": job.token if job.owner == me else None, "plotted": False}
     return job
 
 

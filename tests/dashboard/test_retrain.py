@@ -35,6 +35,10 @@ def test_retraining_adds_a_labelled_point_at_least_as_accurate(make_app, no_exce
     assert any("Retrained" in s.value for s in at.success)
     chart = figures(at)[0]
     assert sum(len(t["x"]) for t in chart["data"] if t["name"] not in ("current", "Pareto front")) == 2
+    at.session_state["explore_history"] = {}  # what "Clear explored points" does (a fragment-only rerun)
+    at.run()
+    (points,) = at.session_state["explore_history"].values()
+    assert [p["label"] for p in points] == [pruned["label"]]  # a cleared retrained point does not come back
 
     again = make_app(**PRUNED, explore_ft_epochs="1", explore_ft_lr="0.001")  # another session, same config
     again.button(key="explore_retrain").click().run()

@@ -14,7 +14,7 @@ import streamlit as st
 from compression_core import methods
 from compression_core.config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES,
                                      REPAIRS, SCALE_DTYPES, SCHEMES, SCOPES, CompressionConfig, PruneSpec, QuantSpec)
-from dashboard import components, frame, services
+from dashboard import components, frame, retrain_panel, services
 from dashboard.charts import explore as explore_charts
 from dashboard.charts.common import act_bits_label, metric_axis, option_label
 from dashboard.selection import Selection
@@ -154,6 +154,7 @@ def explore(selection: Selection) -> None:
     try:
         config = controls()
         record = services.evaluate(selection, config.to_json())
+        retrained = retrain_panel.panel(selection, config)  # a finished retraining of this session, or None
     except services.USER_ERRORS as e:
         components.show_error(e)
         return
@@ -161,6 +162,7 @@ def explore(selection: Selection) -> None:
     st.caption(f"**{config.label}** · evaluated on {record['n_samples']:,} samples of {selection.dataset} test")
     components.metric_tiles(record)
     points = remember(selection, record)
+    points = remember(selection, retrained) if retrained else points
     st.subheader("Explored configs")
     show_points(points, record)
     if st.button("Clear explored points", key="explore_clear"):

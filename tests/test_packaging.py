@@ -172,7 +172,8 @@ def test_installed_wheel_runs_from_another_directory(venv, tmp_path):
     assert r.returncode == 0, r.stderr
     models = {m["name"]: m for m in json.loads(r.stdout)}
     assert set(models) == {"lenet300", "lenet5", "digits-cnn", "mnist1d-mlp", "mnist1d-cnn", "resnet20", "mobilenet-s",
-                           "vit-tiny"}
+                           "vit-tiny", "all-minilm-l6-v2"}  # the pretrained one is listed, installed or not
+    assert models["all-minilm-l6-v2"]["kind"] == "embedding" and models["lenet5"]["kind"] == "classifier"
     assert models["lenet5"]["datasets"] == ["mnist", "fashion-mnist"]
     assert models["digits-cnn"]["accuracy"]["digits"] > 0.97  # read from the installed manifest
 

@@ -15,6 +15,7 @@ holds the transformers model as its submodule `hf`, so layer names read `hf.enco
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -97,12 +98,29 @@ def conv1d_to_linear(model: nn.Module) -> int:
 
 
 def import_transformers():
-    """The transformers module, or one ModelLoadError line saying how to install it."""
+    """The transformers module, or one ModelLoadError line saying how to install it.
+
+    transformers imports torchao when it is installed, and torchao's registrations make torch log deprecation
+    warnings nobody using this tool can act on; that one logger is quiet while transformers imports and loads.
+    """
     try:
-        import transformers
+        with _torch_pytree_quiet():
+            import transformers
     except ImportError:
         raise ModelLoadError(f"hf: models need the transformers package: {INSTALL}") from None
     return transformers
+
+
+@contextlib.contextmanager
+def _torch_pytree_quiet() -> Iterator[None]:
+    """torch's pytree logger at ERROR for a while (torchao, imported by transformers lazily, triggers it)."""
+    log = logging.getLogger("torch.utils._pytree")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -113,7 +131,8 @@ def _quiet(transformers) -> Iterator[None]:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     try:
-        yield
+        with _torch_pytree_quiet():
+            yield
     finally:
         logging.set_verbosity(verbosity)
         if bars:

@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dataset", default=None, help="mnist, fashion-mnist, digits, mnist1d, idx:PATH, "
                                                        "imagefolder:PATH, torchvision:CLASS:ROOT, text:PATH "
                                                        "(default: the model's own)")
-        p.add_argument("--weights", default=None, help=".safetensors or .pt/.pth state dict for your own model")
+        p.add_argument("--weights", default=None, help=".safetensors or .pt/.pth state dict for your own model; "
+                       "DEFAULT (with --allow-download): torchvision's published weights")
         p.add_argument("--num-classes", dest="num_classes", type=positive_int("--num-classes"), default=None)
         p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
         p.add_argument("--allow-download", action="store_true", help="let torchvision download missing data")

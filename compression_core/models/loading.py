@@ -22,6 +22,7 @@ from torch import nn
 from .architectures import ARCHITECTURES
 from ..errors import error_line, shown
 from .hf import build_hf, load_hf
+from .published import PUBLISHED, published_torchvision
 from .pretrained import PRETRAINED, build_pretrained, load_pretrained, pretrained_rows
 from .specs import USER_CODE_ERRORS, check_spec, resolve_factory
 from .weights import ModelLoadError, file_sha256, load_weights, read_state_dict, state_fingerprint
@@ -207,12 +208,14 @@ def load_model(name: str, *, dataset: str | None = None, weights: str | Path | N
             (a transformers model folder with config.json + model.safetensors, or a hub id).
         dataset: for built-ins without `weights`, whose shipped checkpoint to load (default: the architecture's own
             dataset); otherwise recorded as the dataset the weights were trained on.
-        weights: a .safetensors / .pt / .pth state dict. Required for torchvision models; for a factory, None keeps
-            the parameters the factory returns.
+        weights: a .safetensors / .pt / .pth state dict. Required for torchvision models (or "DEFAULT": torchvision's
+            published weights, fetched with `allow_download`, `published.py`); for a factory, None keeps the
+            parameters the factory returns.
         num_classes: passed to the factory / torchvision / built-in constructor when given.
         allowed_factories: module prefixes a factory may come from (the dashboard's operator setting); None allows
             any module outside the standard library (the CLI: you run your own code), empty allows none.
-        allow_download: let transformers fetch an `hf:` hub id; otherwise only local files are read.
+        allow_download: let transformers fetch an `hf:` hub id and torchvision its published weights; otherwise only
+            local files are read.
 
     Returns:
         A LoadedModel whose `model` is in eval mode, float32, on cpu. Never modify it.
@@ -232,7 +235,12 @@ def load_model(name: str, *, dataset: str | None = None, weights: str | Path | N
                                  f"({manifest['num_classes']} classes); pass weights trained for {num_classes}")
         source["num_classes"], dataset, weights = manifest["num_classes"], manifest["dataset"], path
     elif source["kind"] == "torchvision" and weights is None:
-        raise ModelLoadError(f"model {name} needs a weights file (.safetensors, .pt or .pth)")
+        raise ModelLoadError(f"model {name} needs a weights file (.safetensors, .pt or .pth), or --weights "
+                             f"{PUBLISHED} for torchvision's published weights")
+    elif source["kind"] == "torchvision" and weights == PUBLISHED:
+        model, source["num_classes"], dataset = published_torchvision(source["name"], num_classes, allow_download)
+        return LoadedModel(model=model.float(), name=name, dataset=dataset,
+                           fingerprint=state_fingerprint(model.state_dict()), source=source)
     model = build_architecture(source, allowed_factories=allowed_factories)
     if weights is not None:
         load_weights(model, read_state_dict(weights), str(weights))

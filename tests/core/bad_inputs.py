@@ -168,6 +168,8 @@ def _input_cases() -> list[BadInput]:
              "--transform", "none", says="3 classes"),
         case("imagefolder-rgb-into-lenet5", "evaluate", "--model", "lenet5", "--weights", "{lenet5w}",
              "--dataset", "imagefolder:{rgb32}", "--transform", "none", says="1 input channels"),
+        case("torchvision-published-offline", "evaluate", "--model", "torchvision:resnet18", "--weights", "DEFAULT",
+             "--dataset", "digits", says="add --allow-download"),
         case("store-folder", "evaluate", *DIGITS, "--store", "{tmp}", says="is a folder"),
         case("store-not-sqlite", "evaluate", *DIGITS, "--store", "{not_sqlite}", says="cannot be opened"),
         case("store-long-path", "evaluate", *DIGITS, "--store", f"{{tmp}}/{LONG}.sqlite", says="too long"),

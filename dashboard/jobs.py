@@ -79,8 +79,37 @@ class JobStatus:
         return self.done / self.total if self.total else 1.0
 
 
-class Job:
-    """One sweep running in a daemon thread; read it with `status()`, stop it with `cancel()`.
+class BackgroundJob:
+    """Work in a daemon thread (`thread`) that only the holder of `token` may cancel; subclasses give `status()`
+    (a snapshot with `.running`) and set `_cancel`'s meaning. Hand the token only to the starting session."""
+
+    def __init__(self) -> None:
+        self.token = secrets.token_urlsafe(16)
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def cancel(self, token: str | None) -> bool:
+        """Ask the work to stop if `token` is this job's secret.
+
+        Returns:
+            Whether the token matched (and cancel was requested); a wrong or missing token changes nothing.
+        """
+        if not token or not hmac.compare_digest(str(token), self.token):
+            return False
+        self._cancel.set()
+        return True
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end; returns whether it has."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return not self.status().running
+
+
+class Job(BackgroundJob):
+    """One sweep running in a daemon thread; read it with `status()`, stop it with `cancel()` (the config in
+    flight finishes and is stored).
 
     Args:
         job_id: the store run id its records join.
@@ -91,15 +120,12 @@ class Job:
     """
 
     def __init__(self, job_id: str, total: int, owner: str = "") -> None:
+        super().__init__()
         self.id = job_id
         self.owner = owner
-        self.token = secrets.token_urlsafe(16)
-        self._cancel = threading.Event()
-        self._lock = threading.Lock()
         self._done, self._total, self._eta, self._current = 0, total, None, None
         self._state, self._error, self._warning = RUNNING, None, None
         self._started, self._finished = time.time(), None
-        self.thread: threading.Thread | None = None
 
     def _progress(self, done: int, total: int, eta: float | None, current: str | None) -> None:
         with self._lock:
@@ -120,23 +146,6 @@ class Job:
         with self._lock:
             return JobStatus(self.id, self._state, self._done, self._total, self._eta, self._current, self._error,
                              self._cancel.is_set(), self._started, self._finished, self._warning)
-
-    def cancel(self, token: str | None) -> bool:
-        """Ask the sweep to stop if `token` is this job's secret; the config in flight finishes and is stored.
-
-        Returns:
-            Whether the token matched (and cancel was requested); a wrong or missing token changes nothing.
-        """
-        if not token or not hmac.compare_digest(str(token), self.token):
-            return False
-        self._cancel.set()
-        return True
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the thread to end; returns whether it has."""
-        if self.thread is not None:
-            self.thread.join(timeout)
-        return self.status().state != RUNNING
 
     def _run(self, experiment: ExperimentLike, configs: Sequence[CompressionConfig], store: Store) -> None:
         try:

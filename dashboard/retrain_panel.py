@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import logging
 import secrets
 import threading
@@ -30,7 +29,7 @@ from compression_core import finetune
 from compression_core.config import OPTIMIZERS, SCHEDULES, CompressionConfig
 from dashboard import components, job_panel, services
 from dashboard.charts.common import option_label
-from dashboard.jobs import CANCELLED, DONE, FAILED, RUNNING, JobLimitError
+from dashboard.jobs import CANCELLED, DONE, FAILED, RUNNING, BackgroundJob, JobLimitError
 from dashboard.selection import Selection
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ class RetrainStatus:
         return self.state == RUNNING
 
 
-class RetrainJob:
+class RetrainJob(BackgroundJob):
     """One config retrained and evaluated in a daemon thread; read it with `status()`, stop it with `cancel()`.
 
     Args:
@@ -76,16 +75,13 @@ class RetrainJob:
     """
 
     def __init__(self, key: tuple[str, str], label: str, owner: str) -> None:
+        super().__init__()
         self.id = secrets.token_hex(8)
-        self.token = secrets.token_urlsafe(16)
         self.key, self.label, self.owner = key, label, owner
-        self._lock = threading.Lock()
-        self._cancel = threading.Event()
         self._state, self._fraction, self._stage = RUNNING, 0.0, "compressing…"
         self._record: dict | None = None
         self._error: str | None = None
         self._started, self._seconds = time.perf_counter(), None
-        self.thread: threading.Thread | None = None
 
     def _progress(self, stage: str, fraction: float) -> None:
         with self._lock:
@@ -100,19 +96,6 @@ class RetrainJob:
         with self._lock:
             return RetrainStatus(self._state, self._fraction, self._stage, self._record, self._error,
                                  self._cancel.is_set(), self._seconds)
-
-    def cancel(self, token: str | None) -> bool:
-        """Ask the retraining to stop if `token` is this job's secret; returns whether it matched."""
-        if not token or not hmac.compare_digest(str(token), self.token):
-            return False
-        self._cancel.set()
-        return True
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the thread to end; returns whether it has."""
-        if self.thread is not None:
-            self.thread.join(timeout)
-        return not self.status().running
 
     def _run(self, experiment, config: CompressionConfig) -> None:
         try:

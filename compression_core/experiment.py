@@ -193,6 +193,11 @@ class Experiment:
         x = x[idx] if isinstance(x, torch.Tensor) else x.take(idx).load(len(idx))  # a streamed split: read them
         return x.to(self.device), y[idx].to(self.device)
 
+    @property
+    def _train_split_held(self) -> bool:
+        """Whether retraining can index the train split (none at all is refused later, by compress)."""
+        return self.train_split is None or isinstance(self.train_split[0], torch.Tensor)
+
     @cached_property
     def train_split(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The whole train split on the device, for retraining; None when the dataset has none."""
@@ -242,8 +247,7 @@ class Experiment:
     def compress(self, config: CompressionConfig, progress=None, cancel=None) -> CompressedModel:
         """`compress()` on our pristine model; the calibration batch is used only by configs that need it, the
         train split only by configs that retrain; `cancel` (a threading.Event) stops retraining."""
-        held = self.train_split is None or isinstance(self.train_split[0], torch.Tensor)
-        if config.retrains and (self.task != "classify" or not held):
+        if config.retrains and (self.task != "classify" or not self._train_split_held):
             raise ExperimentError(f"retraining minimises the label loss of a classifier on a train split held in "
                                   f"memory; {self.dataset.info.name} under task {self.task} has none: retrain "
                                   "classifiers on built-in, idx: or small image-folder datasets")

@@ -29,14 +29,14 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable
-from contextlib import closing
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import error_line, shown
 from .store import Store
-from .store_schema import KEY_COLS, SCHEMA_VERSION, StoreError, read_only_uri, schema_version
+from .store_schema import KEY_COLS, SCHEMA_VERSION, StoreError, schema_version
 
 STORE_TABLES = ("records", "runs", "run_members")  # what makes a SQLite file a result store
 RECORD_COLS = f"{KEY_COLS}, model, created_at, engine_version, record"
@@ -73,6 +73,15 @@ class MergeSummary:
                 f"{self.runs_added} runs added; it holds {self.records} records in {self.runs} runs")
 
 
+@contextmanager
+def _reading(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection that only reads `path` (query_only). Not a read-only URI: that one would leave the -wal and -shm
+    files of a WAL store behind, where closing the last ordinary connection removes them."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA query_only = ON")
+        yield conn
+
+
 def store_version(path: Path, role: str = "store") -> int:
     """The schema version of the result store file at `path`, read without writing to it.
 
@@ -89,7 +98,7 @@ def store_version(path: Path, role: str = "store") -> int:
     if path.is_dir():
         raise StoreError(f"{name} is a folder; give a result store file, e.g. {shown(str(path / 'runs.sqlite'))}")
     try:
-        with closing(sqlite3.connect(read_only_uri(path), uri=True)) as conn:
+        with _reading(path) as conn:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             version = schema_version(conn)
     except sqlite3.Error as err:
@@ -158,7 +167,7 @@ def merge_stores(sources: Iterable[str | os.PathLike], into: str | os.PathLike) 
 
 def _copy(source: Path, c: sqlite3.Connection, counts: Counter[str]) -> None:
     """Copy the records, runs and run memberships of `source` through the target's write connection `c`."""
-    with closing(sqlite3.connect(read_only_uri(source), uri=True)) as src:
+    with _reading(source) as src:
         src.execute("BEGIN")  # one snapshot of the source, even while a sweep still writes to it
         for row in src.execute(f"SELECT {RECORD_COLS} FROM records"):
             key, created_at = row[:5], row[6]

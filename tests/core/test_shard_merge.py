@@ -242,6 +242,11 @@ def test_into_an_input_or_a_file_that_is_not_a_store_is_refused(two_stores, tmp_
     assert text.read_text() == "hello, not a database\n"
     with pytest.raises(StoreError, match="at least one input"):
         merge_stores([], tmp_path / "all.db")
+    newer = newer_store(tmp_path)
+    before = newer.read_bytes()
+    with pytest.raises(StoreError, match=f"^store {newer} was written by a newer Compression Explorer"):
+        merge_stores([a], newer)
+    assert newer.read_bytes() == before
 
 
 def test_an_upgraded_older_store_merges(two_stores, tmp_path):
@@ -264,6 +269,10 @@ def test_cli_store_merge_refusals_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
     assert not (tmp_path / "all.db").exists()
+    assert cli.main(["store", "upgrade", str(old)]) == 0
+    assert capsys.readouterr().out == f"{old}: store schema 1 -> {SCHEMA_VERSION}\n"
+    assert cli.main(["store", "merge", str(old), "--into", str(tmp_path / "all.db")]) == 0
+    assert capsys.readouterr().out.startswith(f"merged 1 store(s) into {tmp_path / 'all.db'}: 2 records added")
 
 
 # ---- end to end: a job array of two real processes -----------------------------------------------

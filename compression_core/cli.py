@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ._version import __version__
 from .cli_flags import UserError, add_config_flags, configs_from_args, out_path, positive_int, seed
+from .cli_shards import add_commands as add_shard_commands, shard_configs
 from .errors import error_line, shown
 from .tasks import TASKS
 
@@ -166,6 +167,8 @@ def cmd_sweep(args) -> None:
     from .sweep import sweep
 
     configs = configs_from_args(args)
+    if args.shard is not None:  # this job's share of the grid (a Slurm array: --shard $ID/$COUNT)
+        configs = shard_configs(configs, args.shard, _log)
     store = _store(args)
     exp = _experiment(args, configs)
 
@@ -287,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="packed (.cex, smallest), onnx (integer weights + DequantizeLinear; needs the onnx "
                                 "extra) or safetensors (dequantized float32 state dict)")
         p.set_defaults(fn=fn)
+    add_shard_commands(sub)  # sweep --shard I/N, store merge / upgrade
 
     p = sub.add_parser("train", help="train a built-in architecture and write its checkpoint")
     common(p, config=False)

@@ -16,10 +16,11 @@ budget the choice is made again with the excess taken off.
 
 Choice (`_choose`): every layer starts at its most precise width; while the sum of costs is over the budget, the
 layer move (to any cheaper width of that layer) with the smallest drop increase per bit saved is taken (ties: the
-larger saving, then the earlier layer). Then, while budget is left over, the move to a more precise width that
-lowers the drop sum most and still fits is taken. Finally the best uniform width that fits (every layer at the same
-b) replaces the result when its drop sum is smaller, so an allocation is never worse than uniform bits at the same
-budget. The greedy is not optimal in general (the choice is a multiple-choice knapsack).
+larger saving, then the earlier layer). Then, while budget is left over, the move to a costlier width that lowers
+the drop sum most (or, failing that, the cheapest one that does not raise it) and still fits is taken. Finally the
+best uniform width that fits (every layer at the same b) replaces the result when its drop sum is smaller, so an
+allocation is never worse than uniform bits at the same budget. The greedy is not optimal in general (the choice is
+a multiple-choice knapsack).
 
 Example:
     >>> from torch import nn
@@ -247,13 +248,14 @@ def _choose(table: _Table, target_bits: int, budget_bytes: int) -> Choice:
 
 
 def _improve(table: _Table, choice: Choice, target_bits: int, order: dict[str, int]) -> None:
-    """Spend what is left of the budget: take the fitting move that lowers the drop sum most, until none fits."""
+    """Spend what is left of the budget: take the fitting move to a costlier width that lowers the drop sum most
+    (then, among moves that do not raise it, the cheapest), until none fits."""
     while True:
         left = target_bits - table.total(choice)
         moves = [(table.options[n][w][1] - table.options[n][cur][1], cost - table.options[n][cur][0], order[n], -w,
                   n, w)
                  for n, cur in choice.items() for w, (cost, drop) in table.options[n].items()
-                 if drop < table.options[n][cur][1] and cost - table.options[n][cur][0] <= left]
+                 if drop <= table.options[n][cur][1] and 0 < cost - table.options[n][cur][0] <= left]
         if not moves:
             return
         *_, n, w = min(moves)

@@ -190,7 +190,10 @@ def _table(names: list[str], state: dict, records: list[dict]) -> Rows:
         rows[record["Layer"]] = {k: own[k] for k in LAYER_KEYS if k in own}
     text = _text(rows, names)
     if text != state["url"]:
-        st.query_params[URL_KEY] = text  # an empty text leaves the URL with an empty param
+        if text:
+            st.query_params[URL_KEY] = text
+        else:
+            st.query_params.pop(URL_KEY, None)
         state["url"] = text
     return rows
 

@@ -33,6 +33,10 @@ def test_a_table_edit_overrides_one_layer(make_app, no_exception):
     assert after["config_hash"] != before["config_hash"] and after["size_bytes"] > before["size_bytes"]
     assert any("2 overrides" in c.value for c in at.caption)
     assert at.query_params["explore_layers"] == "fc1:bits=8;fc2:skip=1"
+    at.session_state[editor.key] = {**EDIT, "edited_rows": {}}  # edits undone: no override, no URL param
+    at.run()
+    assert "explore_layers" not in at.query_params
+    assert {r["Bits"] for r in layer_rows(at).values()} == {4} and not any("overrides" in c.value for c in at.caption)
 
 
 def test_the_url_opens_with_the_table_filled(make_app, no_exception):
@@ -53,7 +57,7 @@ def test_invalid_url_text_is_one_line_and_ignored(make_app, no_exception, text):
     at = make_app(explore_bits="4", explore_layers=text)
     no_exception(at)
     assert len(at.warning) == 1 and "\n" not in at.warning[0].value and not at.error
-    assert "Ignored" in at.warning[0].value
+    assert "Ignored" in at.warning[0].value and "<img" not in at.warning[0].value.replace("\\<", "")
     valid = {r["Layer"]: r["Bits"] for r in layer_rows(at).values()}
     expected = 8 if text.startswith("fc1:bits=8") else 4  # the valid entry stays, the rest is ignored
     assert valid == {"conv1": 4, "conv2": 4, "fc1": expected, "fc2": 4}

@@ -54,8 +54,11 @@ def panel(selection: Selection, config: CompressionConfig) -> CompressionConfig:
     no_calib = "train" not in experiment.dataset.tensors
     bias = st.toggle("Bias correction", key=BIAS_KEY, bind="query-params", disabled=no_calib,
                      help="After compressing, shift each layer's bias by its mean output error on 512 training "
-                          "samples (layers without a bias, e.g. a conv before BatchNorm that is not folded, keep "
-                          "theirs). Needs a train split.")
+                          "samples. Layers without a bias (a conv before a BatchNorm that is not folded) are not "
+                          "corrected. Needs a train split.")
+    if no_calib:
+        st.caption(f"Bias correction calibrates on training samples; {components.plain(selection.dataset)} has no "
+                   "train split.")
     state = _opened(selection, names, config)
     with st.expander("Per-layer overrides", expanded=bool(state["rows"]), icon=":material/tune:"):
         records = _sensitivity(selection)

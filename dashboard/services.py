@@ -24,6 +24,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
+from compression_core import allocate as allocation
 from compression_core import histograms, sensitivity
 from compression_core.compressed import CompressedModel, LayerCompression
 from compression_core.config import CompressionConfig, ConfigError, PruneSpec, QuantSpec
@@ -342,6 +343,29 @@ def layer_sensitivity(selection: Selection, settings_json: list[str],
     records = sensitivity.layer_sensitivity(_CachedExperiment(selection), settings, progress=progress)
     records = [{**r, "metric_harm": sensitivity.metric_harm(r)} for r in records]
     return records, sensitivity.sensitivity_table(records, "metric_harm")
+
+
+@st.cache_data(show_spinner="Allocating bits: sizing every layer at each width…", max_entries=64)
+def allocate(selection: Selection, config_json: str, settings_json: tuple[str, ...], budget_bytes: int) -> dict:
+    """Per-layer widths under `budget_bytes` from the Layers page's sensitivity (`layer_sensitivity` over
+    `settings_json`, cached): the widths its weight-only settings measured that the config's quantizer takes, and
+    32 (fp32, skipped).
+
+    Returns:
+        {"bits": [[layer, width], ...] in model order, "size_bytes": the allocated config's measured size,
+         "drop_sum": the sum of the layers' measured drops, "budget_bytes"}.
+
+    Raises:
+        AllocationError: the budget cannot be met, or the quantizer has no choice of widths; one line.
+    """
+    config = CompressionConfig.from_json(config_json)
+    records, _ = layer_sensitivity(selection, list(settings_json))
+    drops = allocation.drops_from_sensitivity(records)
+    takes = quantizer_info(config.quant.quantizer).bits
+    widths = sorted({b for row in drops.values() for b in row if b in takes}) + [allocation.FP32]
+    result = allocation.allocate_bits(get_experiment(selection), config, drops, budget_bytes, widths)
+    return {"bits": [list(pair) for pair in result.bits], "size_bytes": result.size_bytes,
+            "drop_sum": result.drop_sum, "budget_bytes": result.budget_bytes}
 
 
 # ---- pure helpers over configs and records --------------------------------------------------------

@@ -14,7 +14,7 @@ import streamlit as st
 from compression_core import methods
 from compression_core.config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES,
                                      REPAIRS, SCALE_DTYPES, SCHEMES, SCOPES, CompressionConfig, PruneSpec, QuantSpec)
-from dashboard import components, frame, retrain_panel, services
+from dashboard import components, frame, overrides_panel, retrain_panel, services
 from dashboard.charts import explore as explore_charts
 from dashboard.charts.common import act_bits_label, metric_axis, option_label
 from dashboard.selection import Selection
@@ -153,6 +153,7 @@ def explore(selection: Selection) -> None:
     started = time.perf_counter()
     try:
         config = controls()
+        config = overrides_panel.panel(selection, config)
         record = services.evaluate(selection, config.to_json())
         retrained = retrain_panel.panel(selection, config)  # a finished retraining of this session, or None
     except services.USER_ERRORS as e:

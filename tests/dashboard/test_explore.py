@@ -70,7 +70,7 @@ def test_invalid_combination_shows_the_engine_message(make_app, no_exception):
 
 def test_layer_table_and_histogram_toggles(make_app, no_exception, figures):
     at = make_app(explore_sparsity="0.5")
-    table = at.dataframe[0].value
+    table = next(d.value for d in at.dataframe if d.editing_mode == "read_only")  # the record's layers
     assert list(table.columns)[:3] == ["Layer", "Shape", "Weights"]
     assert list(table["Sparsity (%)"]) == pytest.approx([50.0] * len(table), abs=0.5)
     assert any(t["name"].startswith("pruning threshold") for t in figures(at)[1]["data"])

@@ -12,9 +12,11 @@ GRID = {"bits": [2, 4, 8, 32], "sparsity": [0.0, 0.5]}
 LIMIT = 150
 
 
-def sweep_run(store: Store, label: str, *, task: str | None = None, limit: int = LIMIT, **grid) -> str:
-    """Sweep `grid` (default GRID) of digits-cnn on `limit` digits into `store` as a new run; returns its id."""
+def sweep_run(store: Store, label: str, *, task: str | None = None, limit: int = LIMIT, meta: dict | None = None,
+              **grid) -> str:
+    """Sweep `grid` (default GRID) of digits-cnn on `limit` digits into `store` as a new run with `meta`; returns
+    its id."""
     exp = Experiment(load_model("digits-cnn"), load_dataset("digits"), limit=limit, device="cpu", task=task)
-    run_id = store.new_run(label, {"model": "digits-cnn"})
+    run_id = store.new_run(label, meta or {"model": "digits-cnn"})
     sweep(exp, expand_grid(**(grid or GRID)), store=store, run_id=run_id)
     return run_id

@@ -236,9 +236,9 @@ def cmd_report(args) -> None:
     except OSError as err:
         raise UserError(f"--out {shown(str(args.out))} cannot be written ({_store_failure(err)}); give a file in a "
                         "writable folder") from None
-    result = {"out": str(args.out), "bytes": len(text.encode("utf-8")), "run_id": args.run,
+    result = {"out": str(args.out), "bytes": len(text.encode("utf-8")), "run_id": run["run_id"],
               "config_hash": chosen["config_hash"], "label": chosen["label"]}
-    _emit(args, result, table_rows=[f"wrote {args.out}: {result['bytes']:,} bytes, run {args.run}, "
+    _emit(args, result, table_rows=[f"wrote {args.out}: {result['bytes']:,} bytes, run {run['run_id']}, "
                                     f"chosen {chosen['label']} ({chosen['config_hash']})"])
 
 
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
 
     p = sub.add_parser("report", help="write a stored run's stakeholder report as one self-contained HTML file")
-    p.add_argument("--run", required=True, help="run id (the Runs page and `sweep` show it)")
+    p.add_argument("--run", required=True, help="run id (the Runs page shows it), or latest: the newest run")
     p.add_argument("--out", required=True, type=out_path, help="the HTML file to write")
     p.add_argument("--store", default=None, help="SQLite store path (default: user cache dir)")
     p.add_argument("--config-hash", dest="config_hash", default=None,

@@ -29,6 +29,7 @@ from dashboard.charts.common import bits_label, kib, metric_axis, option_label, 
 from dashboard.charts.layers import layer_table
 from dashboard.report_html import CHART_WIDTH, esc, figure, kv_table, page, table, tiles
 
+LATEST = "latest"  # the run id that means the store's newest run
 EVAL_SET = ("fingerprint", "dataset", "split", "limit", "task")  # what the records of one report share
 # what the repairs do, in one sentence each (compression_core.repair_gptq / repair_scaling hold the maths)
 REPAIR_TEXT = {
@@ -39,9 +40,11 @@ REPAIR_TEXT = {
     "smoothquant": "SmoothQuant moves activation outliers into the weights with per-channel scales (strength α), "
                    "so 8-bit activations clip less.",
 }
-# the record fields the report explains under "How to read the numbers", with their names there
+# the record fields the report explains under "How to read the numbers" (their docs), with their names there
 DEFINED = {"size_bytes": "Honest size", "compression_ratio": "Compression", "bits_per_weight": "Bits per weight",
-           "realized_sparsity": "Sparsity", "accuracy_ci_low": "95 % interval"}
+           "realized_sparsity": "Sparsity"}
+CI_TEXT = ("the Wilson score interval of the measured accuracy for the number of samples evaluated; more samples "
+           "make it narrower, and two configs whose intervals overlap may not differ at all")
 
 
 class ReportError(ValueError):
@@ -49,11 +52,14 @@ class ReportError(ValueError):
 
 
 def load_run(store, run_id: str) -> tuple[dict, list[dict]]:
-    """The run `run_id` (`Store.run`) and its stored records.
+    """The run `run_id` (`Store.run`; `LATEST`: the newest run) and its stored records.
 
     Raises:
         ReportError: the store has no such run, or the run has no records.
     """
+    newest = store.runs()[:1]
+    if run_id == LATEST and newest:
+        run_id = newest[0]["run_id"]
     run = store.run(run_id)
     if run is None:
         newest = ", ".join(f"{r['run_id']} ({shown(r['label'], 40)})" for r in store.runs()[:3])
@@ -157,17 +163,22 @@ def _chosen_section(records: list[dict], chosen: dict) -> str:
     rule, pick = choice_rule(chosen["metric"]), recommended(records, chosen["metric"])
     how = (f"Chosen by the rule: {rule}." if chosen is pick
            else f"Chosen by hand; the rule ({rule}) would pick {pick['label'] if pick else 'none'}.")
-    change = chosen["metric_value"] - chosen["baseline_metric_value"]
-    headline = [(axis.heading, _metric_text(chosen), "metric_value", chosen["metric_value"]),
-                ("Change vs fp32", f"{change:+,.{axis.digits}f}", None, None),
-                ("Size", f"{kib(chosen['size_bytes']):,.1f} KiB", "size_bytes", chosen["size_bytes"]),
-                ("Compression", f"{chosen['compression_ratio']:.2f}×", "compression_ratio", chosen["compression_ratio"]),
-                ("Bits per weight", f"{chosen['bits_per_weight']:.3f}", "bits_per_weight", chosen["bits_per_weight"]),
+    change = (f"{0.0 - chosen['accuracy_drop_pts']:+.2f} pts" if chosen["metric"] == "accuracy"
+              else f"{chosen['metric_value'] - chosen['baseline_metric_value']:+,.{axis.digits}f}")
+    ci = ("" if chosen.get("accuracy_ci_low") is None else
+          f"95 % CI {100 * chosen['accuracy_ci_low']:.1f}–{100 * chosen['accuracy_ci_high']:.1f} %")
+    headline = [(axis.heading, axis.show(chosen["metric_value"]), "metric_value", chosen["metric_value"], ci),
+                ("Change vs fp32", change, *(("accuracy_drop_pts", chosen["accuracy_drop_pts"])
+                                             if chosen["metric"] == "accuracy" else (None, None)),
+                 f"fp32 {axis.show(chosen['baseline_metric_value'])}"),
+                ("Size", f"{kib(chosen['size_bytes']):,.1f} KiB", "size_bytes", chosen["size_bytes"],
+                 f"fp32 {kib(chosen['dense_bytes']):,.1f} KiB"),
+                ("Compression", f"{chosen['compression_ratio']:.2f}×", "compression_ratio", chosen["compression_ratio"],
+                 "fp32 size / size"),
+                ("Bits per weight", f"{chosen['bits_per_weight']:.3f}", "bits_per_weight", chosen["bits_per_weight"],
+                 "fp32: 32"),
                 ("Sparsity", f"{100 * chosen['realized_sparsity']:.1f} %", "realized_sparsity",
-                 chosen["realized_sparsity"])]
-    if chosen["metric"] == "accuracy":
-        headline[1] = ("Change vs fp32", f"{0.0 - chosen['accuracy_drop_pts']:+.2f} pts", "accuracy_drop_pts",
-                       chosen["accuracy_drop_pts"])
+                 chosen["realized_sparsity"], "weights pruned")]
     details = [("Honest size", _size_text(chosen["size_bytes"]), "size_bytes", chosen["size_bytes"]),
                ("Weights kept", f"{chosen['nnz']:,} of {chosen['n_weights']:,}", "nnz", chosen["nnz"]),
                ("MACs per sample (dense / touching a kept weight)", f"{chosen['macs']:,} / {chosen['sparse_macs']:,}",
@@ -242,9 +253,10 @@ def _methods_section(records: list[dict], chosen: dict) -> str:
     body = "".join(f"<h3>{esc(title)}{' (chosen config)' if mine else ''}</h3><p>{esc(text)}</p>"
                    for title, text, mine in parts)
     docs = {f.name: f.doc for f in RECORD_FIELDS}
-    terms = "".join(f"<li><b>{esc(title)}</b>: {esc(docs[name])}</li>" for name, title in DEFINED.items()
-                    if name != "accuracy_ci_low" or chosen["metric"] == "accuracy")
-    return f"<h2>Methods</h2>{body}<h3>How to read the numbers</h3><ul class=\"note\">{terms}</ul>"
+    terms = [(title, docs[name]) for name, title in DEFINED.items()]
+    terms += [("95 % interval", CI_TEXT)] if chosen["metric"] == "accuracy" else []
+    listed = "".join(f"<li><b>{esc(title)}</b>: {esc(text)}</li>" for title, text in terms)
+    return f"<h2>Methods</h2>{body}<h3>How to read the numbers</h3><ul class=\"note\">{listed}</ul>"
 
 
 def _reproduce_section(chosen: dict) -> str:

@@ -76,11 +76,11 @@ def kv_table(rows: Iterable[tuple[str, str, str | None, object]]) -> str:
     return f'<table class="kv">{body}</table>'
 
 
-def tiles(items: Iterable[tuple[str, str, str | None, object]]) -> str:
-    """Headline numbers as tiles: (label, shown text, record field or None, raw value)."""
+def tiles(items: Iterable[tuple[str, str, str | None, object, str]]) -> str:
+    """Headline numbers as tiles: (label, shown text, record field or None, raw value, small line under it)."""
     return '<div class="tiles">' + "".join(
-        f'<div class="tile"><div class="k">{esc(k)}</div><div class="v"{data_attrs(f, raw)}>{esc(v)}</div></div>'
-        for k, v, f, raw in items) + "</div>"
+        f'<div class="tile"><div class="k">{esc(k)}</div><div class="v"{data_attrs(f, raw)}>{esc(v)}</div>'
+        f'<div class="k">{esc(sub)}</div></div>' for k, v, f, raw, sub in items) + "</div>"
 
 
 def table(header: list[str], rows: list[list[str]], numeric: set[int], *, classes: list[str] | None = None) -> str:

@@ -43,3 +43,5 @@ def run_report(store, run_id: str, *, key: str) -> None:
                             format_func=labels.get, help=f"Recommended: {choice_rule(recommended['metric'])}.")
     with c[1]:
         download_report(records, choose(records, picked), run=run, key=key)
+    st.caption(f"Run id `{run_id}` — from the command line: `python -m compression_core report --run {run_id} "
+               f"--out report.html` (add `--config-hash {picked}` for this config).")

@@ -82,8 +82,9 @@ def test_report_of_a_bring_your_own_model(tmp_path):
     assert r.returncode == 0, r.stderr
     (run,) = Store(store).runs()
     out = tmp_path / "byo.html"
-    r = cli("report", "--run", run["run_id"], "--out", str(out), store=store)
+    r = cli("report", "--run", "latest", "--out", str(out), store=store)  # the newest run: this one
     assert r.returncode == 0, r.stderr
+    assert f", run {run['run_id']}, chosen " in r.stdout
     text = out.read_text()
     assert "evaluate --model tests.core.byo_model:tiny_mlp --dataset digits --limit 100" in text
     assert "If the model was loaded with --weights, add the same file" in text

@@ -60,6 +60,7 @@ def test_runs_page_offers_the_report_of_the_chosen_run(run_id, make_app, no_exce
     html = make()
     assert html.startswith("<!DOCTYPE html>") and "report run" in html
     assert chosen_value(html, "size_bytes") == choose(records)["size_bytes"]
+    assert any(f"report --run {run_id} --out report.html" in c.value for c in at.caption)
 
     other = max(records, key=lambda r: r["size_bytes"])
     at.selectbox(key=f"runs_report_pick_{run_id}").set_value(other["config_hash"]).run()

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import datetime
+import json
 import math
 
 from compression_core._version import __version__
@@ -31,6 +32,10 @@ from dashboard.report_html import CHART_WIDTH, esc, figure, kv_table, page, tabl
 
 LATEST = "latest"  # the run id that means the store's newest run
 EVAL_SET = ("fingerprint", "dataset", "split", "limit", "task")  # what the records of one report share
+# record fields the report reads; records stored by an older engine may lack some (e.g. before tasks existed)
+NEEDED = (*EVAL_SET, "model", "label", "config", "config_hash", "metric", "metric_value", "baseline_metric_value",
+          "n_samples", "dense_bytes", "size_bytes", "compression_ratio", "bits_per_weight", "realized_sparsity",
+          "n_weights", "nnz", "macs", "sparse_macs", "bitops")
 # what the repairs do, in one sentence each (compression_core.repair_gptq / repair_scaling hold the maths)
 REPAIR_TEXT = {
     "gptq": "GPTQ rounds a layer's weight one input column at a time and spreads each column's rounding error over "
@@ -57,14 +62,13 @@ def load_run(store, run_id: str) -> tuple[dict, list[dict]]:
     Raises:
         ReportError: the store has no such run, or the run has no records.
     """
-    newest = store.runs()[:1]
-    if run_id == LATEST and newest:
-        run_id = newest[0]["run_id"]
-    run = store.run(run_id)
+    runs = store.runs()  # newest first
+    run = runs[0] if run_id == LATEST and runs else store.run(run_id)
     if run is None:
-        newest = ", ".join(f"{r['run_id']} ({shown(r['label'], 40)})" for r in store.runs()[:3])
+        newest = ", ".join(f"{r['run_id']} ({shown(r['label'], 40)})" for r in runs[:3])
         raise ReportError(f"--run {shown(run_id)} is not a run in {shown(str(store.path))}; "
                           + (f"its newest runs: {newest}" if newest else "it has no runs: launch a sweep first"))
+    run_id = run["run_id"]
     records = store.records(run_id=run_id)
     if not records:
         raise ReportError(f"run {run_id} ({shown(run['label'], 40)}) has no records yet; wait for its first config "
@@ -91,8 +95,14 @@ def check_records(records: list[dict], chosen: dict) -> None:
     """Refuse records a report cannot show together.
 
     Raises:
-        ReportError: no records, records of several evaluation sets or tasks, or `chosen` not one of them.
+        ReportError: no records, records of several evaluation sets or tasks, records without a field the report
+            shows (stored by an older engine), or `chosen` not one of them.
     """
+    old = next((r for r in records if not all(k in r for k in NEEDED)), None)
+    if old is not None:
+        lacking = ", ".join(k for k in NEEDED if k not in old)
+        raise ReportError(f"record {shown(old.get('label'))} (engine {old.get('engine_version', 'unknown')}) has no "
+                          f"{lacking}; sweep the run again with this engine to recompute it")
     sets = {tuple(r.get(k) for k in EVAL_SET) for r in records}
     if len(sets) != 1:
         raise ReportError(f"the records come from {len(sets)} evaluation sets (model, dataset, split, subset, task); "
@@ -237,13 +247,13 @@ def _methods_section(records: list[dict], chosen: dict) -> str:
         if used:
             widths = ", ".join(bits_label(b) for b in sorted({r["bits"] for r in used}))
             parts.append((f"{info.label} quantization", f"{info.description} Used here at {widths}.",
-                          chosen in used))
+                          any(r is chosen for r in used)))
     for name, info in prune_methods().items():
         used = [r for r in records if r["prune_method"] == name]
         if used:
             amounts = ", ".join(percent_label(s) for s in sorted({round(r["sparsity"], 4) for r in used}))
             parts.append((f"{info.label} pruning", f"{info.description} Used here at sparsity {amounts}.",
-                          chosen in used))
+                          any(r is chosen for r in used)))
     for repair in dict.fromkeys(r.get("repair", "none") for r in records):
         if repair in REPAIR_TEXT:
             parts.append((f"{option_label(repair)} repair", REPAIR_TEXT[repair],
@@ -263,7 +273,7 @@ def _reproduce_section(chosen: dict) -> str:
     command = reproduce_command(chosen)
     if command is None:
         return ("<h2>Reproduce</h2><p class=\"note\">This config has per-layer settings the command line cannot "
-                f"express; its full config is:</p><pre>{esc(chosen['config'])}</pre>")
+                f"express; its full config is:</p><pre>{esc(json.dumps(chosen['config'], indent=1))}</pre>")
     builtin = ":" not in chosen["model"]
     weights = "" if builtin else (
         f" If the model was loaded with --weights, add the same file: the command prints the fingerprint of what it "

@@ -14,6 +14,7 @@ import pytest
 
 from compression_core._version import __version__
 from compression_core.cli_reproduce import reproduce_command
+from compression_core.config import CompressionConfig
 from compression_core.pareto import CLOSE_TO_FP32_PTS, pareto_front, recommended
 from compression_core.store import Store
 from dashboard.report import ReportError, build_report, choose, load_run
@@ -190,11 +191,24 @@ def test_records_of_two_evaluation_sets_and_missing_runs_are_refused(run, tmp_pa
         build_report(records + other, records[0], run=meta)
     with pytest.raises(ReportError, match="not one of the report's records"):
         build_report(records, dict(records[0]), run=meta)
+    before_tasks = [{k: v for k, v in r.items() if k not in ("metric", "metric_value")} for r in records]
+    with pytest.raises(ReportError, match="has no metric, metric_value; sweep the run again"):
+        build_report(before_tasks, before_tasks[0], run=meta)
     with pytest.raises(ReportError, match=f"its newest runs: {run_id}"):
         load_run(store, "nope")
     empty = store.new_run("empty")
     with pytest.raises(ReportError, match="has no records yet"):
         load_run(store, empty)
+
+
+def test_a_config_the_flags_cannot_express_shows_its_json(run):
+    _, _, meta, records = run
+    override = {"name": "fc1", "quant": {"bits": 4, "range": "percentile", "percentile": 99.0}, "prune": None,
+                "skip": False}
+    configs = [CompressionConfig.from_dict({**r["config"], "overrides": [override]}) for r in records]
+    odd = [{**r, "config": c.to_dict(), "config_hash": c.config_hash} for r, c in zip(records, configs)]
+    text = " ".join(Page(build_report(odd, odd[0], run=meta)).text)
+    assert "per-layer settings the command line cannot express" in text and '"percentile": 99.0' in text
 
 
 def test_a_record_without_layers_says_so(run):

@@ -16,6 +16,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 CHART_WIDTH = 680  # px: fits the printable width of A4 (186 mm = 703 px at 12 mm margins) and of US Letter
+# no request of any kind; inline scripts and styles only ('unsafe-eval': plotly.js builds a few functions at run time)
 CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; img-src data:; "
        "font-src data:; base-uri 'none'; form-action 'none'")
 PLOT_CONFIG = {"displayModeBar": False, "responsive": False, "displaylogo": False}

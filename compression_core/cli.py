@@ -221,6 +221,30 @@ def cmd_export(args) -> None:
     _emit(args, record, table_rows=[_row(record), *lines], lead=("file", "file_bytes"))
 
 
+def cmd_report(args) -> None:
+    """The stakeholder report of a stored run as one HTML file (dashboard.report: no Streamlit, nothing recomputed)."""
+    from dashboard.report import build_report, choose, load_run
+
+    from .store import default_store_path
+
+    path = Path(args.store if args.store is not None else default_store_path()).expanduser()
+    if not path.is_file():
+        raise UserError(f"--store {shown(str(path))} does not exist; give the store your sweep wrote (--store) or "
+                        "run a sweep first")
+    run, records = load_run(_store(args), args.run)
+    chosen = choose(records, args.config_hash)
+    text = build_report(records, chosen, run=run)
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"--out {shown(str(args.out))} cannot be written ({_store_failure(err)}); give a file in a "
+                        "writable folder") from None
+    result = {"out": str(args.out), "bytes": len(text.encode("utf-8")), "run_id": run["run_id"],
+              "config_hash": chosen["config_hash"], "label": chosen["label"]}
+    _emit(args, result, table_rows=[f"wrote {args.out}: {result['bytes']:,} bytes, run {run['run_id']}, "
+                                    f"chosen {chosen['label']} ({chosen['config_hash']})"])
+
+
 def cmd_train(args) -> None:
     from .train import train_and_save
 
@@ -291,6 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 "extra) or safetensors (dequantized float32 state dict)")
         p.set_defaults(fn=fn)
     add_shard_commands(sub)  # sweep --shard I/N, store merge / upgrade
+
+    p = sub.add_parser("report", help="write a stored run's stakeholder report as one self-contained HTML file")
+    p.add_argument("--run", required=True, help="run id (the Runs page shows it), or latest: the newest run")
+    p.add_argument("--out", required=True, type=out_path, help="the HTML file to write")
+    p.add_argument("--store", default=None, help="SQLite store path (default: user cache dir)")
+    p.add_argument("--config-hash", dest="config_hash", default=None,
+                   help="the config to recommend (default: the smallest on the front within 1 pt of fp32 accuracy "
+                        "- 1 %% of the fp32 value for other metrics - else the best)")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("train", help="train a built-in architecture and write its checkpoint")
     common(p, config=False)

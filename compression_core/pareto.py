@@ -14,7 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
+from .sensitivity import metric_harm
 from .tasks import METRICS
+
+# `recommended`: how far from fp32 a config may be and still count as "as good"
+CLOSE_TO_FP32_PTS = 1.0  # accuracy: at most 1 percentage point below the fp32 model
+CLOSE_TO_FP32_REL = 0.01  # any other metric: worse than fp32 by at most 1 % of the fp32 value
 
 
 def _value(record: Mapping, field: str) -> float | None:
@@ -82,3 +87,37 @@ def staircase(points: Sequence[Mapping | Sequence[float]], x: str = "size_bytes"
         xs.append(px)
         ys.append(py)
     return xs, ys
+
+
+def recommended(records: Iterable[Mapping], metric: str = "accuracy") -> Mapping | None:
+    """The config to recommend from a sweep: the smallest one on the `metric`-vs-size front that is close to fp32,
+    else the best one by `metric`.
+
+    Close to fp32 means an accuracy at most `CLOSE_TO_FP32_PTS` points below the fp32 model's (`accuracy_drop_pts`)
+    or, for any other metric, a `metric_value` worse than `baseline_metric_value` by at most `CLOSE_TO_FP32_REL`
+    of it (`sensitivity.metric_harm`). The pick is always a point of `pareto_front(records, y=metric)`.
+
+    Args:
+        records: engine records of one evaluation set and task (each with `metric_value`,
+            `baseline_metric_value` and, for accuracy, `accuracy_drop_pts`).
+        metric: the records' headline metric (`record["metric"]`).
+
+    Returns:
+        One of the records (not a copy), or None when no record has a size and a value of `metric`.
+
+    Example:
+        >>> pts = [{"size_bytes": 10, "accuracy": 0.90, "accuracy_drop_pts": 8.0},
+        ...        {"size_bytes": 20, "accuracy": 0.975, "accuracy_drop_pts": 0.5},
+        ...        {"size_bytes": 40, "accuracy": 0.98, "accuracy_drop_pts": 0.0}]
+        >>> recommended(pts)["size_bytes"]
+        20
+    """
+    front = pareto_front(records, y=metric)
+    if not front:
+        return None
+    for r in front:  # cheapest first
+        allowed = (CLOSE_TO_FP32_PTS if metric == "accuracy"
+                   else CLOSE_TO_FP32_REL * abs(float(r["baseline_metric_value"])))
+        if metric_harm(r) <= allowed:
+            return r
+    return front[-1]  # the front's y improves with x: its last point is the best by the metric

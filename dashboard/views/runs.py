@@ -1,4 +1,5 @@
-"""Runs: everything in the result store — filter it, overlay two fronts, download the table or a packed model.
+"""Runs: everything in the result store — filter it, overlay two fronts, download the table, a run's report or a
+packed model.
 
 Records come from `services.store()` as the engine wrote them; the packed file is `services.pack` (the engine's
 `compression_core.export.export` of the config), so its byte count is the real one next to the reported size.
@@ -13,7 +14,7 @@ import sqlite3
 import streamlit as st
 
 from compression_core.models import ModelLoadError
-from dashboard import components, frame, services
+from dashboard import components, frame, report_panel, services
 from dashboard.charts import sweep as sweep_charts
 from dashboard.charts.common import metric_axis, metric_heading, option_label
 from dashboard.components import eval_set_label
@@ -126,6 +127,15 @@ def _one_metric(records: list[dict]) -> tuple[list[dict], str]:
     return [r for r in records if r.get("metric", "accuracy") == metric], metric
 
 
+def show_report() -> None:
+    st.subheader("Report")
+    run_id = st.session_state.get("runs_run", ALL)
+    if run_id == ALL:
+        st.caption("Choose a run in the Run filter above to download its report.")
+        return
+    report_panel.run_report(services.store(), run_id, key="runs_report")
+
+
 def record_selection(record: dict) -> Selection:
     """A selection that rebuilds the model and data a record was evaluated with.
 
@@ -196,4 +206,5 @@ if not shown:
     st.stop()
 show_table(shown)
 show_overlay(shown, all_runs)
+show_report()
 show_export(shown)

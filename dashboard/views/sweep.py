@@ -18,10 +18,11 @@ import streamlit as st
 from compression_core.config import (ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, REPAIRS, SCHEMES,
                                      SCOPES)
 from compression_core.methods import DEFAULT_PRUNE_METHOD, DEFAULT_QUANTIZER, quantizer_info
-from dashboard import components, frame, jobs, services
+from dashboard import components, frame, jobs, report_panel, services
 from dashboard.charts import sweep as sweep_charts
 from dashboard.charts.common import bits_label, metric_axis, option_label, percent_label
 from dashboard.job_panel import offer_resume, owner, remember, show_outcome, show_progress
+from dashboard.report import choose
 from dashboard.selection import Selection
 
 RUN_KEY = "sweep_run"  # session state and URL parameter: the run id (= job id) this session is watching
@@ -189,6 +190,9 @@ def show_results(run_selection: Selection, records: list[dict], run_id: str) -> 
     components.results_table(records, ["label", *components.task_columns(records), "size_kib", "compression_ratio",
                                        "bits_per_weight", "realized_sparsity"], key="sweep_table", sort_by="size_kib")
     components.csv_download(df, f"sweep-{run_id}.csv", key="sweep_csv")
+    # the report recommends the inspected config, else the rule's
+    report_panel.download_report(records, picked[0] if picked else choose(records),
+                                 run=services.store().run(run_id), key="sweep_report")
 
 
 def results_panel(run_selection: Selection, run_id: str, polling: bool) -> None:

@@ -328,18 +328,20 @@ class Experiment:
         size = size_report(cm)
         size_by_layer = {l.name: l for l in size.layers}
         layers: list[LayerRow] = []
-        bitops = sparse_macs = 0
+        bitops = sparse_bitops = sparse_macs = 0
         for name, lc in cm.layers.items():
             ls = size_by_layer[name]
             act = config.act_bits if name in cm.act_qparams else 32
             macs = self.macs.get(name, 0)
+            kept_macs = round(macs * (1 - lc.sparsity))  # the MACs that touch a kept weight
             bitops += macs * ls.value_bits * act
-            sparse_macs += round(macs * (1 - lc.sparsity))
+            sparse_bitops += kept_macs * ls.value_bits * act
+            sparse_macs += kept_macs
             layers.append({
                 "name": name, "shape": list(lc.shape), "bits": ls.value_bits,
                 "quantizer": "none" if lc.skipped or not lc.quant.enabled else lc.quant.quantizer,
                 "sparsity": lc.sparsity, "n": lc.n_dense, "nnz": lc.nnz, "index_format": ls.index_format,
-                "size_bits": ls.total_bits, "macs": macs, "skipped": lc.skipped,
+                "size_bits": ls.total_bits, **ls.breakdown(), "macs": macs, "skipped": lc.skipped,
                 "input_scaled": lc.input_scale is not None,
                 "dense_shape": list(lc.dense_shape or lc.shape),
             })
@@ -366,6 +368,7 @@ class Experiment:
             "macs": dense_macs,
             "sparse_macs": sparse_macs,
             "bitops": bitops,
+            "sparse_bitops": sparse_bitops,
             "device": str(self.device),
             "memory_format": "channels_last" if self.memory_format == torch.channels_last else "contiguous",
             "eval_seconds": metrics["eval_seconds"],

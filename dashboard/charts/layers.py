@@ -74,8 +74,8 @@ def size_breakdown(layers: list[dict], *, title: str | None = None) -> go.Figure
                     customdata=[[b, 100.0 * b / t] for b, t in zip(bits, totals)],
                     hovertemplate=f"%{{y}}: {label}<br>%{{x:,.2f}} KiB (%{{customdata[0]:,}} bits, "
                                   "%{customdata[1]:.1f} % of the layer)<extra></extra>")
-    fig.update_layout(barmode="stack")
     base_layout(fig, title=title or "Stored size per layer, by what it stores", height=max(260, 140 + 28 * len(names)))
+    fig.update_layout(barmode="stack", legend_traceorder="normal")  # legend in stacking order, values first
     fig.update_xaxes(title_text=SIZE_KIB_AXIS)
     fig.update_yaxes(title_text=LAYER_AXIS, autorange="reversed")
     return fig

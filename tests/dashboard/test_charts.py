@@ -170,7 +170,7 @@ def _breakdown_rows() -> list[dict]:
 def test_size_breakdown_stacks_each_layers_parts_in_kib():
     layers = _breakdown_rows()
     fig = layer_charts.size_breakdown(layers).to_dict()
-    assert fig["layout"]["barmode"] == "stack"
+    assert fig["layout"]["barmode"] == "stack" and fig["layout"]["legend"]["traceorder"] == "normal"
     names = [t["name"] for t in fig["data"]]
     assert names == ["values", "sparse index", "scales / zero points", "codebook",
                      "activation qparams / input scales"]

@@ -59,7 +59,7 @@ RESULT_COLUMNS = {
 }
 # The compute and timing columns of the results tables (after the task's metrics and the size columns)
 COMPUTE_COLUMNS = ("macs", "sparse_macs", "bitops", "sparse_bitops", "latency_ms_per_batch", "eval_seconds")
-TILES_PER_ROW = 5  # st.metric tiles per row: at 1,400 px with the sidebar open, ~190 px each, room for "1,234.5 KiB"
+TILES_PER_ROW = 5  # st.metric tiles per row: 175 px each at 1,400 px with the sidebar open ("1,683.9 KiB" fits)
 # Each task's secondary metric tiles (after the headline metric and the size tiles); absent ones are not shown,
 # except classify's agreement ("—" for the fp32 model itself).
 SECONDARY = {"classify": ("agreement",), "fidelity": ("rel_l2", "recall_at_10", "agreement", "kl"), "lm": ("loss",)}

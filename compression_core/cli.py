@@ -15,6 +15,7 @@ from ._version import __version__
 from .cli_flags import UserError, add_config_flags, configs_from_args, out_path, positive_int, seed
 from .cli_shards import add_commands as add_shard_commands, shard_configs
 from .errors import error_line, shown
+from .record_text import MORE_METRICS, change_text, field_text
 from .tasks import TASKS
 
 EXIT_USER_ERROR = 2
@@ -132,14 +133,40 @@ def _write_csv(records: list[dict], lead: tuple[str, ...]) -> None:
 
 
 def _row(r: dict) -> str:
+    """One record as text: its quality against fp32 and its size on the first line, its compute and timing
+    (`record_text.MORE_METRICS`) indented on the second; a field the record lacks reads `unknown`."""
     size = (f"  size {r['size_bytes'] / 1024:9.1f} KiB  x{r['compression_ratio']:.1f}  {r['bits_per_weight']:.2f} b/w"
             f"  sparsity {r['realized_sparsity']:.1%}")
     if r.get("accuracy") is None:  # fidelity, lm: the task's headline metric against the fp32 model's
-        return (f"{r['label']:<44} {r['metric']} {r['metric_value']:.4g} (fp32 {r['baseline_metric_value']:.4g}) "
-                f"n={r['n_samples']}{size}")
-    ci = f"[{r['accuracy_ci_low']:.2%}, {r['accuracy_ci_high']:.2%}]"
-    return (f"{r['label']:<44} acc {r['accuracy']:.2%} {ci} n={r['n_samples']}  drop {r['accuracy_drop_pts']:+.2f} pt"
-            + size)
+        head = (f"{r['label']:<44} {r['metric']} {r['metric_value']:.4g} (fp32 {r['baseline_metric_value']:.4g}) "
+                f"n={r['n_samples']}")
+    else:
+        ci = f"[{r['accuracy_ci_low']:.2%}, {r['accuracy_ci_high']:.2%}]"
+        head = (f"{r['label']:<44} acc {r['accuracy']:.2%} {ci} n={r['n_samples']}  "
+                f"change {change_text(r['accuracy_drop_pts'])}")
+    return f"{head}{size}\n    {_more_metrics(r)}"
+
+
+def _more_metrics(r: dict) -> str:
+    """'top-5 99.00 %  MACs 2,736 (sparse 1,368)  BitOps 87.6 k (sparse 43.8 k)  latency 1.23 ms/batch (eval
+    0.05 s)'; top-5 only for records with labels (task classify)."""
+    parts = []
+    for m in MORE_METRICS:
+        if m.field == "top5" and r.get("accuracy") is None:
+            continue
+        value = field_text(r, m.field)
+        unit = m.unit if r.get(m.field) is not None else ""
+        extra = f" ({m.word} {field_text(r, m.companion)})" if m.companion else ""
+        parts.append(f"{m.short} {value}{unit}{extra}")
+    return "  ".join(parts)
+
+
+def _progress_line(done: int, total: int, eta: float | None, label: str | None) -> str:
+    """A sweep's progress on stderr: '[3/8] eta 12s  next: LABEL', then '[8/8] done' (or 'stopped' when it ended
+    early, e.g. cancelled)."""
+    if label is None:
+        return f"[{done}/{total}] {'done' if done >= total else 'stopped'}"
+    return f"[{done}/{total}] {'' if eta is None else f'eta {eta:.0f}s  '}next: {label}"
 
 
 def cmd_evaluate(args) -> None:
@@ -173,7 +200,7 @@ def cmd_sweep(args) -> None:
     exp = _experiment(args, configs)
 
     def progress(done, total, eta, label):
-        _log(f"[{done}/{total}] eta {eta:.0f}s  {label}" if eta is not None else f"[{done}/{total}] {label}")
+        _log(_progress_line(done, total, eta, label))
 
     try:  # the first write: a read-only store is refused here, before anything is computed
         run_id = store.new_run(f"cli sweep {exp.loaded.name}/{exp.dataset.info.name}",
@@ -192,7 +219,7 @@ def cmd_sensitivity(args) -> None:
     exp = _experiment(args, settings)
     rows = layer_sensitivity(exp, settings, progress=lambda d, t, *_: _log(f"[{d}/{t}]"))
     _emit(args, rows, table_rows=[f"{r['layer']:<12} {r['setting']:<44} " + (
-        f"drop {r['accuracy_drop_pts']:+.2f} pt" if r.get("accuracy_drop_pts") is not None
+        f"change {change_text(r['accuracy_drop_pts'])}" if r.get("accuracy_drop_pts") is not None
         else f"{r['metric']} {r['metric_value']:.4g}") for r in rows], lead=("layer", "setting", "setting_hash"))
 
 

@@ -147,9 +147,9 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
 def _check_unused_flags(args) -> None:
     """Refuse a flag that no config of the product would use (it would be silently ignored)."""
     patterned = [not prune_method_info(m).uses_sparsity for m in args.prune]  # N:M: the pattern fixes sparsity
-    if args.sparsity is not None and any(args.sparsity) and all(patterned):
-        raise UserError(f"--sparsity {','.join(map(str, args.sparsity))} has no effect with --prune nm (N:M fixes "
-                        "the sparsity at 1 - N/M); drop --sparsity, or choose N:M with --nm")
+    if args.sparsity is not None and all(patterned):  # also 0: N:M would still prune to 1 - N/M
+        raise UserError(f"--sparsity {','.join(map(str, args.sparsity))} has no effect with --prune nm (N:M sets "
+                        "its own sparsity, 1 - N/M); drop --sparsity, or choose N:M with --nm")
     if args.percentile is not None and "percentile" not in args.range:
         raise UserError("--percentile only applies to --range percentile; add --range percentile or drop "
                         "--percentile")

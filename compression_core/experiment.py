@@ -326,24 +326,7 @@ class Experiment:
 
     def _record(self, config, cm, metrics, base, compress_seconds) -> Record:
         size = size_report(cm)
-        size_by_layer = {l.name: l for l in size.layers}
-        layers: list[LayerRow] = []
-        bitops = sparse_macs = 0
-        for name, lc in cm.layers.items():
-            ls = size_by_layer[name]
-            act = config.act_bits if name in cm.act_qparams else 32
-            macs = self.macs.get(name, 0)
-            bitops += macs * ls.value_bits * act
-            sparse_macs += round(macs * (1 - lc.sparsity))
-            layers.append({
-                "name": name, "shape": list(lc.shape), "bits": ls.value_bits,
-                "quantizer": "none" if lc.skipped or not lc.quant.enabled else lc.quant.quantizer,
-                "sparsity": lc.sparsity, "n": lc.n_dense, "nnz": lc.nnz, "index_format": ls.index_format,
-                "size_bits": ls.total_bits, "macs": macs, "skipped": lc.skipped,
-                "input_scaled": lc.input_scale is not None,
-                "dense_shape": list(lc.dense_shape or lc.shape),
-            })
-        dense_macs = sum(self.macs.values())
+        layers, compute = self._layers_and_compute(config, cm, size)
         return {
             **self.key(config),
             "engine_version": __version__,
@@ -363,9 +346,7 @@ class Experiment:
             "n_params": sum(t.numel() for t in self.model.state_dict().values() if t.is_floating_point()),
             "n_weights": cm.n_weights,
             "nnz": cm.nnz,
-            "macs": dense_macs,
-            "sparse_macs": sparse_macs,
-            "bitops": bitops,
+            **compute,
             "device": str(self.device),
             "memory_format": "channels_last" if self.memory_format == torch.channels_last else "contiguous",
             "eval_seconds": metrics["eval_seconds"],
@@ -382,6 +363,33 @@ class Experiment:
             **_structure_fields(cm),
             "layers": layers,
         }
+
+    def _layers_and_compute(self, config, cm, size) -> tuple[list[LayerRow], dict]:
+        """The record's layer rows and its compute fields (macs, sparse_macs, bitops, sparse_bitops, in record
+        order): per layer, the MACs that touch a kept weight are its dense MACs x nnz / n (each kept weight is used
+        once per output position), and BitOps multiply MACs by the stored value bits and the activation bits."""
+        size_by_layer = {l.name: l for l in size.layers}
+        layers: list[LayerRow] = []
+        bitops = sparse_bitops = sparse_macs = 0
+        for name, lc in cm.layers.items():
+            ls = size_by_layer[name]
+            act = config.act_bits if name in cm.act_qparams else 32
+            macs = self.macs.get(name, 0)
+            kept_macs = round(macs * (1 - lc.sparsity))
+            bitops += macs * ls.value_bits * act
+            sparse_bitops += kept_macs * ls.value_bits * act
+            sparse_macs += kept_macs
+            layers.append({
+                "name": name, "shape": list(lc.shape), "bits": ls.value_bits,
+                "quantizer": "none" if lc.skipped or not lc.quant.enabled else lc.quant.quantizer,
+                "sparsity": lc.sparsity, "n": lc.n_dense, "nnz": lc.nnz, "index_format": ls.index_format,
+                "size_bits": ls.total_bits, **ls.breakdown(), "macs": macs, "skipped": lc.skipped,
+                "input_scaled": lc.input_scale is not None,
+                "dense_shape": list(lc.dense_shape or lc.shape),
+            })
+        compute = {"macs": sum(self.macs.values()), "sparse_macs": sparse_macs, "bitops": bitops,
+                   "sparse_bitops": sparse_bitops}
+        return layers, compute
 
 
 def _structure_fields(cm: CompressedModel) -> dict:

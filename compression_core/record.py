@@ -51,6 +51,11 @@ class LayerRow(TypedDict):
     nnz: int
     index_format: str
     size_bits: int
+    value_bits: int
+    index_bits: int
+    scale_bits: int
+    codebook_bits: int
+    other_bits: int
     macs: int
     skipped: bool
     input_scaled: bool
@@ -106,6 +111,7 @@ class Record(TypedDict):
     macs: int
     sparse_macs: int
     bitops: int
+    sparse_bitops: int
     device: str
     memory_format: str
     eval_seconds: float
@@ -142,7 +148,16 @@ LAYER_FIELDS: tuple[Field, ...] = (
     Field("nnz", int, "weights", "number of weights kept (not pruned)"),
     Field("index_format", str, NO_UNIT, "storage format that won: dense, bitmask, csr or relative (see size.py)"),
     Field("size_bits", int, "bits", "the weight's storage in that format: values + sparse index + scales, zero "
-          "points, codebook and activation qparams"),
+          "points, codebook and activation qparams; the sum of the five fields below"),
+    Field("value_bits", int, "bits", "the stored values: entries of the format × `bits` (dense: every weight, "
+          "sparse formats: the kept ones, plus relative-index fillers)"),
+    Field("index_bits", int, "bits", "the sparse index: bitmask, CSR row pointers and columns, or relative gaps; "
+          "0 for dense"),
+    Field("scale_bits", int, "bits", "the quantization grid's scales and zero points, or the format's side "
+          "tensors (group / block scales of uniform group, FP, MX, NF4)"),
+    Field("codebook_bits", int, "bits", "the codebook's float32 levels (kmeans, pow2); 0 otherwise"),
+    Field("other_bits", int, "bits", "the quantized input's activation scale and zero point, and the float32 "
+          "input-channel scales AWQ / SmoothQuant keep beside the weight; 0 otherwise"),
     Field("macs", int, "MACs per sample", "multiply-accumulates of this layer for one input sample (dense)"),
     Field("skipped", bool, NO_UNIT, "an override left this layer in fp32 and unpruned"),
     Field("input_scaled", bool, NO_UNIT, "AWQ / SmoothQuant scaled this layer's input channels; the 1/s is not folded "
@@ -225,6 +240,8 @@ RECORD_FIELDS: tuple[Field, ...] = (
     Field("sparse_macs", int, "MACs per sample", "multiply-accumulates that touch a kept weight"),
     Field("bitops", int, "bit operations per sample", "sum over layers of dense MACs × weight value bits × "
           "activation bits"),
+    Field("sparse_bitops", int, "bit operations per sample", "sum over layers of sparse MACs (those that touch a "
+          "kept weight) × weight value bits × activation bits; missing in records stored before it existed"),
     # ---- how it was measured
     Field("device", str, NO_UNIT, "torch device that evaluated, e.g. `cpu`, `cuda:0`"),
     Field("memory_format", str, NO_UNIT, "tensor layout of the evaluation: `channels_last` or `contiguous`"),
@@ -265,17 +282,23 @@ RECORD_FIELDS: tuple[Field, ...] = (
           added_by="sweep"),
 )
 
-# Fields that fit one cell of a table or CSV, in record order: the computed ones except the per-layer rows and
-# the folded pairs (`bn_fold_note` sums them up; `config` goes in as JSON text).
-TABLE_COLUMNS: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS
-                                       if not f.added_by and f.name not in ("layers", "bn_folded"))
+# The columns of a results table or CSV, in record order: every field but the per-layer rows (`config` and
+# `bn_folded` go in as JSON text), so a new field reaches the CSV without a second list to update.
+TABLE_COLUMNS: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS if f.name != "layers")
+JSON_COLUMNS = ("config", "bn_folded")  # fields that are not one value: canonical JSON text in a cell
 
 
 def table_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    """One row of a results table or CSV: `record`'s TABLE_COLUMNS (None where absent), `config` as canonical JSON."""
+    """One row of a results table or CSV: `record`'s TABLE_COLUMNS, `config` and `bn_folded` as canonical JSON.
+
+    A field the record lacks (e.g. `sparse_bitops` in a record stored before it existed) is None, an empty cell:
+    unknown, never 0.
+    """
     row = {c: record.get(c) for c in TABLE_COLUMNS}
-    config = record.get("config")
-    row["config"] = config if isinstance(config, str) else json.dumps(config, sort_keys=True, separators=(",", ":"))
+    for name in JSON_COLUMNS:
+        value = row[name]
+        if value is not None and not isinstance(value, str):
+            row[name] = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return row
 
 

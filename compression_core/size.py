@@ -68,8 +68,10 @@ class LayerSize:
     bits: the layer's quantization width (32 = not quantized, 16 = fp16 / bf16 or int16 codes).
     value_bits: width of one stored value in the winning format (bits, or bits + 1 when a full codebook
         needs an extra code for 0). entries: number of stored values (n dense, nnz bitmask / csr,
-        nnz + fillers relative). index_bits / meta_bits: total bits of the sparse index / of scales,
-        zero points, codebook and activation qparams. total_bits = entries * value_bits + index_bits + meta_bits.
+        nnz + fillers relative). index_bits: total bits of the sparse index. meta_bits = scale_bits +
+        codebook_bits + other_bits: the weight's scales, zero points and side tensors; its codebook levels; the
+        activation qparams and AWQ / SmoothQuant input scales of the layer.
+        total_bits = entries * value_bits + index_bits + meta_bits.
     candidates: (format, total bits) for every format that was considered, in FORMATS order.
     """
 
@@ -86,6 +88,15 @@ class LayerSize:
     entries: int
     fillers: int
     candidates: tuple[tuple[str, int], ...]
+    scale_bits: int
+    codebook_bits: int
+    other_bits: int
+
+    def breakdown(self) -> dict[str, int]:
+        """total_bits by what they store, as a record's layer row carries them: value_bits (all stored values,
+        entries x width), index_bits, scale_bits, codebook_bits, other_bits; they sum to total_bits."""
+        return {"value_bits": self.entries * self.value_bits, "index_bits": self.index_bits,
+                "scale_bits": self.scale_bits, "codebook_bits": self.codebook_bits, "other_bits": self.other_bits}
 
 
 @dataclass(frozen=True)
@@ -146,8 +157,10 @@ def layer_size(lc: LayerCompression, index_bits: int, act_quantized: bool = Fals
     """Cost one layer in every applicable format and keep the smallest (see the module docstring)."""
     bits = value_width(lc)
     zero_bits = zero_code_width(lc)
-    meta = meta_bits(lc) + (ACT_QPARAM_BITS if act_quantized else 0)
-    meta += 0 if lc.input_scale is None else lc.input_scale.numel() * FLOAT_BITS
+    scales, codebook = scale_bits(lc), codebook_bits(lc)
+    other = (ACT_QPARAM_BITS if act_quantized else 0) + (0 if lc.input_scale is None else
+                                                         lc.input_scale.numel() * FLOAT_BITS)
+    meta = scales + codebook + other
     n = lc.n
     # format -> (entries, value width, index bits, fillers)
     options = {"dense": (n, zero_bits if lc.mask is not None and lc.nnz < n else bits, 0, 0)}
@@ -166,7 +179,7 @@ def layer_size(lc: LayerCompression, index_bits: int, act_quantized: bool = Fals
     return LayerSize(
         name=lc.name, shape=tuple(lc.shape), n=n, nnz=lc.nnz, bits=bits, index_format=best, value_bits=width,
         index_bits=idx, meta_bits=meta, total_bits=totals[best], entries=entries, fillers=fill,
-        candidates=tuple(totals.items()),
+        candidates=tuple(totals.items()), scale_bits=scales, codebook_bits=codebook, other_bits=other,
     )
 
 
@@ -206,8 +219,9 @@ def zero_code_width(lc: LayerCompression) -> int:
     return max(bits, len(lc.codebook).bit_length()) if needs_zero_code(lc) else bits
 
 
-def meta_bits(lc: LayerCompression) -> int:
-    """Bits of the layer's quantization parameters: scales (+ asym zero points) or codebook levels."""
+def scale_bits(lc: LayerCompression) -> int:
+    """Bits of the layer's grid parameters: scales (+ asym zero points), or its side tensors (group scales, FP /
+    MX / NF4 block scales); 0 for codebooks, casts and unquantized layers."""
     kind = scale_kind(lc)
     if kind == "side":
         layout = quantizer_info(lc.quant.quantizer).side_layout(lc.quant, tuple(lc.shape))
@@ -215,7 +229,12 @@ def meta_bits(lc: LayerCompression) -> int:
     if kind == "scale":
         per = FLOAT_BITS + (ZERO_POINT_BITS if lc.quant.scheme == "asym" else 0)
         return lc.scale.numel() * per
-    return lc.codebook.numel() * FLOAT_BITS if kind == "codebook" else 0
+    return 0
+
+
+def codebook_bits(lc: LayerCompression) -> int:
+    """Bits of the layer's codebook levels (kmeans / pow2: K float32 levels); 0 for other layers."""
+    return lc.codebook.numel() * FLOAT_BITS if scale_kind(lc) == "codebook" else 0
 
 
 def flat_positions(mask: torch.Tensor) -> np.ndarray:

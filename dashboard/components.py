@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from compression_core.config import CompressionConfig
+from compression_core.record_text import MORE_METRICS, MoreMetric, change_text, field_text
 from dashboard import services
 from dashboard.charts import layers as layer_charts
 from dashboard.charts import sweep as sweep_charts
@@ -22,6 +23,7 @@ from dashboard.charts.common import metric_axis
 from dashboard.selection import Selection
 
 ERROR_ICON = ":material/error:"
+UNKNOWN_SHOWN = "—"  # a number the record does not have
 CHART_CONFIG = {"displaylogo": False}
 # Markdown (CommonMark + GFM + Streamlit's directives) that could turn text into a link, an image, HTML, code,
 # emphasis, a table or math: escaped everywhere. Autolinks (http://, www., e-mail) are broken at their seam.
@@ -47,7 +49,17 @@ RESULT_COLUMNS = {
     "compression_ratio": st.column_config.NumberColumn("Compression (×)", format="%.1f"),
     "bits_per_weight": st.column_config.NumberColumn("Bits / weight", format="%.2f"),
     "realized_sparsity": st.column_config.NumberColumn("Sparsity (%)", format="%.1f"),
+    "top5": st.column_config.NumberColumn("Top-5 (%)", format="%.2f"),
+    "macs": st.column_config.NumberColumn("MACs / sample", format="compact"),
+    "sparse_macs": st.column_config.NumberColumn("Sparse MACs", format="compact"),
+    "bitops": st.column_config.NumberColumn("BitOps / sample", format="compact"),
+    "sparse_bitops": st.column_config.NumberColumn("Sparse BitOps", format="compact"),
+    "latency_ms_per_batch": st.column_config.NumberColumn("Latency (ms / batch)", format="%.2f"),
+    "eval_seconds": st.column_config.NumberColumn("Eval time (s)", format="%.2f"),
 }
+# The compute and timing columns of the results tables (after the task's metrics and the size columns)
+COMPUTE_COLUMNS = ("macs", "sparse_macs", "bitops", "sparse_bitops", "latency_ms_per_batch", "eval_seconds")
+TILES_PER_ROW = 5  # st.metric tiles per row: 175 px each at 1,400 px with the sidebar open ("1,683.9 KiB" fits)
 # Each task's secondary metric tiles (after the headline metric and the size tiles); absent ones are not shown,
 # except classify's agreement ("—" for the fp32 model itself).
 SECONDARY = {"classify": ("agreement",), "fidelity": ("rel_l2", "recall_at_10", "agreement", "kl"), "lm": ("loss",)}
@@ -64,10 +76,18 @@ METRIC_HELP = {
     "kl": "Mean KL(fp32 ‖ compressed) of the softmax distributions (0 = identical).",
     "perplexity": "exp(mean next-token cross-entropy) over the scored tokens; lower is better.",
     "loss": "Mean cross-entropy in nats (per token for lm, per sample for classify).",
+    "top5": "Fraction of samples whose true class is among the 5 highest scores; — when the dataset has 5 classes "
+            "or fewer.",
+    "macs": "Multiply-accumulates of the compressible layers for one input sample; 'sparse' counts only those that "
+            "touch a kept weight.",
+    "bitops": "Bit operations for one sample: MACs × weight bits × activation bits, summed over layers; 'sparse' "
+              "counts only the MACs on kept weights.",
+    "latency_ms_per_batch": "Measured wall time of one evaluation batch on this server; 'eval' is the whole "
+                            "evaluation's time.",
 }
-TASK_COLUMNS = {"classify": ("accuracy", "accuracy_drop_pts"),
+TASK_COLUMNS = {"classify": ("accuracy", "accuracy_drop_pts", "top5"),
                 "fidelity": ("cosine", "rel_l2", "recall_at_10", "agreement", "kl"), "lm": ("perplexity",)}
-PERCENT_COLUMNS = ("accuracy", "recall_at_10", "agreement", "realized_sparsity")  # fractions shown in %
+PERCENT_COLUMNS = ("accuracy", "recall_at_10", "agreement", "realized_sparsity", "top5")  # fractions shown in %
 # layer_charts.layer_table columns with a number format
 LAYER_COLUMNS = {
     "Weights": st.column_config.NumberColumn(format="localized"),
@@ -103,7 +123,7 @@ def _headline_tile(column, record: dict) -> None:
     """The record's task metric with its change against fp32 (green when better, whichever way that is)."""
     if record.get("task", "classify") == "classify":
         acc, drop = 100.0 * record["accuracy"], record["accuracy_drop_pts"]
-        column.metric("Accuracy", f"{acc:.2f} %", delta=f"{0.0 - drop:+.2f} pts vs fp32",
+        column.metric("Accuracy", f"{acc:.2f} %", delta=change_text(drop),
                       help="Top-1 accuracy on the evaluation samples; the delta is the change against the fp32 model.")
         column.caption(f"95 % CI {100 * record['accuracy_ci_low']:.1f}–{100 * record['accuracy_ci_high']:.1f} % · "
                        f"n = {record['n_samples']:,}")
@@ -118,11 +138,11 @@ def _headline_tile(column, record: dict) -> None:
 
 
 def metric_tiles(record: dict) -> None:
-    """The headline numbers of one record as st.metric tiles: its task's metric against fp32 (with the 95 %
-    interval for accuracy), size, compression, bits, sparsity, then the task's secondary metrics."""
-    secondary = [m for m in SECONDARY[record.get("task", "classify")]
-                 if m == "agreement" or record.get(m) is not None]
-    c = st.columns(5 + len(secondary))
+    """The numbers of one record as st.metric tiles, `TILES_PER_ROW` to a row: its task's metric against fp32
+    (with the 95 % interval for accuracy), size, compression, bits and sparsity; then the task's secondary
+    metrics, top-5 (classify), MACs and BitOps (with their sparse counts) and latency (with the evaluation time).
+    A field the record lacks (stored before it existed) shows "—"."""
+    c = st.columns(TILES_PER_ROW)
     _headline_tile(c[0], record)
     c[1].metric("Size", f"{record['size_bytes'] / 1024:,.1f} KiB",
                 delta=f"fp32 {record['dense_bytes'] / 1024:,.1f} KiB", delta_color="off", delta_arrow="off",
@@ -130,21 +150,41 @@ def metric_tiles(record: dict) -> None:
     c[2].metric("Compression", f"{record['compression_ratio']:.1f}×", help="fp32 size / compressed size.")
     c[3].metric("Bits per weight", f"{record['bits_per_weight']:.2f}", help="All bits of the model / weights.")
     c[4].metric("Sparsity", f"{100 * record['realized_sparsity']:.1f} %", help="Realised fraction of zero weights.")
-    for column, metric in zip(c[5:], secondary):
-        axis = metric_axis(metric)
-        column.metric(SECONDARY_NAMES.get(metric, axis.title), axis.show(record.get(metric)),
-                      help=METRIC_HELP[metric])
+    tiles = [_secondary_tile(m, record) for m in SECONDARY[record.get("task", "classify")]
+             if m == "agreement" or record.get(m) is not None]
+    tiles += [_more_tile(m, record) for m in MORE_METRICS
+              if m.field != "top5" or record.get("task", "classify") == "classify"]
+    for start in range(0, len(tiles), TILES_PER_ROW):
+        for column, draw in zip(st.columns(TILES_PER_ROW), tiles[start:start + TILES_PER_ROW]):
+            draw(column)
+
+
+def _secondary_tile(metric: str, record: dict):
+    """A function drawing the task's secondary metric `metric` into a column."""
+    axis = metric_axis(metric)
+    return lambda column: column.metric(SECONDARY_NAMES.get(metric, axis.title), axis.show(record.get(metric)),
+                                        help=METRIC_HELP[metric])
+
+
+def _more_tile(m: MoreMetric, record: dict):
+    """A function drawing a compute / timing metric (`record_text.MORE_METRICS`) into a column; its companion
+    ("sparse …", "eval …") is the tile's grey delta."""
+    companion = {} if m.companion is None else {
+        "delta": f"{m.word} {field_text(record, m.companion, UNKNOWN_SHOWN)}", "delta_color": "off",
+        "delta_arrow": "off"}
+    return lambda column: column.metric(m.label, field_text(record, m.field, UNKNOWN_SHOWN),
+                                        help=METRIC_HELP[m.field], **companion)
 
 
 def layer_details(selection: Selection, record: dict, key: str) -> str:
-    """Per-layer table, a layer selector (the largest layer first) and that layer's weight histogram before vs
-    after compression with its grid.
+    """Per-layer table, a layer selector (the largest layer first), that layer's weight histogram before vs
+    after compression with its grid, and every layer's stored size split into values / index / scales / codebook.
 
     Args:
         selection: the model and data the record was evaluated with (rebuilds the compressed layer).
         record: an engine record with `config` and `layers`.
         key: prefix of the widget keys (`{key}_layers`, `{key}_layer`, `{key}_log_y`, `{key}_hide_zeros`,
-            `{key}_histogram`).
+            `{key}_histogram`, `{key}_size_breakdown`).
 
     Returns:
         The name of the layer shown.
@@ -173,6 +213,11 @@ def layer_details(selection: Selection, record: dict, key: str) -> str:
     if grid.get("block") is not None:
         st.caption(f"Block grid: the values block {grid['block']} can represent (the block holding the largest "
                    f"|w|; blocks run along the input dimension); the dashed lines are that block's range.")
+    if layer_charts.has_size_breakdown(layers):
+        st.plotly_chart(layer_charts.size_breakdown(layers), key=f"{key}_size_breakdown", config=CHART_CONFIG)
+    else:
+        st.caption("This record was stored before the per-layer size breakdown existed; evaluate its config again "
+                   "to see it.")
     return layer
 
 
@@ -197,7 +242,8 @@ def results_table(records: list[dict], columns: list[str], *, key: str, sort_by:
     """
     df = sweep_charts.results_frame(records)
     percent = {c: 100 * pd.to_numeric(df[c]) for c in PERCENT_COLUMNS}  # None -> NaN: an empty cell
-    show = df.assign(**percent, size_kib=df["size_bytes"] / 1024,
+    numbers = {c: pd.to_numeric(df[c]) for c in COMPUTE_COLUMNS}  # absent in old records: empty, not 0
+    show = df.assign(**percent, **numbers, size_kib=df["size_bytes"] / 1024,
                      limit=[eval_set_label(r["limit"]) for r in records])[columns]
     st.dataframe(show if sort_by is None else show.sort_values(sort_by), hide_index=True, key=key,
                  column_config={c: RESULT_COLUMNS[c] for c in columns})

@@ -15,6 +15,16 @@ from .common import (ACCURACY, AFTER_COLOR, BEFORE_COLOR, CHANNEL_AXIS, COUNT_AX
                      LAYER_AXIS, LEVEL_COLOR, SETTING_AXIS, THRESHOLD_COLOR, WEIGHT_AXIS, MetricAxis, base_layout,
                      kib)
 
+# The parts of a layer's stored size (record.LAYER_FIELDS), their legend names and colours: mid-tone hues that
+# stay distinct on Streamlit's light and dark backgrounds.
+SIZE_PARTS: dict[str, tuple[str, str]] = {
+    "value_bits": ("values", "#3b82f6"),
+    "index_bits": ("sparse index", "#f59e0b"),
+    "scale_bits": ("scales / zero points", "#10b981"),
+    "codebook_bits": ("codebook", "#a855f7"),
+    "other_bits": ("activation qparams / input scales", "#94a3b8"),
+}
+SIZE_KIB_AXIS = "Stored size (KiB)"
 FULL_HEIGHT_LEVELS = 32  # up to this many levels draw as full-height lines; more draw as ticks at the bottom
 TICK_HEIGHT = 0.08  # fraction of the plot height of a level tick
 
@@ -35,6 +45,40 @@ def layer_table(layers: list[dict]) -> pd.DataFrame:
     } for l in layers]
     return pd.DataFrame(rows, columns=["Layer", "Shape", "Weights", "Kept", "Sparsity (%)", "Bits", "Quantizer",
                                        "Index format", "Size (KiB)", "Bits / weight"])
+
+
+def has_size_breakdown(layers: list[dict]) -> bool:
+    """Whether every layer row carries the size parts (records stored before they existed do not)."""
+    return bool(layers) and all(part in l for l in layers for part in SIZE_PARTS)
+
+
+def size_breakdown(layers: list[dict], *, title: str | None = None) -> go.Figure:
+    """Stacked horizontal bars, one per layer (model order, top to bottom): its stored size in KiB split into
+    values, sparse index, scales, codebook and activation qparams / input scales.
+
+    Args:
+        layers: an engine record's `layers` (rows with the size parts of `SIZE_PARTS`, see `has_size_breakdown`).
+
+    Returns:
+        One trace per part that some layer stores (a part no layer has is left out); hovers give KiB, bits and
+        the part's share of the layer.
+    """
+    names = [l["name"] for l in layers]
+    totals = [max(int(l["size_bits"]), 1) for l in layers]
+    fig = go.Figure()
+    for part, (label, color) in SIZE_PARTS.items():
+        bits = [int(l[part]) for l in layers]
+        if not any(bits):
+            continue
+        fig.add_bar(x=[kib(b / 8) for b in bits], y=names, orientation="h", name=label, marker_color=color,
+                    customdata=[[b, 100.0 * b / t] for b, t in zip(bits, totals)],
+                    hovertemplate=f"%{{y}}: {label}<br>%{{x:,.2f}} KiB (%{{customdata[0]:,}} bits, "
+                                  "%{customdata[1]:.1f} % of the layer)<extra></extra>")
+    base_layout(fig, title=title or "Stored size per layer, by what it stores", height=max(260, 140 + 28 * len(names)))
+    fig.update_layout(barmode="stack", legend_traceorder="normal")  # legend in stacking order, values first
+    fig.update_xaxes(title_text=SIZE_KIB_AXIS)
+    fig.update_yaxes(title_text=LAYER_AXIS, autorange="reversed")
+    return fig
 
 
 def _shape_text(layer: dict) -> str:

@@ -64,7 +64,8 @@ def filters(records: list[dict], runs: list[dict]) -> list[dict]:
 def show_table(records: list[dict]) -> None:
     df = components.results_table(records, ["model", "dataset", "limit", "task", "label",
                                             *components.task_columns(records), "size_kib",
-                                            "compression_ratio", "bits_per_weight", "engine_version"],
+                                            "compression_ratio", "bits_per_weight", *components.COMPUTE_COLUMNS,
+                                            "engine_version"],
                                   key="runs_table")
     with st.container(horizontal=True):
         components.csv_download(df, "compression-runs.csv", key="runs_csv")

@@ -71,6 +71,7 @@ def _config_cases() -> list[BadInput]:
         case("layer-twice", "evaluate", *DIGITS, "--layer", "conv1:bits=4", "--layer", "conv1:bits=8",
              says="more than once"),
         case("nm-with-sparsity", "evaluate", *DIGITS, "--prune", "nm", "--sparsity", "0.5", says="no effect"),
+        case("nm-with-zero-sparsity", "sweep", *DIGITS, "--prune", "nm", "--sparsity", "0", says="sets its own"),
         case("percentile-without-range", "evaluate", *DIGITS, "--bits", "4", "--percentile", "99",
              says="only applies to --range percentile"),
         case("nm-without-prune-nm", "evaluate", *DIGITS, "--nm", "1:4", says="only applies to --prune nm"),

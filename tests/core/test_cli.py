@@ -154,3 +154,52 @@ def test_evaluate_image_folder_counts_a_corrupt_image_and_needs_train_to_calibra
     r = cli("evaluate", *model, "--act-bits", "8", store=tmp_path / "s.sqlite")
     assert r.returncode == 2 and "no train split to calibrate on" in r.stderr and "Traceback" not in r.stderr
     assert len(list((tmp_path / "decoded").iterdir())) == 1  # both runs: one decode, one cache entry
+
+
+# ---- text rows: every metric of the record, the UI's sign convention, unknown never 0 -----------------------
+
+def test_text_row_shows_every_metric_with_the_change_as_the_dashboard_says_it(tmp_path, capsys):
+    from compression_core import cli as cli_module
+    from compression_core.record_text import change_text
+
+    argv = ["evaluate", "--model", "digits-cnn", "--dataset", "digits", "--limit", "100", "--bits", "2",
+            "--sparsity", "0.9", "--act-bits", "8", "--store", str(tmp_path / "s.sqlite")]
+    assert cli_module.main([*argv, "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert cli_module.main(argv) == 0
+    head, more = capsys.readouterr().out.rstrip("\n").split("\n")
+    drop = rec["accuracy_drop_pts"]
+    assert drop > 0 and f"change -{drop:.2f} pts vs fp32" in head and change_text(drop) == f"-{drop:.2f} pts vs fp32"
+    assert "+" not in head.split("change ")[1].split("size")[0]  # a loss never reads as a gain
+    # digits-cnn per sample: conv1 9,216 MACs (14 of 144 weights kept), conv2 294,912 (461 of 4,608), fc1 32,768
+    # (3,277 kept), fc2 640 (64 kept): 337,536 MACs, 896 + 29,504 + 3,277 + 64 = 33,741 of them on kept weights
+    assert (rec["macs"], rec["sparse_macs"]) == (337_536, 33_741)
+    assert (rec["bitops"], rec["sparse_bitops"]) == (337_536 * 2 * 8, 33_741 * 2 * 8)  # 2-bit weights, 8-bit inputs
+    assert more == (f"    top-5 {100 * rec['top5']:.2f} %  MACs 338 k (sparse 33.7 k)  BitOps 5.40 M (sparse 540 k)  "
+                    f"latency {rec['latency_ms_per_batch']:.2f} ms/batch (eval {rec['eval_seconds']:.2f} s)")
+
+
+def test_a_stored_record_without_the_new_fields_reads_unknown_not_zero():
+    from compression_core.cli import _row
+
+    old = {"label": "int4", "accuracy": 0.5, "accuracy_ci_low": 0.4, "accuracy_ci_high": 0.6, "n_samples": 10,
+           "accuracy_drop_pts": 0.0, "size_bytes": 2048, "compression_ratio": 8.0, "bits_per_weight": 4.0,
+           "realized_sparsity": 0.0, "top5": None, "macs": 12_345, "sparse_macs": 12_345, "bitops": 987_654_321,
+           "latency_ms_per_batch": 1.5, "eval_seconds": 0.25}
+    head, more = _row(old).split("\n")
+    assert "change +0.00 pts vs fp32" in head
+    assert more == ("    top-5 unknown  MACs 12.3 k (sparse 12.3 k)  BitOps 988 M (sparse unknown)  "
+                    "latency 1.50 ms/batch (eval 0.25 s)")
+
+
+def test_sweep_progress_ends_with_a_clean_final_line(tmp_path):
+    from compression_core.cli import _progress_line
+
+    assert _progress_line(0, 2, None, "int4") == "[0/2] next: int4"
+    assert _progress_line(1, 2, 3.4, "int8") == "[1/2] eta 3s  next: int8"
+    assert (_progress_line(2, 2, 0.0, None), _progress_line(1, 2, 1.0, None)) == ("[2/2] done", "[1/2] stopped")
+    r = cli("sweep", "--model", "digits-cnn", "--dataset", "digits", "--limit", "50", "--bits", "4,8",
+            store=tmp_path / "s.sqlite")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1] == "[2/2] done" and "None" not in r.stderr

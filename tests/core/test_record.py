@@ -7,17 +7,20 @@ import typing
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from compression_core._version import __version__
 from compression_core.config import CompressionConfig, PruneSpec, QuantSpec
-from compression_core.datasets import load_dataset
+from compression_core.datasets import Dataset, DatasetInfo, load_dataset
 from compression_core.experiment import Experiment
-from compression_core.models import load_model
+from compression_core.models import LoadedModel, load_model
 from compression_core.record import (LAYER_FIELDS, RECORD_FIELDS, TABLE_COLUMNS, LayerRow, Record,
-                                     computed_fields, fields_markdown)
+                                     computed_fields, fields_markdown, table_row)
 from compression_core.store import KEY_FIELDS, TRANSIENT_FIELDS
 
 ROOT = Path(__file__).resolve().parents[2]
+BREAKDOWN = ("value_bits", "index_bits", "scale_bits", "codebook_bits", "other_bits")
 
 
 def conforms(value, tp) -> bool:
@@ -59,7 +62,7 @@ def test_readers_take_their_lists_from_the_table():
     names = [f.name for f in RECORD_FIELDS]
     assert set(KEY_FIELDS) <= set(TABLE_COLUMNS) and "engine_version" in TABLE_COLUMNS
     assert TRANSIENT_FIELDS == ("created_at", "cached")
-    assert list(TABLE_COLUMNS) == [n for n in names if n not in ("layers", "bn_folded", "created_at", "cached")]
+    assert list(TABLE_COLUMNS) == [n for n in names if n != "layers"]
     units = {f.name: f.unit for f in RECORD_FIELDS}
     assert (units["accuracy"], units["size_bytes"], units["eval_seconds"], units["accuracy_drop_pts"]) == (
         "fraction 0-1", "bytes", "seconds", "percentage points")
@@ -82,6 +85,7 @@ def test_experiment_run_returns_exactly_the_table(experiment, config):
     wrong = {k: v for k, v in record.items() if k != "layers" and not conforms(v, hints[k])}
     assert wrong == {}
     assert record["layers"] and all(list(row) == [f.name for f in LAYER_FIELDS] for row in record["layers"])
+    assert all(sum(row[f] for f in BREAKDOWN) == row["size_bits"] for row in record["layers"])
     assert conforms(record["layers"], hints["layers"])
     if config.finetune_steps:
         assert isinstance(record["finetune_final_loss"], float)
@@ -103,11 +107,79 @@ def test_cli_csv_has_the_table_columns_and_the_json_values(tmp_path, capsys):
     record = json.loads(capsys.readouterr().out)
     assert cli.main([*argv, "--csv"]) == 0  # the same record, now from the store
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert len(rows) == 1 and list(rows[0]) == list(TABLE_COLUMNS)
+    assert len(rows) == 1 and list(rows[0]) == [f.name for f in RECORD_FIELDS if f.name != "layers"]
     row = rows[0]
     assert row["engine_version"] == __version__ and row["limit"] == "100"
-    assert json.loads(row["config"]) == record["config"]
-    for name in ("accuracy", "size_bytes", "bits_per_weight", "accuracy_drop_pts", "realized_sparsity"):
+    assert json.loads(row["config"]) == record["config"] and json.loads(row["bn_folded"]) == record["bn_folded"]
+    assert row["cached"] == "True" and float(row["created_at"]) > 0  # the store served it the second time
+    for name in ("accuracy", "size_bytes", "bits_per_weight", "accuracy_drop_pts", "realized_sparsity", "top5",
+                 "macs", "sparse_macs", "bitops", "sparse_bitops", "latency_ms_per_batch", "eval_seconds"):
         assert float(row[name]) == record[name]
     assert row["compress_seconds"] == str(record["compress_seconds"])
     assert record["finetune_final_loss"] is None and row["finetune_final_loss"] == ""  # unknown stays empty
+
+
+def test_a_field_an_old_record_lacks_is_an_empty_cell_not_zero():
+    old = {f.name: 1 for f in RECORD_FIELDS if f.name not in ("sparse_bitops", "layers", "config", "bn_folded")}
+    row = table_row({**old, "config": {"quant": None}, "bn_folded": [["0", "1"]]})
+    assert row["sparse_bitops"] is None and row["bitops"] == 1
+    assert (row["config"], row["bn_folded"]) == ('{"quant":null}', '[["0","1"]]')
+
+
+class ConvFc(nn.Module):
+    """1 x 8 x 8 digits -> a 3 x 3 conv with 4 filters (6 x 6 outputs) -> a linear head, written the usual way."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_sparse_bitops_of_a_plain_module_by_hand():
+    torch.manual_seed(0)
+    loaded = LoadedModel(model=ConvFc().eval(), name="convfc", dataset=None, fingerprint="c" * 16, source={})
+    exp = Experiment(loaded, load_dataset("digits"), limit=50, device="cpu")
+    # int4 weights, 8-bit activations, half of each layer's weights pruned: conv keeps 18 of 36, fc 720 of 1440
+    record = exp.run(CompressionConfig(quant=QuantSpec(bits=4), prune=PruneSpec(sparsity=0.5), act_bits=8))
+    conv_macs, fc_macs = 36 * 4 * 9, 144 * 10  # per sample: 6 x 6 positions x 4 filters x 9 taps; 144 x 10
+    kept_macs = 18 * 36 + 720  # each kept conv weight is used at 36 positions, each kept fc weight once
+    assert (record["macs"], record["sparse_macs"]) == (conv_macs + fc_macs, kept_macs)
+    assert record["bitops"] == (conv_macs + fc_macs) * 4 * 8 == 87_552
+    assert record["sparse_bitops"] == kept_macs * 4 * 8 == 43_776
+    nm = exp.run(CompressionConfig(quant=QuantSpec(bits=8), prune=PruneSpec(method="nm", n=1, m=4)))
+    # 1:4: a filter's 9 taps are groups of 4, 4 and 1, one kept in each (3 per filter); the fc keeps 144 / 4 of
+    # each row; activations stay fp32
+    assert nm["sparse_bitops"] == (4 * 3 * 36 + 360) * 8 * 32
+    fp32 = exp.run(CompressionConfig())
+    assert fp32["sparse_bitops"] == fp32["bitops"] == (conv_macs + fc_macs) * 32 * 32
+
+
+def test_sparse_bitops_of_a_torchvision_resnet_count_the_kept_weights_at_each_output_position():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    n = 20
+    info = DatasetInfo(name="noise-32", num_classes=10, input_shape=(3, 32, 32), mean=(0.0,) * 3, std=(1.0,) * 3,
+                       source="generated", splits={"test": n}, class_names=tuple("abcdefghij"))
+    data = Dataset(info=info, tensors={"test": (torch.randn(n, 3, 32, 32), torch.arange(n) % 10)})
+    exp = Experiment(LoadedModel(model=model, name="resnet18", dataset=None, fingerprint="r" * 16, source={}),
+                     data, device="cpu")
+    config = CompressionConfig(quant=QuantSpec(bits=6), prune=PruneSpec(sparsity=0.7, scope="global"))
+    cm = exp.compress(config)
+    record = exp.run(config, compressed=cm)
+    positions = {}  # output positions of each layer for one sample: a kept weight is used once at each
+    hooks = [cm.model.get_submodule(name).register_forward_hook(
+        lambda m, i, out, name=name: positions.__setitem__(name, out[0, 0].numel())) for name in cm.layers]
+    with torch.no_grad():
+        cm.model(data.tensors["test"][0][:1])
+    for h in hooks:
+        h.remove()
+    kept = sum(lc.nnz * positions[name] for name, lc in cm.layers.items())
+    # global ranking prunes the wide late layers hardest: more than 30 % of the MACs stay
+    assert record["sparse_macs"] == kept and 0.3 < kept / record["macs"] < 0.6
+    assert record["sparse_bitops"] == kept * 6 * 32
+    assert record["bitops"] == record["macs"] * 6 * 32

@@ -152,3 +152,67 @@ def test_layer_size_ties_prefer_the_simpler_format():
     ls = layer_size(lc, index_bits=4)
     cands = dict(ls.candidates)
     assert cands["bitmask"] == cands["relative"] == 64 + 32 and ls.index_format == "bitmask"
+
+
+# ---- the per-layer breakdown: values / index / scales / codebook / other, summing to total_bits ------------
+
+def test_breakdown_by_hand():
+    ls = report_of(layer((4, 8), kept=[0, 5, 9, 20, 30, 31])).layers[0]  # relative, 6 x 4-bit values
+    assert ls.breakdown() == {"value_bits": 24, "index_bits": 24, "scale_bits": 32, "codebook_bits": 0,
+                              "other_bits": 0}
+    kmeans = QuantSpec(bits=4, quantizer="kmeans")  # full codebook without 0: dense needs a 5-bit zero code
+    ls = report_of(layer((4, 8), quant=kmeans, codebook=torch.linspace(0.1, 1.6, 16)), act={"fc": None}).layers[0]
+    assert ls.breakdown() == {"value_bits": 32 * 4, "index_bits": 0, "scale_bits": 0, "codebook_bits": 16 * 32,
+                              "other_bits": 64}  # the activation's float32 scale + int32 zero point
+
+
+class TwoLayers(nn.Module):
+    """A conv and two linears written the usual way: 3 x 8 x 8 images -> 10 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc1 = nn.Linear(8 * 6 * 6, 16)
+        self.fc2 = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
+
+
+def _quant_specs() -> list[QuantSpec]:
+    """Every registered quantizer at its smallest width, plus the grid's scheme / granularity / scale formats."""
+    from compression_core.methods import quantizers
+
+    specs = [QuantSpec(bits=min(b for b in q.bits if b > 1 or q.kind != "grid"), quantizer=name)
+             for name, q in quantizers().items()]
+    return specs + [QuantSpec(bits=3, scheme="asym", granularity="tensor"),
+                    QuantSpec(bits=4, granularity="group", group_size=32, scale_dtype="fp16"),
+                    QuantSpec(bits=4, quantizer="fp4_e2m1", granularity="group", scale_dtype="e8m0"),
+                    QuantSpec(bits=4, quantizer="nf4", double_quant=False), QuantSpec()]
+
+
+PRUNES = [PruneSpec(), PruneSpec(sparsity=0.6), PruneSpec(method="random", sparsity=0.6),
+          PruneSpec(method="structured", sparsity=0.5), PruneSpec(method="nm", n=2, m=4),
+          PruneSpec(method="taylor", sparsity=0.5, scope="global")]
+
+
+@pytest.mark.parametrize("quant", _quant_specs(), ids=lambda q: f"{q.quantizer}-{q.bits}b-{q.granularity}")
+def test_breakdown_sums_to_size_bits_for_every_quantizer_and_pruning_method(quant):
+    from compression_core.compress import compress
+
+    torch.manual_seed(0)
+    model = TwoLayers().eval()
+    calib = (torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,)))
+    for prune in PRUNES:
+        for extra in ({}, {"act_bits": 8, "repair": "awq"} if quant.enabled and quant.quantizer == "uniform" else {}):
+            config = CompressionConfig(quant=quant, prune=prune, **extra)
+            report = size_report(compress(model, config, calib=calib))
+            for ls in report.layers:
+                parts = ls.breakdown()
+                assert sum(parts.values()) == ls.total_bits, (config.label, ls.name, parts)
+                assert all(isinstance(v, int) and v >= 0 for v in parts.values())
+                coded = quant.enabled and quant.quantizer not in ("fp16", "bf16")
+                assert (parts["codebook_bits"] > 0) == (quant.quantizer in ("kmeans", "pow2") and quant.enabled)
+                assert (parts["scale_bits"] > 0) == (coded and quant.quantizer not in ("kmeans", "pow2"))
+                assert parts["index_bits"] == 0 or ls.index_format != "dense"
+                assert parts["other_bits"] == (64 + 32 * ls.shape[1] if extra else 0)  # act qparams + AWQ scales

@@ -156,3 +156,46 @@ def test_transfer_curve_and_mask_pattern():
     fig = learn_charts.mask_pattern(kept, m=2)
     assert fig.data[0].type == "heatmap" and len(fig.layout.shapes) == 1  # one boundary between 2 groups
     assert fig.layout.yaxis.autorange == "reversed"
+
+
+def _breakdown_rows() -> list[dict]:
+    """Two layers as a record carries them: a pruned int4 conv in bitmask form, an unpruned k-means head."""
+    conv = {"name": "features.0", "size_bits": 4608 + 1152 + 256 + 64, "value_bits": 4608, "index_bits": 1152,
+            "scale_bits": 256, "codebook_bits": 0, "other_bits": 64}
+    head = {"name": "classifier", "size_bits": 8192 + 512, "value_bits": 8192, "index_bits": 0, "scale_bits": 0,
+            "codebook_bits": 512, "other_bits": 0}
+    return [conv, head]
+
+
+def test_size_breakdown_stacks_each_layers_parts_in_kib():
+    layers = _breakdown_rows()
+    fig = layer_charts.size_breakdown(layers).to_dict()
+    assert fig["layout"]["barmode"] == "stack" and fig["layout"]["legend"]["traceorder"] == "normal"
+    names = [t["name"] for t in fig["data"]]
+    assert names == ["values", "sparse index", "scales / zero points", "codebook",
+                     "activation qparams / input scales"]
+    for trace, part in zip(fig["data"], ("value_bits", "index_bits", "scale_bits", "codebook_bits", "other_bits")):
+        assert trace["orientation"] == "h" and list(trace["y"]) == ["features.0", "classifier"]
+        assert list(trace["x"]) == pytest.approx([l[part] / 8 / 1024 for l in layers])
+    # each bar is the layer's whole size
+    stacked = [sum(t["x"][i] for t in fig["data"]) for i in range(2)]
+    assert stacked == pytest.approx([l["size_bits"] / 8192 for l in layers])
+    assert fig["data"][3]["customdata"][1] == pytest.approx([512, 100 * 512 / 8704])
+    assert fig["layout"]["yaxis"]["autorange"] == "reversed"  # model order, top to bottom
+    assert fig["layout"]["xaxis"]["title"]["text"] == "Stored size (KiB)"
+    # readable on Streamlit's white and near-black backgrounds: mid-tone colours, clearly apart from both
+    for color in [t["marker"]["color"] for t in fig["data"]]:
+        rgb = [int(color[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+        lum = sum(w * (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4)
+                  for w, c in zip((0.2126, 0.7152, 0.0722), rgb))
+        assert (1.05 / (lum + 0.05) >= 2.0) and ((lum + 0.05) / (0.0 + 0.05) >= 3.0), color  # vs white, vs black
+
+
+def test_size_breakdown_leaves_out_parts_no_layer_stores_and_knows_old_rows():
+    unpruned = [{"name": "fc", "size_bits": 1024 + 32, "value_bits": 1024, "index_bits": 0, "scale_bits": 32,
+                 "codebook_bits": 0, "other_bits": 0}]
+    fig = layer_charts.size_breakdown(unpruned)
+    assert [t.name for t in fig.data] == ["values", "scales / zero points"]
+    assert layer_charts.has_size_breakdown(unpruned)
+    old = [{"name": "fc", "size_bits": 1056}]  # stored before the breakdown existed
+    assert not layer_charts.has_size_breakdown(old) and not layer_charts.has_size_breakdown([])

@@ -1,4 +1,5 @@
-"""Shared components: `plain` shows user text literally in Markdown-rendering elements (st.error, st.caption)."""
+"""Shared components: `plain` shows user text literally in Markdown-rendering elements (st.error, st.caption);
+the metric tiles show every metric of a record, unknown as "—"."""
 import re
 import string
 
@@ -44,3 +45,27 @@ def test_task_columns_follow_the_tasks_and_leave_out_empty_ones():
     assert task_columns([classify]) == ["accuracy", "accuracy_drop_pts"]
     assert task_columns([embedding]) == ["cosine", "rel_l2", "recall_at_10"]  # no logits: no agreement, no KL
     assert task_columns([lm, classify]) == ["perplexity", "accuracy", "accuracy_drop_pts"]
+
+
+def _tiles_app(record: dict) -> None:
+    from dashboard.components import metric_tiles
+
+    metric_tiles(record)
+
+
+def test_a_record_stored_before_sparse_bitops_shows_a_dash_not_zero():
+    from streamlit.testing.v1 import AppTest
+
+    old = {"task": "classify", "accuracy": 0.9, "accuracy_drop_pts": 1.5, "accuracy_ci_low": 0.85,
+           "accuracy_ci_high": 0.93, "n_samples": 300, "size_bytes": 4096, "dense_bytes": 32768,
+           "compression_ratio": 8.0, "bits_per_weight": 4.0, "realized_sparsity": 0.5, "agreement": 0.95,
+           "top5": None, "macs": 2_000_000, "sparse_macs": 1_000_000, "bitops": 64_000_000,
+           "latency_ms_per_batch": 12.5, "eval_seconds": 0.75}  # no sparse_bitops: stored before it existed
+    at = AppTest.from_function(_tiles_app, args=(old,), default_timeout=30).run()
+    assert not at.exception
+    tiles = {m.label: (m.value, m.delta) for m in at.metric}
+    assert tiles["Accuracy"] == ("90.00 %", "-1.50 pts vs fp32")
+    assert tiles["BitOps / sample"] == ("64.0 M", "sparse —")
+    assert tiles["MACs / sample"] == ("2.00 M", "sparse 1.00 M")
+    assert tiles["Top-5 accuracy"][0] == "—" and tiles["Latency (ms / batch)"] == ("12.50", "eval 0.75 s")
+    assert [m.label for m in at.metric][:5] == ["Accuracy", "Size", "Compression", "Bits per weight", "Sparsity"]

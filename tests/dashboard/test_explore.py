@@ -1,5 +1,9 @@
 """Explore page: controls re-evaluate on the live subset, the URL reproduces the view, points accumulate."""
+import json
+
 import pytest
+
+from tests.dashboard.conftest import decode_figure
 
 
 def _front_points(figures, at) -> int:
@@ -124,3 +128,40 @@ def test_repair_selector_offers_only_what_applies(make_app, no_exception, metric
     no_exception(at)
     assert not at.slider(key="explore_alpha").disabled
     assert any("smoothquant α0.5" in c.value for c in at.caption)
+
+
+def test_every_metric_of_the_record_has_a_tile_and_the_layers_a_size_breakdown(make_app, no_exception, metric_value,
+                                                                               capsys, tmp_path):
+    from compression_core import cli
+
+    at = make_app(explore_bits="2", explore_sparsity="0.9", explore_scope="per layer", explore_act_bits="8-bit")
+    no_exception(at)
+    labels = [m.label for m in at.metric]
+    assert labels[:5] == ["Accuracy", "Size", "Compression", "Bits per weight", "Sparsity"]  # the headline row
+    assert {"Agreement", "Top-5 accuracy", "MACs / sample", "BitOps / sample", "Latency (ms / batch)"} <= set(labels)
+    # digits-cnn: 337,536 MACs per sample, 33,741 of them on kept weights at 90 % (tests/core/test_cli.py)
+    macs = next(m for m in at.metric if m.label == "MACs / sample")
+    assert (macs.value, macs.delta) == ("338 k", "sparse 33.7 k")
+    bitops = next(m for m in at.metric if m.label == "BitOps / sample")
+    assert (bitops.value, bitops.delta) == ("5.40 M", "sparse 540 k")  # 2-bit weights x 8-bit activations
+    latency = next(m for m in at.metric if m.label == "Latency (ms / batch)")
+    assert float(latency.value) > 0 and latency.delta.startswith("eval ") and latency.delta.endswith(" s")
+    assert metric_value(at, "Top-5 accuracy").endswith(" %")
+    breakdown = decode_figure(json.loads(next(c for c in at.get("plotly_chart")
+                                              if c.key == "explore_size_breakdown").proto.spec))
+    assert [t["name"] for t in breakdown["data"]] == ["values", "sparse index", "scales / zero points",
+                                                      "activation qparams / input scales"]
+    layer_table = next(d.value for d in at.dataframe if "Index format" in d.value.columns)
+    stacked_bits = [sum(t["customdata"][i][0] for t in breakdown["data"]) for i in range(len(layer_table))]
+    assert stacked_bits == pytest.approx(list(layer_table["Size (KiB)"] * 8192))  # each bar is the layer's size
+    # the same config from the CLI (the whole digits test split, as here): the same change, sign and words
+    (points,) = at.session_state["explore_history"].values()
+    delta = next(m for m in at.metric if m.label == "Accuracy").delta
+    argv = ["evaluate", "--model", "digits-cnn", "--dataset", "digits", "--bits", "2", "--sparsity", "0.9",
+            "--scope", "layer", "--act-bits", "8", "--store", str(tmp_path / "s.sqlite")]
+    assert cli.main([*argv, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["config_hash"] == points[-1]["config_hash"]
+    assert delta == f"-{record['accuracy_drop_pts']:.2f} pts vs fp32"
+    assert cli.main(argv) == 0
+    assert f"change {delta}" in capsys.readouterr().out

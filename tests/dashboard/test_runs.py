@@ -112,3 +112,24 @@ def test_pack_a_config_and_compare_sizes(filled, make_app, no_exception, tmp_pat
     assert abs(expected - record["size_bytes"]) <= 0.02 * record["size_bytes"] + 4096
     (button,) = [d for d in at.get("download_button") if d.proto.label.startswith("Download digits-cnn-")]
     assert record["config_hash"] in button.proto.label
+
+
+def test_table_shows_compute_columns_and_a_field_an_old_record_lacks_as_empty(filled, make_app, no_exception):
+    store, a, _, _ = filled
+    new = store.records(run_id=a)[0]
+    old = {k: v for k, v in new.items() if k != "sparse_bitops"}
+    old["limit"] = 100  # another key: the same config stored by an engine that did not count sparse BitOps
+    store.put(old)
+    try:
+        at = make_app("runs")
+        no_exception(at)
+        shown = table(at)
+        assert {"top5", "macs", "sparse_macs", "bitops", "sparse_bitops", "latency_ms_per_batch",
+                "eval_seconds"} <= set(shown.columns)
+        rows = shown[shown["label"] == new["label"]].set_index("limit")
+        assert rows.loc["100 samples", "sparse_bitops"] != rows.loc["100 samples", "sparse_bitops"]  # NaN: empty
+        assert rows.loc["whole test set", "sparse_bitops"] == new["sparse_bitops"] > 0
+        assert rows.loc["100 samples", "bitops"] == new["bitops"]
+        assert rows.loc["whole test set", "top5"] == pytest.approx(100 * new["top5"])
+    finally:
+        store.delete(old)

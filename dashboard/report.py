@@ -27,7 +27,7 @@ from compression_core.record import RECORD_FIELDS
 from dashboard.charts import report as report_charts
 from dashboard.charts import sweep as sweep_charts
 from dashboard.charts.common import bits_label, kib, metric_axis, option_label, percent_label
-from dashboard.charts.layers import layer_table
+from dashboard.charts.layers import has_size_breakdown, layer_table, size_breakdown
 from dashboard.report_html import CHART_WIDTH, esc, figure, kv_table, page, table, tiles
 
 LATEST = "latest"  # the run id that means the store's newest run
@@ -226,7 +226,10 @@ def _layers_section(chosen: dict) -> str:
     if not layers:
         return ("<h2>Per-layer cost</h2><p class=\"note\">The store holds no per-layer rows for this record.</p>")
     shown_layers = report_charts.largest_layers(layers)
-    fig = report_charts.layer_size_figure(shown_layers, width=CHART_WIDTH)
+    if has_size_breakdown(shown_layers):  # values / index / scales / codebook, stacked
+        fig = size_breakdown(shown_layers).update_layout(width=CHART_WIDTH)
+    else:  # a record stored before the size parts existed: its layers' totals
+        fig = report_charts.layer_size_figure(shown_layers, width=CHART_WIDTH)
     rows = [[row["Layer"], row["Shape"], bits_label(row["Bits"]), row["Quantizer"], f"{row['Sparsity (%)']:.1f}",
              row["Index format"], f"{row['Size (KiB)']:,.2f}", f"{row['Bits / weight']:.2f}"]
             for row in layer_table(layers).to_dict("records")]

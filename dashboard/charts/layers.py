@@ -5,6 +5,7 @@ returning `go.Figure` or a display-ready DataFrame. Also used by the Sweep detai
 """
 from __future__ import annotations
 
+import html
 import math
 
 import pandas as pd
@@ -63,7 +64,7 @@ def size_breakdown(layers: list[dict], *, title: str | None = None) -> go.Figure
         One trace per part that some layer stores (a part no layer has is left out); hovers give KiB, bits and
         the part's share of the layer.
     """
-    names = [l["name"] for l in layers]
+    names = [html.escape(l["name"]) for l in layers]  # Plotly reads tags in text
     totals = [max(int(l["size_bits"]), 1) for l in layers]
     fig = go.Figure()
     for part, (label, color) in SIZE_PARTS.items():
@@ -71,6 +72,7 @@ def size_breakdown(layers: list[dict], *, title: str | None = None) -> go.Figure
         if not any(bits):
             continue
         fig.add_bar(x=[kib(b / 8) for b in bits], y=names, orientation="h", name=label, marker_color=color,
+                    meta={"role": "size-part", "part": part},
                     customdata=[[b, 100.0 * b / t] for b, t in zip(bits, totals)],
                     hovertemplate=f"%{{y}}: {label}<br>%{{x:,.2f}} KiB (%{{customdata[0]:,}} bits, "
                                   "%{customdata[1]:.1f} % of the layer)<extra></extra>")

@@ -137,9 +137,11 @@ def test_charts_draw_the_runs_front_and_the_chosen_configs_layers(run):
     assert pareto["chosen"]["y"] == pytest.approx([100 * chosen["accuracy"]])
     front = pareto_front(records)
     assert pareto["front"]["x"][::2] == pytest.approx([r["size_bytes"] / 1024 for r in front])
-    bars = charts["chart-layers"]["data"][0]
-    assert bars["meta"]["role"] == "layer-size" and bars["y"] == [l["name"] for l in chosen["layers"]]
-    assert bars["x"] == pytest.approx([l["size_bits"] / 8 / 1024 for l in chosen["layers"]])
+    parts = charts["chart-layers"]["data"]  # the stacked size parts of each layer: values, index, scales, ...
+    assert {t["meta"]["role"] for t in parts} == {"size-part"} and parts[0]["meta"]["part"] == "value_bits"
+    assert all(t["y"] == [l["name"] for l in chosen["layers"]] for t in parts)
+    stacked = [sum(t["x"][i] for t in parts) for i in range(len(chosen["layers"]))]
+    assert stacked == pytest.approx([l["size_bits"] / 8 / 1024 for l in chosen["layers"]])
     assert {c["layout"]["width"] for c in charts.values()} == {CHART_WIDTH}
     assert charts["chart-pareto"]["layout"]["template"]["layout"]["paper_bgcolor"] == "white"
 

@@ -51,13 +51,15 @@ def test_report_draws_offline_and_prints(report_file, offline_page):
     page.goto(path.as_uri())
     page.wait_for_selector("#chart-layers .main-svg")
 
-    # the charts: every config, the front, the fp32 line and the ring; one bar per layer
+    # the charts: every config, the front, the fp32 line and the ring; one stacked bar per layer
     pareto = page.locator("#chart-pareto")
     assert pareto.locator(".main-svg").count() >= 1
     n_traces = page.evaluate("document.getElementById('chart-pareto').data.length")
     assert pareto.locator(".scatterlayer .trace").count() == n_traces
     assert pareto.locator(".scatterlayer .trace .point").count() == len(records) + 1  # + the chosen ring
-    assert page.locator("#chart-layers .barlayer .trace .point").count() == len(chosen["layers"])
+    n_parts = page.evaluate("document.getElementById('chart-layers').data.length")  # values, index, scales ...
+    assert page.locator("#chart-layers .barlayer .trace").count() == n_parts >= 1
+    assert page.locator("#chart-layers .barlayer .trace .point").count() == n_parts * len(chosen["layers"])
     assert page.evaluate("document.getElementById('chart-pareto')._fullLayout.width") == CHART_WIDTH
 
     # nothing left the page, nothing ran from a name

@@ -17,6 +17,7 @@ from compression_core.cli_reproduce import reproduce_command
 from compression_core.config import CompressionConfig
 from compression_core.pareto import CLOSE_TO_FP32_PTS, pareto_front, recommended
 from compression_core.store import Store
+from dashboard.charts.layers import SIZE_PARTS
 from dashboard.report import ReportError, build_report, choose, load_run
 from dashboard.report_html import CHART_WIDTH
 from tests.dashboard.conftest import decode_figure
@@ -225,3 +226,12 @@ def test_the_report_module_imports_no_streamlit():
     code = "import sys, dashboard.report; print('streamlit' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_a_record_stored_before_the_size_parts_gets_the_totals_bar(run):
+    _, _, meta, records = run
+    chosen = choose(records)
+    old = {**chosen, "layers": [{k: v for k, v in l.items() if k not in SIZE_PARTS} for l in chosen["layers"]]}
+    bars = Page(build_report(records, old, run=meta)).charts()["chart-layers"]["data"]
+    assert [t["meta"]["role"] for t in bars] == ["layer-size"]
+    assert bars[0]["x"] == pytest.approx([l["size_bits"] / 8 / 1024 for l in chosen["layers"]])

@@ -1,4 +1,4 @@
 """The engine's version: the one place it is written (pyproject.toml reads it, `--version` prints it, every record
 carries it).
 """
-__version__ = "0.2.0"
+__version__ = "0.3.0"

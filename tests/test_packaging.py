@@ -45,7 +45,7 @@ def test_public_api_is_functions_not_submodules():
         value = getattr(compression_core, name)
         assert callable(value) and value.__module__.startswith("compression_core."), name
         assert value.__doc__, name
-    assert compression_core.__version__ == _version.__version__ == "0.2.0"
+    assert compression_core.__version__ == _version.__version__ == "0.3.0"
     assert "Experiment" in compression_core.__doc__ and ">>>" in compression_core.__doc__
 
 

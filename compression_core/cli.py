@@ -129,7 +129,7 @@ def cmd_evaluate(args) -> None:
     _emit(args, record)
 
 
-def _sweep_executor(args):
+def _sweep_executor(args, n_configs: int):
     """None (serial, in this process) or a started RayExecutor for --executor ray: a missing Ray, an unreachable
     --address or a cluster without the GPUs asked for fails here, before anything is loaded here."""
     ray_flags = [f for f, v in (("--address", args.address), ("--gpus-per-worker", args.gpus_per_worker),
@@ -144,7 +144,7 @@ def _sweep_executor(args):
     executor = RayExecutor(ExperimentSpec.from_args(args), address=args.address,
                            gpus_per_worker=args.gpus_per_worker or 0, cpus_per_worker=args.cpus_per_worker or 1,
                            workers=args.workers)
-    executor.start()  # the workers build their experiments while this process builds its own
+    executor.start(n_configs)  # the workers build their experiments while this process builds its own
     return executor
 
 
@@ -155,7 +155,7 @@ def cmd_sweep(args) -> None:
     from .sweep import sweep
 
     configs = configs_from_args(args)
-    executor = _sweep_executor(args)
+    executor = _sweep_executor(args, len(configs))
     store = _store(args)
     exp = _experiment(args, configs)
     failed = []

@@ -192,16 +192,21 @@ class RayExecutor:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def start(self) -> dict:
+    def start(self, configs: int | None = None) -> dict:
         """Connect, check the cluster has what the workers need, and start them; returns `cluster_summary`.
+
+        Args:
+            configs: how many configs are to run, when known: without `workers`, no more workers start than
+                there are tasks for them (each builds its own experiment).
 
         Raises:
             ClusterError: as `connect`, or the cluster lacks the GPUs / CPUs asked for (the line says what it has).
         """
         self._ray = ray = connect(self.address)
         summary = cluster_summary(self.address)
-        n = self.workers or max(1, int(summary["gpus"] // self.gpus_per_worker) if self.gpus_per_worker
-                                else summary["cpus"] // self.cpus_per_worker)
+        fit = int(summary["gpus"] // self.gpus_per_worker) if self.gpus_per_worker else \
+            summary["cpus"] // self.cpus_per_worker
+        n = self.workers or max(1, min(fit, -(-configs // self.chunk) if configs else fit))
         need_gpus, need_cpus = n * self.gpus_per_worker, n * self.cpus_per_worker
         if need_gpus > summary["gpus"] or need_cpus > summary["cpus"]:
             raise ClusterError(f"{n} worker{'s' * (n != 1)} of {self.gpus_per_worker:g} GPU(s) and "
@@ -233,7 +238,7 @@ class RayExecutor:
                 yielded so far stand).
         """
         if not self._pool:
-            self.start()
+            self.start(len(configs))
         ray = self._ray
         configs = list(configs)
         queue = deque(_Chunk(configs[i:i + self.chunk]) for i in range(0, len(configs), self.chunk))

@@ -1,7 +1,8 @@
 """Sweeps: build a grid of configs, then evaluate them one by one — skipping what the store already has.
 
 `expand_grid` turns lists of settings into canonical, de-duplicated `CompressionConfig`s. `sweep` runs them
-through an `Executor` (in-process and serial by default), writes every record to the store the moment it
+through an `Executor` (in-process and serial by default; `executor_ray.RayExecutor` spreads them over Ray
+workers), writes every record to the store the moment it
 finishes (a crash loses at most the config in flight), streams records to `on_record`, reports progress with
 an ETA measured on this run, and stops between configs when `cancel` is set. Running the same sweep again
 resumes it: stored configs come back marked `cached: True` and are not recomputed.
@@ -86,7 +87,8 @@ class ExperimentLike(Protocol):
 
 
 class Executor(Protocol):
-    """Runs `fn` over `items`, yielding results as they finish (any order). A Ray / process pool fits here."""
+    """Runs `fn` over `items`, yielding results as they finish (any order), in this process (`fn` is a closure
+    over the experiment); other processes take configs instead: `ConfigExecutor`."""
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]: ...
 

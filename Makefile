@@ -9,7 +9,7 @@ ifneq ($(origin HOST),command line)
 HOST := 127.0.0.1
 endif
 # optional integrations the suite exercises (pyproject.toml [project.optional-dependencies])
-TEST_EXTRAS := test,onnx,hf,torchao,pruning
+TEST_EXTRAS := test,onnx,hf,torchao,pruning,ray
 
 .PHONY: run test venv venv-test system-deps cli-demo bench
 

@@ -34,48 +34,17 @@ def _log(msg: str) -> None:
 
 
 def _experiment(args, configs=()):
-    """The Experiment the flags name; the dataset is checked first, and `configs`' layer names against the model.
+    """The Experiment the flags name (`ExperimentSpec.from_args(args).build()`); `configs`' layer names are checked
+    against the model."""
+    from .spec import ExperimentSpec
 
-    A built-in model without --weights brings its own shipped checkpoint whatever the dataset: an image folder
-    or torchvision dataset names no checkpoint. A `text:` dataset is read after the model, with its tokenizer.
-    """
-    from .datasets import BUILTINS, TEXT_NAMES, load_dataset
-    from .datasets_images import resolve_transform
-    from .experiment import Experiment
-    from .models import load_model
-    from .models.architectures import ARCHITECTURES
-
-    def is_text(name: str | None) -> bool:
-        return name is not None and (name.startswith("text:") or name in TEXT_NAMES)
-
-    transform = resolve_transform(args.transform, args.model)
-    dataset = (load_dataset(args.dataset, allow_download=args.allow_download, transform=transform)
-               if args.dataset is not None and not is_text(args.dataset) else None)
-    trained_on = None if args.model in ARCHITECTURES and args.dataset not in BUILTINS else args.dataset
-    loaded = load_model(args.model, dataset=trained_on, weights=args.weights, num_classes=args.num_classes,
-                        allow_download=args.allow_download)
-    name = args.dataset or loaded.dataset
-    if is_text(name):
-        dataset = _text_dataset(args, loaded, name)
-    dataset = dataset or load_dataset(name, allow_download=args.allow_download)
-    exp = Experiment(loaded, dataset, split=args.split, limit=args.limit, device=args.device, task=args.task)
+    exp = ExperimentSpec.from_args(args).build()
     for config in configs:
         unknown = sorted({o.name for o in config.overrides} - set(exp.layer_names))
         if unknown:
             raise UserError(f"--layer {shown(unknown[0])}: model {exp.loaded.name} has no such compressible layer; "
                             f"its layers are {', '.join(exp.layer_names)}")
     return exp
-
-
-def _text_dataset(args, loaded, name: str):
-    """A text dataset (`text:PATH` or the shipped `sentences`) tokenized with the model's own tokenizer: one token
-    stream for task lm (sliding windows of --max-length, --stride), else one sample per line."""
-    from .datasets import load_dataset
-    from .tasks import default_task
-
-    task = args.task or default_task(loaded.kind, labelled=False)
-    return load_dataset(name, tokenizer=loaded.tokenizer, text_mode="stream" if task == "lm" else "lines",
-                        max_length=args.max_length, stride=args.stride)
 
 
 def _stage_progress():
@@ -188,16 +157,42 @@ def cmd_evaluate(args) -> None:
     _emit(args, record)
 
 
+def _sweep_executor(args, n_configs: int):
+    """None (serial, in this process) or a started RayExecutor for --executor ray: a missing Ray, an unreachable
+    --address or a cluster without the GPUs asked for fails here, before anything is loaded here."""
+    ray_flags = [f for f, v in (("--address", args.address), ("--gpus-per-worker", args.gpus_per_worker),
+                                ("--cpus-per-worker", args.cpus_per_worker), ("--workers", args.workers)) if v]
+    if args.executor == "serial":
+        if ray_flags:
+            raise UserError(f"{ray_flags[0]} needs --executor ray")
+        return None
+    from .executor_ray import RayExecutor
+    from .spec import ExperimentSpec
+
+    executor = RayExecutor(ExperimentSpec.from_args(args), address=args.address,
+                           gpus_per_worker=args.gpus_per_worker or 0, cpus_per_worker=args.cpus_per_worker or 1,
+                           workers=args.workers)
+    executor.start(n_configs)  # the workers build their experiments while this process builds its own
+    return executor
+
+
 def cmd_sweep(args) -> None:
     import sqlite3
+    from contextlib import nullcontext
 
     from .sweep import sweep
 
     configs = configs_from_args(args)
     if args.shard is not None:  # this job's share of the grid (a Slurm array: --shard $ID/$COUNT)
         configs = shard_configs(configs, args.shard, _log)
+    executor = _sweep_executor(args, len(configs))
     store = _store(args)
     exp = _experiment(args, configs)
+    failed = []
+
+    def on_failure(config, line):
+        failed.append(config)
+        _log(f"failed: {config.label}: {line}")
 
     def progress(done, total, eta, label):
         _log(_progress_line(done, total, eta, label))
@@ -208,8 +203,13 @@ def cmd_sweep(args) -> None:
     except (sqlite3.Error, OSError) as err:
         raise UserError(f"--store {shown(str(store.path))} cannot be written ({_store_failure(err)}); a sweep "
                         "keeps every record there: give a writable store file") from None
-    records = sweep(exp, configs, store=store, run_id=run_id, progress=progress)
+    with executor or nullcontext():
+        records = sweep(exp, configs, store=store, run_id=run_id, progress=progress, executor=executor,
+                        on_failure=on_failure)
     _emit(args, records, table_rows=records)
+    if failed:
+        raise UserError(f"{len(failed)} of {len(configs)} configs failed twice on the Ray workers (listed above); "
+                        "they are not stored: fix the cause and run the same sweep again to compute only them")
 
 
 def cmd_sensitivity(args) -> None:
@@ -340,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--format", choices=("packed", "onnx", "safetensors"), default="packed",
                            help="packed (.cex, smallest), onnx (integer weights + DequantizeLinear; needs the onnx "
                                 "extra) or safetensors (dequantized float32 state dict)")
+        if name == "sweep":
+            _executor_flags(p)
         p.set_defaults(fn=fn)
     add_shard_commands(sub)  # sweep --shard I/N, store merge / upgrade
 
@@ -365,6 +367,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true")
         p.set_defaults(fn=fn)
     return parser
+
+
+def _executor_flags(p) -> None:
+    g = p.add_argument_group("executor", "where configs run (ray: pip install 'compression-explorer[ray]')")
+    g.add_argument("--executor", choices=("serial", "ray"), default="serial",
+                   help="serial: one after another in this process; ray: Ray actors on this machine or a cluster")
+    g.add_argument("--address", default=None, help="ray: auto | ray://HOST:PORT | HOST:PORT (default: RAY_ADDRESS, "
+                                                   "else a new local Ray instance)")
+    g.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float, default=None,
+                   help="ray: GPUs each worker reserves (default 0: CPU workers)")
+    g.add_argument("--cpus-per-worker", dest="cpus_per_worker", type=positive_int("--cpus-per-worker"),
+                   default=None, help="ray: CPUs (and torch threads) each worker reserves (default 1)")
+    g.add_argument("--workers", type=positive_int("--workers"), default=None,
+                   help="ray: number of workers (default: the cluster's GPUs / --gpus-per-worker, else CPUs / "
+                        "--cpus-per-worker)")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -1,7 +1,8 @@
 """Sweeps: build a grid of configs, then evaluate them one by one — skipping what the store already has.
 
 `expand_grid` turns lists of settings into canonical, de-duplicated `CompressionConfig`s. `sweep` runs them
-through an `Executor` (in-process and serial by default), writes every record to the store the moment it
+through an `Executor` (in-process and serial by default; `executor_ray.RayExecutor` spreads them over Ray
+workers), writes every record to the store the moment it
 finishes (a crash loses at most the config in flight), streams records to `on_record`, reports progress with
 an ETA measured on this run, and stops between configs when `cancel` is set. Running the same sweep again
 resumes it: stored configs come back marked `cached: True` and are not recomputed.
@@ -32,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from .config import CompressionConfig, ConfigError, parse_nm
@@ -86,9 +87,29 @@ class ExperimentLike(Protocol):
 
 
 class Executor(Protocol):
-    """Runs `fn` over `items`, yielding results as they finish (any order). A Ray / process pool fits here."""
+    """Runs `fn` over `items`, yielding results as they finish (any order), in this process (`fn` is a closure
+    over the experiment); other processes take configs instead: `ConfigExecutor`."""
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]: ...
+
+
+@dataclass(frozen=True)
+class ConfigFailure:
+    """A config a `ConfigExecutor` could not evaluate (it failed twice): its one-line error. It is never stored."""
+
+    config: CompressionConfig
+    error: str
+
+
+class ConfigExecutor(Protocol):
+    """Evaluates configs in other processes, which build their own experiment: it gets configs, not closures, and
+    yields each record (or a `ConfigFailure`) as it finishes, in any order; `sweep` prefers it when it has it.
+    `claim_batch`: how many configs `sweep` claims and hands over at once (the executor's queue)."""
+
+    claim_batch: int
+
+    def run_configs(self, configs: Sequence[CompressionConfig],
+                    cancel: threading.Event | None = None) -> Iterator[dict | ConfigFailure]: ...
 
 
 class SerialExecutor:
@@ -211,11 +232,12 @@ def sweep(
     *,
     store: Store | None = None,
     run_id: str | None = None,
-    executor: Executor | None = None,
+    executor: Executor | ConfigExecutor | None = None,
     on_record: Callable[[dict], None] | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     on_warning: Callable[[str], None] | None = None,
+    on_failure: Callable[[CompressionConfig, str], None] | None = None,
 ) -> list[dict]:
     """Evaluate `configs` on `experiment`, reusing and filling `store`.
 
@@ -226,7 +248,9 @@ def sweep(
             as soon as each finishes. Configs are claimed in it `CLAIM_BATCH` at a time; a config another live
             process has claimed is not computed here: its record is awaited and returned with `cached: True`.
         run_id: a run from `store.new_run(label)`; every record of this sweep (cached or new) joins it.
-        executor: how configs are run; default `SerialExecutor()`.
+        executor: how configs are run; default `SerialExecutor()`. A `ConfigExecutor` (e.g.
+            `executor_ray.RayExecutor`) gets `claim_batch` configs at a time and returns records out of order;
+            only this process writes the store.
         on_record: called with each record (cached ones first, then new ones as they finish).
         progress: called as progress(done, total, eta_seconds, current_label): once after the cached
             records (eta None), then after each new record; eta is measured wall time per new config times
@@ -234,6 +258,9 @@ def sweep(
         cancel: when set, no further config starts; what finished is returned.
         on_warning: called once with one line if the store cannot be written (default: logged as a warning);
             the sweep then goes on without the store and still returns every record.
+        on_failure: called as on_failure(config, error_line) for each config a `ConfigExecutor` gave up on
+            (default: logged as a warning); such a config is neither stored nor returned, and counts as done
+            for progress. A later sweep of the same grid tries it again.
 
     Returns:
         The finished records in the order of `configs`, each with `cached` True/False.
@@ -266,24 +293,27 @@ def sweep(
         progress(len(done), len(unique), None, pending[0].label if pending else None)
     with book.heartbeat():
         _run_pending(experiment, pending, book, done, take_stored, executor=executor, on_record=on_record,
-                     progress=progress, total=len(unique), cancel=cancel)
+                     progress=progress, total=len(unique), cancel=cancel,
+                     on_failure=on_failure or (lambda c, line: log.warning("config %s failed: %s", c.label, line)))
     return sorted(done.values(), key=lambda r: order.get(r["config_hash"], len(unique)))
 
 
 def _run_pending(experiment: ExperimentLike, pending: list[CompressionConfig], book: _Book, done: dict[str, dict],
-                 take_stored: Callable[[dict], None], *, executor: Executor | None,
+                 take_stored: Callable[[dict], None], *, executor: Executor | ConfigExecutor | None,
                  on_record: Callable[[dict], None] | None, progress: ProgressFn | None, total: int,
-                 cancel: threading.Event | None) -> None:
+                 cancel: threading.Event | None, on_failure: Callable[[CompressionConfig, str], None]) -> None:
     """Claim, compute and store the pending configs in batches; collect the ones other processes compute."""
     start, n_new = time.perf_counter(), 0
-    batch = CLAIM_BATCH if book.writable else max(1, len(pending))
+    batch = getattr(executor, "claim_batch", CLAIM_BATCH) if book.writable else max(1, len(pending))
     others: set[str] = set()  # config hashes claimed by another live process
+    failed: set[str] = set()  # config hashes a ConfigExecutor gave up on: not stored, not claimed again
 
     def report() -> None:
         if progress:
-            nxt = next((c for c in pending if c.config_hash not in done), None)
-            eta = (time.perf_counter() - start) / n_new * (total - len(done)) if n_new else None
-            progress(len(done), total, eta, nxt.label if nxt is not None and not _cancelled(cancel) else None)
+            finished = len(done) + len(failed)  # out of order: the ETA is throughput (new configs per second)
+            nxt = next((c for c in pending if c.config_hash not in done and c.config_hash not in failed), None)
+            eta = (time.perf_counter() - start) / n_new * (total - finished) if n_new else None
+            progress(finished, total, eta, nxt.label if nxt is not None and not _cancelled(cancel) else None)
 
     def run_one(config: CompressionConfig) -> dict | None:
         # executors that start items ahead of the caller skip them quickly once cancel is set
@@ -296,18 +326,26 @@ def _run_pending(experiment: ExperimentLike, pending: list[CompressionConfig], b
                 others.discard(config.config_hash)
                 take_stored(stored)
                 report()
-        mine = _claim_batch(experiment, pending, book, done, others, batch, take_stored, report)
+        todo = [c for c in pending if c.config_hash not in failed] if failed else pending
+        mine = _claim_batch(experiment, todo, book, done, others, batch, take_stored, report)
         if not mine:
             if not others:
                 return
             time.sleep(POLL_S)
             continue
-        if executor is None and hasattr(experiment, "run_many"):
+        if hasattr(executor, "run_configs"):
+            results = _checked(experiment, mine, executor.run_configs(mine, cancel=cancel))
+        elif executor is None and hasattr(experiment, "run_many"):
             results = experiment.run_many(mine, cancel=cancel)  # groups configs per forward on a GPU
         else:
             results = (executor or SerialExecutor()).map(run_one, mine)
         for record in results:
             if record is None:
+                continue
+            if isinstance(record, ConfigFailure):
+                failed.add(record.config.config_hash)
+                on_failure(record.config, record.error)
+                report()
                 continue
             n_new += 1
             book.put(record)
@@ -344,6 +382,25 @@ def _claim_batch(experiment: ExperimentLike, pending: list[CompressionConfig], b
             take_stored(stored)
             report()
     return mine
+
+
+def _checked(experiment: ExperimentLike, configs: list[CompressionConfig],
+             results: Iterator[dict | ConfigFailure]) -> Iterator[dict | ConfigFailure]:
+    """`results` of another process, each checked to be keyed as this experiment keys it (same weights, data,
+    subset, task): a worker that built something else must not fill the store under another key.
+
+    Raises:
+        ValueError: a record's key differs from this process's; one line naming the first differing field.
+    """
+    by_hash = {c.config_hash: c for c in configs}
+    for result in results:
+        if isinstance(result, dict):
+            expected = experiment.key(by_hash[result["config_hash"]])
+            wrong = next((k for k, v in expected.items() if result.get(k) != v), None)
+            if wrong is not None:
+                raise ValueError(f"a worker evaluated {wrong} {result.get(wrong)!r} where this process has "
+                                 f"{expected[wrong]!r}: every worker must read the same model weights and data")
+        yield result
 
 
 def _cancelled(cancel: threading.Event | None) -> bool:

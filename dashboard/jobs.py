@@ -25,13 +25,14 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import streamlit as st
 
 from compression_core.config import CompressionConfig
 from compression_core.store import Store
-from compression_core.sweep import ExperimentLike, sweep
+from compression_core.sweep import ConfigExecutor, ExperimentLike, sweep
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +148,15 @@ class Job(BackgroundJob):
             return JobStatus(self.id, self._state, self._done, self._total, self._eta, self._current, self._error,
                              self._cancel.is_set(), self._started, self._finished, self._warning)
 
-    def _run(self, experiment: ExperimentLike, configs: Sequence[CompressionConfig], store: Store) -> None:
+    def _failed(self, config: CompressionConfig, line: str) -> None:
+        self._warn(f"{config.label} failed twice on the Ray workers and is not stored: {line}")
+
+    def _run(self, experiment: ExperimentLike, configs: Sequence[CompressionConfig], store: Store,
+             executor: ConfigExecutor | None = None) -> None:
         try:
-            sweep(experiment, configs, store=store, run_id=self.id, progress=self._progress, cancel=self._cancel,
-                  on_warning=self._warn)
+            with executor or nullcontext():  # a Ray executor's workers end with the job
+                sweep(experiment, configs, store=store, run_id=self.id, progress=self._progress, cancel=self._cancel,
+                      on_warning=self._warn, executor=executor, on_failure=self._failed)
         except Exception as e:  # noqa: BLE001 - any failure must end up on the page, not in a dead thread
             log.error("sweep %s failed:\n%s", self.id, traceback.format_exc())
             lines = str(e).strip().splitlines()
@@ -181,7 +187,7 @@ class JobManager:
         self.max_configs_per_hour = max_configs_per_hour
 
     def start(self, experiment: ExperimentLike, configs: Sequence[CompressionConfig], store: Store, *,
-              label: str, meta: dict | None = None, owner: str = "") -> Job:
+              label: str, meta: dict | None = None, owner: str = "", executor: ConfigExecutor | None = None) -> Job:
         """Register a store run for `configs` and start sweeping them in a background thread.
 
         Args:
@@ -191,6 +197,7 @@ class JobManager:
             label, meta: the run's label and metadata in the store (see `Store.new_run`); the grid itself is
                 added to the meta as `configs` (config dicts), so the run can be resumed.
             owner: the session starting it; its quotas apply.
+            executor: where the configs run (a `RayExecutor`, closed when the job ends); None = this process.
 
         Returns:
             The started job; its id is the store run id, its `token` the secret that cancels it.
@@ -203,7 +210,7 @@ class JobManager:
         with self._lock:
             self._check_limits(owner, new)
             run_id = store.new_run(label, {**(meta or {}), "configs": [c.to_dict() for c in unique]})
-            return self._launch(Job(run_id, len(unique), owner), experiment, unique, store, new)
+            return self._launch(Job(run_id, len(unique), owner), experiment, unique, store, new, executor)
 
     def resume(self, experiment: ExperimentLike, store: Store, run_id: str, *, owner: str = "") -> Job:
         """Continue an interrupted run under the same run id: only its configs missing from the store run.
@@ -264,10 +271,10 @@ class JobManager:
                                 f"smaller grid or wait")
 
     def _launch(self, job: Job, experiment: ExperimentLike, configs: list[CompressionConfig], store: Store,
-                new_configs: int) -> Job:
+                new_configs: int, executor: ConfigExecutor | None = None) -> Job:
         """Register `job`, count its configs against its owner's quota and start its thread (lock held)."""
         self._started.setdefault(job.owner, []).append((time.time(), new_configs))
-        job.thread = threading.Thread(target=job._run, args=(experiment, configs, store),
+        job.thread = threading.Thread(target=job._run, args=(experiment, configs, store, executor),
                                       name=f"sweep-{job.id}", daemon=True)
         self._jobs[job.id] = job
         self._forget_old()

@@ -79,13 +79,49 @@ def sweep_form(selection: Selection) -> dict | None:
                       "full": f"Whole test set ({n_test:,} samples)"}
         subset = st.radio("Evaluate on", list(eval_names), horizontal=True, key="sweep_subset",
                           format_func=eval_names.get)
+        executor = executor_choice()
         submitted = st.form_submit_button("Launch sweep", type="primary", icon=":material/play_arrow:")
     if not submitted:
         return None
     return {"bits": bits, "sparsities": _sparsities(span[0], span[1], step), "quantizers": quantizers,
             "methods": methods, "scheme": scheme, "granularity": granularity, "range_method": range_method,
             "group_sizes": group_sizes, "repairs": repairs,
-            "scope": scope, "full": subset == "full"}
+            "scope": scope, "full": subset == "full", "executor": executor}
+
+
+def executor_choice() -> str:
+    """Where the sweep runs: this server's process, or the operator's Ray cluster (shown with what it has)."""
+    address = services.ray_address()
+    names = {"local": "In-process (this server)",
+             "ray": f"Ray cluster at {address}" if address else "Ray cluster (not configured on this server)"}
+    choice = st.radio("Run on", list(names), horizontal=True, key="sweep_executor", bind="query-params",
+                      format_func=names.get, help="Ray: the configs are spread over the cluster's workers (one per "
+                      f"GPU, else per CPU); the operator sets {services.RAY_ADDRESS_ENV} or RAY_ADDRESS.")
+    if address is not None:
+        try:
+            c = services.ray_cluster(address)
+            st.caption(f"Ray cluster at {components.plain(address)}: {c['nodes']} nodes, {c['cpus']} CPUs, "
+                       f"{c['gpus']} GPUs, {c['workers']} sweep workers running.")
+        except services.ClusterError as e:
+            components.show_error(e, "Ray: ")
+    return choice
+
+
+def ray_executor(run_selection: Selection, choice: str):
+    """None for in-process, else a RayExecutor for the configured cluster; False after showing why not."""
+    if choice != "ray":
+        return None
+    address = services.ray_address()
+    if address is None:
+        st.error(f"No Ray cluster is configured on this server: the operator sets {services.RAY_ADDRESS_ENV} (or "
+                 "RAY_ADDRESS) before starting the dashboard. Run the sweep in-process instead.",
+                 icon=":material/error:")
+        return False
+    try:
+        return services.ray_executor(run_selection, address)
+    except (services.ClusterError, *services.USER_ERRORS) as e:
+        components.show_error(e, "Ray: ")
+        return False
 
 
 def launch(selection: Selection, form: dict) -> str | None:
@@ -108,16 +144,19 @@ def launch(selection: Selection, form: dict) -> str | None:
                  f"larger sparsity step.", icon=":material/error:")
         return None
     run_selection = dataclasses.replace(selection, limit=None) if form["full"] else selection
+    executor = ray_executor(run_selection, form["executor"])
+    if executor is False:
+        return None
     experiment = services.get_experiment(run_selection)
     bits = ", ".join(BIT_NAMES[b] for b in form["bits"])
     spars = f"{percent_label(form['sparsities'][0])}–{percent_label(form['sparsities'][-1])}"
     label = f"{selection.model} · {selection.dataset} · {bits} × {spars}"
     meta = {"selection": dataclasses.asdict(run_selection), "model": experiment.loaded.name,
             "dataset": selection.dataset, "fingerprint": experiment.loaded.fingerprint,
-            "limit": experiment.limit, "grid": grid, "n_configs": len(configs)}
+            "limit": experiment.limit, "grid": grid, "n_configs": len(configs), "executor": form["executor"]}
     try:
         job = jobs.job_manager().start(experiment, configs, services.store(), label=label, meta=meta,
-                                       owner=owner())
+                                       owner=owner(), executor=executor)
     except jobs.JobLimitError as e:
         components.show_error(e, icon=":material/hourglass_top:")
         return None

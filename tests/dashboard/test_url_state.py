@@ -1,0 +1,89 @@
+"""The URL-state matrix: Explore opened from a URL with every quantizer x pruning method (and every N:M pattern)
+shows, in each control, the value of the config it evaluated, and enables only the controls that apply.
+
+Each URL also asks for things that do not apply (0.7 sparsity, 3 bits, an asymmetric per-group grid), as a shared
+link from an older view would; the page must switch them to what it evaluates, not show them as chosen.
+"""
+from __future__ import annotations
+
+import pytest
+
+from compression_core.config import PRUNE_METHODS, QUANTIZERS, CompressionConfig, PruneSpec, QuantSpec
+from compression_core.methods import prune_methods, quantizers
+from dashboard.charts.common import option_label
+from dashboard.explore_state import NM_PATTERNS
+
+# a URL that asks for settings many methods do not take
+CONFLICTING = {"explore_sparsity": "0.7", "explore_bits": "3", "explore_scheme": "asymmetric",
+               "explore_granularity": "per group (block)", "explore_scale_dtype": "e8m0"}
+CASES = [(q, p, "2:4") for q in QUANTIZERS for p in PRUNE_METHODS] + [
+    ("uniform", "nm", nm) for nm in NM_PATTERNS[1:]]
+QUANT_KEYS = ("explore_bits", "explore_quantizer", "explore_scheme", "explore_granularity", "explore_range",
+              "explore_group_size", "explore_scale_dtype", "explore_double_quant")
+PRUNE_KEYS = ("explore_sparsity", "explore_prune", "explore_scope", "explore_nm")
+
+
+def _widgets(at) -> dict:
+    """Every Explore control: key -> (value, disabled)."""
+    found = list(at.select_slider) + list(at.slider) + list(at.selectbox) + list(at.toggle)
+    keys = QUANT_KEYS + PRUNE_KEYS + ("explore_act_bits", "explore_repair", "explore_alpha", "explore_act_order")
+    return {w.key: (w.value, w.disabled) for w in found if w.key in keys}
+
+
+def _shown_config(w: dict) -> CompressionConfig:
+    """The config the controls describe, built from what they show."""
+    v = {k: value for k, (value, _) in w.items()}
+    n, m = (int(x) for x in v["explore_nm"].split(":"))
+    return CompressionConfig(
+        quant=QuantSpec(bits=v["explore_bits"], quantizer=v["explore_quantizer"], scheme=v["explore_scheme"],
+                        granularity=v["explore_granularity"], range=v["explore_range"],
+                        group_size=v["explore_group_size"] or None, scale_dtype=v["explore_scale_dtype"],
+                        double_quant=v["explore_double_quant"]),
+        prune=PruneSpec(sparsity=0.0 if v["explore_prune"] == "nm" else round(v["explore_sparsity"], 4),
+                        method=v["explore_prune"], scope=v["explore_scope"], n=n, m=m),
+        act_bits=v["explore_act_bits"], repair=v["explore_repair"], alpha=v["explore_alpha"],
+        act_order=v["explore_act_order"])
+
+
+def _expected_disabled(c: CompressionConfig, quantizer: str, method: str) -> dict[str, bool]:
+    """Which controls must be disabled for config `c` with these method choices (the rules, spelled out)."""
+    qi, pi = quantizers()[quantizer], prune_methods()[method]
+    on = c.quant.bits < 32
+    return {
+        "explore_bits": len(qi.bits) == 1, "explore_quantizer": False, "explore_prune": False,
+        "explore_scheme": not (on and qi.schemes), "explore_range": not (on and qi.ranges),
+        "explore_granularity": not (on and len(qi.granularities) > 1),
+        "explore_group_size": not (on and c.quant.granularity == "group" and not qi.fixed_group_size),
+        "explore_scale_dtype": not (on and qi.scale_dtypes), "explore_double_quant": not (on and qi.double_quant),
+        "explore_sparsity": method == "nm", "explore_nm": method != "nm",
+        "explore_scope": not (pi.ranks_globally and c.prune.enabled), "explore_act_bits": False,
+        "explore_repair": False, "explore_alpha": True, "explore_act_order": True,
+    }
+
+
+@pytest.mark.parametrize(("quantizer", "method", "nm"), CASES, ids=[f"{q}-{p}-{nm}" for q, p, nm in CASES])
+def test_every_control_shows_the_evaluated_config(make_app, no_exception, quantizer, method, nm):
+    at = make_app(explore_quantizer=option_label(quantizer), explore_prune=option_label(method), explore_nm=nm,
+                  **CONFLICTING)
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    w = _widgets(at)
+    assert len(w) == 16
+    (points,) = at.session_state["explore_history"].values()
+    evaluated = points[-1]["config_hash"]
+    shown = _shown_config(w)
+    assert shown.config_hash == evaluated  # the controls describe exactly what was evaluated
+    assert (w["explore_quantizer"][0], w["explore_prune"][0]) == (quantizer, method)  # the URL's choices stand
+    q, p = shown.quant, shown.prune
+    assert w["explore_bits"][0] == q.bits and q.bits in quantizers()[quantizer].bits  # fixed widths show their own
+    for key, field in (("explore_scheme", "scheme"), ("explore_granularity", "granularity"),
+                       ("explore_range", "range"), ("explore_scale_dtype", "scale_dtype"),
+                       ("explore_double_quant", "double_quant")):
+        assert w[key][0] == getattr(q, field), key  # a setting that does not apply shows the value in force
+    assert w["explore_group_size"][0] == (q.group_size or 0)
+    assert w["explore_sparsity"][0] == pytest.approx(p.target_sparsity)  # N:M shows the sparsity it sets
+    assert w["explore_nm"][0] == f"{p.n}:{p.m}" and w["explore_scope"][0] == p.scope
+    assert {k: disabled for k, (_, disabled) in w.items()} == _expected_disabled(shown, quantizer, method)
+    if method == "nm":
+        n, m = (int(x) for x in nm.split(":"))
+        assert w["explore_nm"][0] == nm and w["explore_sparsity"] == (pytest.approx(1 - n / m), True)

@@ -12,6 +12,8 @@ from compression_core.config import PRUNE_METHODS, QUANTIZERS, CompressionConfig
 from compression_core.methods import prune_methods, quantizers
 from dashboard.charts.common import option_label
 from dashboard.explore_state import NM_PATTERNS
+from tests.dashboard.test_runs import filled  # noqa: F401 - the Runs page tests' two stored runs (a fixture)
+from tests.dashboard.test_sweep import finish
 
 # a URL that asks for settings many methods do not take
 CONFLICTING = {"explore_sparsity": "0.7", "explore_bits": "3", "explore_scheme": "asymmetric",
@@ -87,3 +89,76 @@ def test_every_control_shows_the_evaluated_config(make_app, no_exception, quanti
     if method == "nm":
         n, m = (int(x) for x in nm.split(":"))
         assert w["explore_nm"][0] == nm and w["explore_sparsity"] == (pytest.approx(1 - n / m), True)
+
+
+# ---- the other pages: their settings come from the URL ----------------------------------------------------
+SWEEP_CASES = list(zip(["uniform", "kmeans", "pow2", "uniform", "kmeans"], PRUNE_METHODS))  # each family once
+
+
+@pytest.mark.parametrize(("quantizer", "method"), SWEEP_CASES, ids=[f"{q}-{p}" for q, p in SWEEP_CASES])
+def test_sweep_form_opens_with_the_urls_settings(make_app, no_exception, quantizer, method):
+    at = make_app("sweep", sweep_bits=["3-bit", "NF4"], sweep_sparsity=["0.2", "0.6"], sweep_step="0.2",
+                  sweep_quantizers=option_label(quantizer), sweep_methods=option_label(method),
+                  sweep_scheme="asymmetric", sweep_granularity="per group (block)", sweep_group_sizes="64")
+    no_exception(at)
+    assert at.multiselect(key="sweep_bits").value == [3, "nf4"]
+    assert at.slider(key="sweep_sparsity").value == pytest.approx((0.2, 0.6))
+    assert at.number_input(key="sweep_step").value == pytest.approx(0.2)
+    assert at.multiselect(key="sweep_quantizers").value == [quantizer]
+    assert at.multiselect(key="sweep_methods").value == [method]
+    assert (at.selectbox(key="sweep_scheme").value, at.selectbox(key="sweep_granularity").value) == ("asym", "group")
+    assert at.multiselect(key="sweep_group_sizes").value == [64]
+
+
+def test_a_reloaded_sweep_shows_its_own_settings(make_app, no_exception):
+    at = make_app("sweep")
+    at.multiselect(key="sweep_bits").set_value([2, 8])
+    at.slider(key="sweep_sparsity").set_value((0.1, 0.4))
+    at.number_input(key="sweep_step").set_value(0.3)
+    at.multiselect(key="sweep_methods").set_value(["random"])
+    at.selectbox(key="sweep_range").set_value("mse")
+    next(b for b in at.button if b.label == "Launch sweep").click().run()
+    no_exception(at)
+    job = finish(at)
+    reloaded = make_app("sweep", sweep_run=job.id)  # a new session with only the run in the URL
+    no_exception(reloaded)
+    assert reloaded.multiselect(key="sweep_bits").value == [2, 8]
+    assert reloaded.slider(key="sweep_sparsity").value == pytest.approx((0.1, 0.4))
+    assert reloaded.number_input(key="sweep_step").value == pytest.approx(0.3)
+    assert reloaded.multiselect(key="sweep_methods").value == ["random"]
+    assert reloaded.selectbox(key="sweep_range").value == "mse"
+    assert make_app("sweep").multiselect(key="sweep_bits").value == [2, 4, 8, 32]  # no run: the defaults
+
+
+def test_layers_settings_and_layer_details_come_from_the_url(make_app, no_exception):
+    at = make_app("layers", layers_bits=["3", "6"], layers_sparsity="75 %", layers_granularity="per tensor",
+                  layers_channel_layer="conv2")
+    no_exception(at)
+    assert at.multiselect(key="layers_bits").value == [3, 6]
+    assert at.multiselect(key="layers_sparsity").value == [0.75]
+    assert at.selectbox(key="layers_granularity").value == "tensor"
+    assert at.selectbox(key="layers_channel_layer").value == "conv2"
+    explore = make_app(explore_layer="conv1", explore_log_y="true", explore_hide_zeros="false")
+    no_exception(explore)
+    assert explore.selectbox(key="explore_layer").value == "conv1"
+    assert explore.toggle(key="explore_log_y").value and not explore.toggle(key="explore_hide_zeros").value
+
+
+def test_learn_controls_come_from_the_url(make_app, no_exception):
+    at = make_app("learn", learn_sym_bits="5", learn_prune_bits="4-bit", learn_nm_pattern="2:8")
+    no_exception(at)
+    assert at.slider(key="learn_sym_bits").value == 5
+    assert at.select_slider(key="learn_prune_bits").value == 4
+    assert at.segmented_control(key="learn_nm_pattern").value == "2:8"
+
+
+def test_runs_filters_and_compare_choices_come_from_the_url(filled, make_app, no_exception):
+    at = make_app("runs", runs_models="digits-cnn", runs_limits="whole test set",
+                  runs_compare_by="Two pruning methods", runs_a_prune_method="random",
+                  runs_b_prune_method="magnitude")
+    no_exception(at)
+    assert at.multiselect(key="runs_models").value == ["digits-cnn"]
+    assert at.multiselect(key="runs_limits").value == [None]
+    assert at.get("segmented_control")[0].value == "prune_method"
+    assert (at.selectbox(key="runs_a_prune_method").value, at.selectbox(key="runs_b_prune_method").value) == (
+        "random", "magnitude")

@@ -162,3 +162,29 @@ def test_runs_filters_and_compare_choices_come_from_the_url(filled, make_app, no
     assert at.get("segmented_control")[0].value == "prune_method"
     assert (at.selectbox(key="runs_a_prune_method").value, at.selectbox(key="runs_b_prune_method").value) == (
         "random", "magnitude")
+
+
+def test_explore_keeps_its_settings_across_a_page_switch(make_app, no_exception):
+    at = make_app(explore_quantizer="k-means", explore_bits="3", explore_prune="N:M", explore_nm="1:4")
+    at.switch_page("views/sweep.py").run()
+    at.switch_page("views/explore.py").run()
+    no_exception(at)
+    assert at.selectbox(key="explore_quantizer").value == "kmeans" and at.select_slider(key="explore_bits").value == 3
+    assert at.slider(key="explore_sparsity").value == pytest.approx(0.75) and at.slider(key="explore_sparsity").disabled
+    assert any("kmeans 3b · nm 1:4" in c.value for c in at.caption)
+
+
+def test_moves_follow_the_same_rules_as_urls(make_app, no_exception):
+    at = make_app()
+    at.selectbox(key="explore_prune").set_value("nm").run()
+    at.selectbox(key="explore_nm").set_value("2:8").run()
+    assert at.slider(key="explore_sparsity").value == pytest.approx(0.75) and at.slider(key="explore_sparsity").disabled
+    assert at.selectbox(key="explore_scope").value == "layer" and at.selectbox(key="explore_scope").disabled
+    at.selectbox(key="explore_quantizer").set_value("fp16").run()
+    assert at.select_slider(key="explore_bits").value == 16 and at.select_slider(key="explore_bits").disabled
+    assert at.selectbox(key="explore_scheme").disabled and at.selectbox(key="explore_repair").value == "none"
+    at.selectbox(key="explore_prune").set_value("magnitude").run()
+    no_exception(at)
+    assert at.slider(key="explore_sparsity").value == pytest.approx(0.75) and not at.slider(
+        key="explore_sparsity").disabled  # the sparsity N:M set stays, now a choice
+    assert any("fp16 · magnitude layer 75%" in c.value for c in at.caption)

@@ -188,3 +188,13 @@ def test_moves_follow_the_same_rules_as_urls(make_app, no_exception):
     assert at.slider(key="explore_sparsity").value == pytest.approx(0.75) and not at.slider(
         key="explore_sparsity").disabled  # the sparsity N:M set stays, now a choice
     assert any("fp16 · magnitude layer 75%" in c.value for c in at.caption)
+
+
+def test_a_hostile_explore_url_falls_back_to_the_defaults(make_app, no_exception):
+    at = make_app(explore_bits="banana", explore_sparsity="2", explore_quantizer="<script>alert(1)</script>",
+                  explore_nm="9:9", explore_act_order="maybe", explore_alpha="nan")
+    no_exception(at)
+    assert not at.error
+    assert at.select_slider(key="explore_bits").value == 4 and at.selectbox(key="explore_quantizer").value == "uniform"
+    assert at.slider(key="explore_sparsity").value == pytest.approx(0.99)  # clamped to the slider's end
+    assert any("int4 channel sym minmax · magnitude global 99%" in c.value for c in at.caption)

@@ -74,6 +74,7 @@ GRID_FIELDS: dict[str, tuple[str, str]] = {
 
 CLAIM_BATCH = 8  # configs claimed (and handed to the executor / run_many) at a time; other processes take the rest
 POLL_S = 0.5  # how often a sweep looks for the records of configs another process is computing
+BURST_FRACTION = 0.1  # results within this fraction of the first result's time after it arrived with it
 
 ProgressFn = Callable[[int, int, "float | None", "str | None"], None]  # (done, total, eta_seconds, current_label)
 
@@ -253,8 +254,9 @@ def sweep(
             only this process writes the store.
         on_record: called with each record (cached ones first, then new ones as they finish).
         progress: called as progress(done, total, eta_seconds, current_label): once after the cached
-            records (eta None), then after each new record; eta is measured wall time per new config times
-            the configs left; current_label is the label of the next config to run (None at the end).
+            records (eta None), then after each new record; eta is the measured wall time per config since the
+            first one finished (its warm-up left out) times the configs left, None until that is measured, 0 at
+            the end; current_label is the label of the next config to run (None at the end).
         cancel: when set, no further config starts; what finished is returned.
         on_warning: called once with one line if the store cannot be written (default: logged as a warning);
             the sweep then goes on without the store and still returns every record.
@@ -303,16 +305,16 @@ def _run_pending(experiment: ExperimentLike, pending: list[CompressionConfig], b
                  on_record: Callable[[dict], None] | None, progress: ProgressFn | None, total: int,
                  cancel: threading.Event | None, on_failure: Callable[[CompressionConfig, str], None]) -> None:
     """Claim, compute and store the pending configs in batches; collect the ones other processes compute."""
-    start, n_new = time.perf_counter(), 0
+    pace = _Pace(already=len(done))
     batch = getattr(executor, "claim_batch", CLAIM_BATCH) if book.writable else max(1, len(pending))
     others: set[str] = set()  # config hashes claimed by another live process
     failed: set[str] = set()  # config hashes a ConfigExecutor gave up on: not stored, not claimed again
 
     def report() -> None:
         if progress:
-            finished = len(done) + len(failed)  # out of order: the ETA is throughput (new configs per second)
+            finished = len(done) + len(failed)  # out of order: the pace is throughput (finished configs per second)
             nxt = next((c for c in pending if c.config_hash not in done and c.config_hash not in failed), None)
-            eta = (time.perf_counter() - start) / n_new * (total - finished) if n_new else None
+            eta = pace.seconds_left(finished, total)
             progress(finished, total, eta, nxt.label if nxt is not None and not _cancelled(cancel) else None)
 
     def run_one(config: CompressionConfig) -> dict | None:
@@ -347,7 +349,6 @@ def _run_pending(experiment: ExperimentLike, pending: list[CompressionConfig], b
                 on_failure(record.config, record.error)
                 report()
                 continue
-            n_new += 1
             book.put(record)
             record["cached"] = False
             done[record["config_hash"]] = record
@@ -356,6 +357,31 @@ def _run_pending(experiment: ExperimentLike, pending: list[CompressionConfig], b
             report()
             if _cancelled(cancel):
                 return
+
+
+class _Pace:
+    """Seconds left, from the pace of the configs finished since the first one finished (here or by another
+    process computing the same grid), so the first config's warm-up (the fp32 baseline, first calls) is left out.
+
+    Results that arrive together with the first (one stacked GPU group) belong to it; until a later one arrives
+    the pace is unknown (None). Wall time on this machine, so another sweep running beside it is counted in.
+    """
+
+    def __init__(self, already: int) -> None:
+        self.start, self.already = time.perf_counter(), already  # configs stored before this sweep ran
+        self.first: tuple[float, int] | None = None  # (when the first result arrived, results then)
+
+    def seconds_left(self, done: int, total: int) -> float | None:
+        now, finished = time.perf_counter(), done - self.already
+        if done >= total:
+            return 0.0
+        if finished <= 0:
+            return None
+        if self.first is None or now - self.first[0] <= BURST_FRACTION * (self.first[0] - self.start):
+            self.first = (self.first or (now, 0))[0], finished
+            return None
+        since, counted = self.first
+        return (now - since) / (finished - counted) * (total - done) if finished > counted else None
 
 
 def _claim_batch(experiment: ExperimentLike, pending: list[CompressionConfig], book: _Book, done: dict[str, dict],

@@ -199,9 +199,10 @@ def layer_details(selection: Selection, record: dict, key: str) -> str:
     names = [l["name"] for l in layers]
     largest = max(range(len(names)), key=lambda i: layers[i]["n"])
     c = st.columns([2, 1, 1])
-    layer = c[0].selectbox("Layer", names, index=largest, key=f"{key}_layer", help="The largest layer is shown first.")
-    log_y = c[1].toggle("Log count axis", key=f"{key}_log_y")
-    hide_zeros = c[2].toggle("Hide zeros", value=True, key=f"{key}_hide_zeros",
+    layer = c[0].selectbox("Layer", names, index=largest, key=f"{key}_layer", bind="query-params",
+                           help="The largest layer is shown first.")
+    log_y = c[1].toggle("Log count axis", key=f"{key}_log_y", bind="query-params")
+    hide_zeros = c[2].toggle("Hide zeros", value=True, key=f"{key}_hide_zeros", bind="query-params",
                              help="Leave exact zeros (pruned weights) out, so the rest stays visible.")
     config_json = CompressionConfig.from_dict(record["config"]).to_json()
     hist, grid = services.layer_histogram(selection, config_json, layer, hide_zeros=hide_zeros)

@@ -53,7 +53,8 @@ class JobStatus:
     """A snapshot of a job's progress.
 
     state: running | done | cancelled | failed. done / total: configs finished (stored ones included) / asked.
-    eta_s: seconds left as measured on this run (None before the first new config finishes).
+    eta_s: seconds left as measured on this run, counting down since the last result (None until the pace of the
+        configs after the first is measured).
     current: label of the config being evaluated (None when idle). error: one line when state is failed.
     cancel_requested: cancel was pressed and the job is finishing the config in flight.
     warning: one line when the store could not be written (the results are then shown but not stored).
@@ -125,12 +126,14 @@ class Job(BackgroundJob):
         self.id = job_id
         self.owner = owner
         self._done, self._total, self._eta, self._current = 0, total, None, None
+        self._eta_at = time.monotonic()  # when _eta was measured
         self._state, self._error, self._warning = RUNNING, None, None
         self._started, self._finished = time.time(), None
 
     def _progress(self, done: int, total: int, eta: float | None, current: str | None) -> None:
         with self._lock:
             self._done, self._total, self._eta, self._current = done, total, eta, current
+            self._eta_at = time.monotonic()
 
     def _warn(self, line: str) -> None:
         log.warning("sweep %s: %s", self.id, line)
@@ -145,7 +148,9 @@ class Job(BackgroundJob):
 
     def status(self) -> JobStatus:
         with self._lock:
-            return JobStatus(self.id, self._state, self._done, self._total, self._eta, self._current, self._error,
+            # the estimate counts down between results (a page polls more often than configs finish)
+            eta = None if self._eta is None else max(0.0, self._eta - (time.monotonic() - self._eta_at))
+            return JobStatus(self.id, self._state, self._done, self._total, eta, self._current, self._error,
                              self._cancel.is_set(), self._started, self._finished, self._warning)
 
     def _failed(self, config: CompressionConfig, line: str) -> None:

@@ -1,7 +1,8 @@
 """Explore: move the compression controls and see accuracy, honest size and per-layer effects on the live subset.
 
 The controls, metrics, explored-points chart and layer details sit in one `st.fragment`, so moving a slider
-reruns only this part. Control values are bound to the URL (`explore_bits=4&explore_sparsity=0.5&...`).
+reruns only this part. Control values are bound to the URL (`explore_bits=4&explore_sparsity=0.5&...`); what each
+control shows and whether it is enabled comes from the canonical config (`dashboard.explore_state`).
 Every config evaluated in this browser session is kept, as plain dicts, in `st.session_state["explore_history"]`.
 """
 from __future__ import annotations
@@ -11,120 +12,169 @@ import time
 import pandas as pd
 import streamlit as st
 
-from compression_core import methods
 from compression_core.config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES,
-                                     REPAIRS, SCALE_DTYPES, SCHEMES, SCOPES, CompressionConfig, PruneSpec, QuantSpec)
-from dashboard import components, frame, overrides_panel, retrain_panel, services
+                                     REPAIRS, SCALE_DTYPES, SCHEMES, SCOPES, CompressionConfig)
+from compression_core.methods import quantizers
+from dashboard import components, explore_state, frame, overrides_panel, retrain_panel, services
 from dashboard.charts import explore as explore_charts
 from dashboard.charts.common import act_bits_label, metric_axis, option_label
+from dashboard.explore_state import DEFAULT_STATES, GROUP_SIZES, NM_PATTERNS, WidgetState
 from dashboard.selection import Selection
 
 HISTORY_KEY = "explore_history"  # {selection key: [point dicts]}
 POINT_FIELDS = ("config_hash", "label", "bits", "quantizer", "prune_method", "sparsity", "accuracy",
                 "accuracy_ci_low", "accuracy_ci_high", "size_bytes", "compression_ratio", "task", "metric",
                 "metric_value", "cosine", "rel_l2", "recall_at_10", "agreement", "kl", "perplexity")
-NM_PATTERNS = ("2:4", "1:4", "4:8", "2:8")
-GROUP_SIZES = (0, 32, 64, 128, 256)  # 0 = the quantizer's own default block size
-GROUP_SIZE_NAMES = {0: "format default"} | {g: str(g) for g in GROUP_SIZES[1:]}
+GROUP_SIZE_NAMES = {0: "not grouped"} | {g: str(g) for g in GROUP_SIZES[1:]}
 
 
 def _state(key: str, default):
     return st.session_state.get(key, default)
 
 
+# widget key -> (kind, options, the label shown and written to the URL); kinds: select (selectbox / select
+# slider), number (slider), toggle
+CONTROL_SPECS = {
+    "explore_bits": ("select", ALLOWED_BITS, str), "explore_sparsity": ("number", None, None),
+    "explore_quantizer": ("select", QUANTIZERS, option_label), "explore_scheme": ("select", SCHEMES, option_label),
+    "explore_granularity": ("select", GRANULARITIES, option_label), "explore_range": ("select", RANGES, option_label),
+    "explore_group_size": ("select", GROUP_SIZES, GROUP_SIZE_NAMES.get),
+    "explore_scale_dtype": ("select", SCALE_DTYPES, str), "explore_double_quant": ("toggle", None, None),
+    "explore_prune": ("select", PRUNE_METHODS, option_label), "explore_scope": ("select", SCOPES, option_label),
+    "explore_nm": ("select", NM_PATTERNS, str), "explore_act_bits": ("select", ACT_BITS, act_bits_label),
+    "explore_repair": ("select", REPAIRS, option_label), "explore_alpha": ("number", None, None),
+    "explore_act_order": ("toggle", None, None),
+}
+
+
+def _from_url(key: str, text: str):
+    """A control's value from its URL text (the label it shows), or None when the text is not one."""
+    kind, options, names = CONTROL_SPECS[key]
+    if kind == "toggle":
+        return {"true": True, "false": False}.get(text.lower())
+    if kind == "number":
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return {names(o): o for o in options}.get(text)
+
+
+def _to_url(key: str, value) -> str:
+    kind, _, names = CONTROL_SPECS[key]
+    if kind == "toggle":
+        return "true" if value else "false"
+    return f"{value:g}" if kind == "number" else names(value)
+
+
 def controls() -> CompressionConfig:
-    """Draw the controls and return the canonical config they describe.
+    """Draw the controls and return the canonical config they describe (and show).
 
-    Raises:
-        ConfigError: a combination the engine rejects (e.g. 1-bit symmetric); the message says what is allowed.
+    The raw values (the widgets' from the last run or the user's move; on a first run the URL's) go through
+    `explore_state.nearest_valid` before anything is drawn, and the canonical values are written back to session
+    state (and so to the URL): each control shows what is evaluated and is enabled only where it applies.
+    Streamlit seeds a widget's first value from the URL whatever session state says, so a first run whose URL is
+    not canonical rewrites the URL and reruns once before anything is evaluated.
     """
-    # what the current choices support, from the method tables (a stale name falls back to the default)
-    known_q, known_p = methods.quantizers(), methods.prune_methods()
-    q_info = known_q.get(_state("explore_quantizer", None), known_q[methods.DEFAULT_QUANTIZER])
-    p_info = known_p.get(_state("explore_prune", None), known_p[methods.DEFAULT_PRUNE_METHOD])
+    fresh = [key for key in CONTROL_SPECS if key not in st.session_state]
+    url = {key: _from_url(key, st.query_params[key]) for key in fresh if key in st.query_params}
+    raw = {key: st.session_state[key] for key in CONTROL_SPECS if key not in fresh} | url
+    config, note = explore_state.nearest_valid(raw)
+    states = explore_state.widget_states(config, raw)
+    if _fix_url(url, states):
+        st.rerun()
+    for key, state in states.items():
+        # a fresh key seeded from the URL is already right; a disabled one is written to block a stale URL seed
+        if key not in url and (not state.enabled or raw.get(key, DEFAULT_STATES[key].value) != state.value):
+            st.session_state[key] = state.value
+    _draw_quant(states)
+    format_controls(states)
+    _draw_prune(states)
+    repair_controls(states, config)
+    if note:
+        st.info(note, icon=":material/info:")
+    return config
+
+
+def _fix_url(url: dict, states: dict[str, WidgetState]) -> bool:
+    """Rewrite the URL parameters of fresh controls whose value is not the canonical one; returns whether any was."""
+    wrong = [key for key, value in url.items() if value != states[key].value]
+    for key in wrong:
+        value = states[key].value
+        if not states[key].enabled or value == DEFAULT_STATES[key].value:
+            del st.query_params[key]  # the others imply it, or it is the default: the URL leaves it out
+        else:
+            st.query_params[key] = _to_url(key, value)
+        st.session_state[key] = value
+    return bool(wrong)
+
+
+def _index(key: str, options) -> int:
+    return list(options).index(DEFAULT_STATES[key].value)
+
+
+def _selectboxes(states: dict[str, WidgetState], rows: tuple) -> None:
+    """One row of bound selectboxes: (key, label, help) each, options and labels from CONTROL_SPECS."""
+    for column, (key, label, help_) in zip(st.columns(4), rows):
+        _, options, names = CONTROL_SPECS[key]
+        column.selectbox(label, options, index=_index(key, options), key=key, bind="query-params",
+                         format_func=names, disabled=not states[key].enabled, help=help_)
+
+
+def _draw_quant(states: dict[str, WidgetState]) -> None:
+    """Bits, sparsity, quantizer, scheme, granularity and range."""
     left, right = st.columns(2)
-    bits = left.select_slider("Weight bits", ALLOWED_BITS, value=32, key="explore_bits", bind="query-params",
-                              disabled=not q_info.uses_bits,
-                              help="32 = not quantized. fp16 / bf16 casts always use 16 bits.")
-    sparsity = right.slider("Sparsity", 0.0, 0.99, 0.0, 0.01, key="explore_sparsity", bind="query-params",
-                            disabled=not p_info.uses_sparsity, format="%.2f",
-                            help="Fraction of weights removed (exactly round(s·n) of them). N:M sets its own.")
-    on = bits < 32 or not q_info.uses_bits  # a fixed-width quantizer (a cast, a float format) is always on
+    left.select_slider("Weight bits", ALLOWED_BITS, value=DEFAULT_STATES["explore_bits"].value, key="explore_bits",
+                       bind="query-params", disabled=not states["explore_bits"].enabled,
+                       help="32 = not quantized. Fixed-width formats (fp16 / bf16 casts, FP8, MX, NF4) show their "
+                            "own width.")
+    right.slider("Sparsity", 0.0, explore_state.MAX_SPARSITY, DEFAULT_STATES["explore_sparsity"].value, 0.01,
+                 key="explore_sparsity", bind="query-params", disabled=not states["explore_sparsity"].enabled,
+                 format="%.2f", help="Fraction of weights removed (exactly round(s·n) of them). N:M shows the "
+                                     "sparsity its pattern sets.")
+    _selectboxes(states, (("explore_quantizer", "Quantizer", None), ("explore_scheme", "Scheme", None),
+                          ("explore_granularity", "Granularity", None), ("explore_range", "Range", None)))
+
+
+def _draw_prune(states: dict[str, WidgetState]) -> None:
+    """Pruning method, scope, N:M pattern and activation bits."""
+    _selectboxes(states, (("explore_prune", "Pruning method", None), ("explore_scope", "Pruning scope", None),
+                          ("explore_nm", "N:M pattern", "Keep the N largest of every M consecutive weights."),
+                          ("explore_act_bits", "Activation bits",
+                           "Quantize each layer's input, calibrated on training samples.")))
+
+
+def repair_controls(states: dict[str, WidgetState], config: CompressionConfig) -> None:
+    """Repair (only the repairs that apply to `config` are offered), SmoothQuant's alpha and GPTQ's act-order."""
+    options = explore_state.repair_options(quantizers()[config.quant.quantizer], config.quant.enabled,
+                                           config.act_bits)
     c = st.columns(4)
-    quantizer = c[0].selectbox("Quantizer", QUANTIZERS, key="explore_quantizer", bind="query-params",
-                               format_func=option_label)
-    q_info = known_q[quantizer]  # the controls below follow the quantizer just chosen
-    on = bits < 32 or not q_info.uses_bits
-    scheme = c[1].selectbox("Scheme", SCHEMES, key="explore_scheme", bind="query-params", format_func=option_label,
-                            disabled=not (on and q_info.schemes))
-    granularity = c[2].selectbox("Granularity", GRANULARITIES, index=1, key="explore_granularity",
-                                 bind="query-params", format_func=option_label,
-                                 disabled=not (on and len(q_info.granularities) > 1))
-    range_method = c[3].selectbox("Range", RANGES, key="explore_range", bind="query-params", format_func=option_label,
-                                  disabled=not (on and q_info.ranges))
-    group_size, scale_dtype, double_quant = format_controls(q_info, on, granularity)
-    c = st.columns(4)
-    method = c[0].selectbox("Pruning method", PRUNE_METHODS, key="explore_prune", bind="query-params",
-                            format_func=option_label)
-    scope = c[1].selectbox("Pruning scope", SCOPES, key="explore_scope", bind="query-params", format_func=option_label,
-                           disabled=not p_info.ranks_globally)
-    nm = c[2].selectbox("N:M pattern", NM_PATTERNS, key="explore_nm", bind="query-params",
-                        disabled=p_info.uses_sparsity, help="Keep the N largest of every M consecutive weights.")
-    act_bits = c[3].selectbox("Activation bits", ACT_BITS, index=len(ACT_BITS) - 1, key="explore_act_bits",
-                              bind="query-params", format_func=act_bits_label,
-                              help="Quantize each layer's input, calibrated on training samples.")
-    n, m = (int(v) for v in nm.split(":"))
-    # settings that do not apply to the chosen methods are reset by QuantSpec / PruneSpec themselves
-    if len(q_info.granularities) <= 1:
-        granularity = "channel"  # the default: a block-only format (MX, NF4) then uses its blocks
-    quant = QuantSpec(bits=bits, quantizer=quantizer, scheme=scheme, granularity=granularity, range=range_method,
-                      group_size=group_size, scale_dtype=scale_dtype, double_quant=double_quant)
-    prune = PruneSpec(sparsity=sparsity, method=method, scope=scope, n=n, m=m)
-    repair, alpha, act_order = repair_controls(q_info, on, act_bits)
-    return CompressionConfig(quant=quant, prune=prune, act_bits=act_bits, repair=repair, alpha=alpha,
-                             act_order=act_order)
+    c[0].selectbox("Repair", options, index=0, key="explore_repair",
+                   bind="query-params", disabled=not states["explore_repair"].enabled, format_func=option_label,
+                   help="Calibrated repair of the rounding on training samples: GPTQ (integer grids), AWQ "
+                        "(weight-only), SmoothQuant (with 8-bit activations).")
+    c[1].slider("SmoothQuant α", 0.0, 1.0, DEFAULT_STATES["explore_alpha"].value, 0.05, key="explore_alpha",
+                bind="query-params", disabled=not states["explore_alpha"].enabled,
+                help="How much of the activation range moves into the weights: s = max|x|^α / max|w|^(1-α).")
+    c[2].toggle("GPTQ act-order", value=DEFAULT_STATES["explore_act_order"].value, key="explore_act_order",
+                bind="query-params", disabled=not states["explore_act_order"].enabled,
+                help="Round the columns with the largest input energy first.")
 
 
-def repair_options(q_info: methods.QuantizerInfo, on: bool, act_bits: int) -> list[str]:
-    """The repairs that apply: GPTQ to integer grids, AWQ to any weight quantizer, SmoothQuant with 8-bit inputs."""
-    return [r for r in REPAIRS if r == "none" or (r == "gptq" and on and q_info.kind == "grid")
-            or (r == "awq" and on) or (r == "smoothquant" and act_bits == 8)]
-
-
-def repair_controls(q_info: methods.QuantizerInfo, on: bool, act_bits: int) -> tuple[str, float, bool]:
-    """Repair, SmoothQuant's alpha and GPTQ's act-order; only the repairs that apply are offered."""
-    options = repair_options(q_info, on, act_bits)
-    if _state("explore_repair", "none") not in options:
-        st.session_state["explore_repair"] = "none"  # a repair the new settings do not support
-    c = st.columns(4)
-    repair = c[0].selectbox("Repair", options, key="explore_repair", disabled=len(options) == 1,
-                            format_func=option_label,
-                            help="Calibrated repair of the rounding on training samples: GPTQ (integer grids), AWQ "
-                                 "(weight-only), SmoothQuant (with 8-bit activations).")
-    alpha = c[1].slider("SmoothQuant α", 0.0, 1.0, 0.5, 0.05, key="explore_alpha",
-                        disabled=repair != "smoothquant", help="How much of the activation range moves into the "
-                                                              "weights: s = max|x|^α / max|w|^(1-α).")
-    act_order = c[2].toggle("GPTQ act-order", value=False, key="explore_act_order", disabled=repair != "gptq",
-                            help="Round the columns with the largest input energy first.")
-    return repair, alpha, act_order
-
-
-def format_controls(q_info: methods.QuantizerInfo, on: bool, granularity: str) -> tuple[int | None, str, bool]:
+def format_controls(states: dict[str, WidgetState]) -> None:
     """Group size, scale storage type and NF4 double quantization; each enabled only where it applies."""
     c = st.columns(4)
-    grouped = on and not q_info.fixed_group_size and "group" in q_info.granularities and (
-        granularity == "group" or len(q_info.granularities) == 1)
-    group_size = c[0].selectbox("Group size", GROUP_SIZES, key="explore_group_size", bind="query-params",
-                                disabled=not grouped, format_func=GROUP_SIZE_NAMES.get,
-                                help="Weights per block along the input dimension (granularity group: default 128; "
-                                     "NF4: 64). MX formats always use 32.")
-    scale_dtype = c[1].selectbox("Scale stored as", SCALE_DTYPES, key="explore_scale_dtype", bind="query-params",
-                                 disabled=not (on and q_info.scale_dtypes),
-                                 help="Storage type of each scale, counted in the size; rounded up to it.")
-    double_quant = c[2].toggle("Double-quantize scales", value=True, key="explore_double_quant",
-                               disabled=not (on and q_info.double_quant),
-                               help="NF4: block scales as int8 in blocks of 256 (QLoRA); off keeps them fp32.")
-    return (group_size or None) if grouped else None, scale_dtype, double_quant
+    c[0].selectbox("Group size", GROUP_SIZES, index=_index("explore_group_size", GROUP_SIZES),
+                   key="explore_group_size", bind="query-params", disabled=not states["explore_group_size"].enabled,
+                   format_func=GROUP_SIZE_NAMES.get,
+                   help="Weights per block along the input dimension (granularity group: default 128; NF4: 64). "
+                        "MX formats always use 32.")
+    c[1].selectbox("Scale stored as", SCALE_DTYPES, index=_index("explore_scale_dtype", SCALE_DTYPES),
+                   key="explore_scale_dtype", bind="query-params", disabled=not states["explore_scale_dtype"].enabled,
+                   help="Storage type of each scale, counted in the size; rounded up to it.")
+    c[2].toggle("Double-quantize scales", value=DEFAULT_STATES["explore_double_quant"].value,
+                key="explore_double_quant", bind="query-params", disabled=not states["explore_double_quant"].enabled,
+                help="NF4: block scales as int8 in blocks of 256 (QLoRA); off keeps them fp32.")
 
 
 def remember(selection: Selection, record: dict) -> list[dict]:

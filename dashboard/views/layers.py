@@ -21,11 +21,11 @@ def settings_form() -> list[str] | None:
     with st.form("layers_form", border=True):
         c = st.columns([2, 2, 1])
         bits = c[0].multiselect("Weight bits (uniform, symmetric)", [b for b in ALLOWED_BITS if 2 <= b <= 16],
-                                default=[2, 4, 8], key="layers_bits")
+                                default=[2, 4, 8], key="layers_bits", bind="query-params")
         sparsity = c[1].multiselect("Sparsity (magnitude pruning)", SPARSITIES, default=[0.5, 0.9],
-                                    format_func=percent_label, key="layers_sparsity")
+                                    format_func=percent_label, key="layers_sparsity", bind="query-params")
         granularity = c[2].selectbox("Granularity", GRANULARITIES, index=1, key="layers_granularity",
-                                     format_func=option_label)
+                                     bind="query-params", format_func=option_label)
         submitted = st.form_submit_button("Run sensitivity", type="primary")
     if not submitted:
         return None
@@ -76,7 +76,7 @@ def show_channel_ranges(selection: Selection) -> None:
                "range keep fine steps instead of sharing the coarse step the widest channel forces on the "
                "whole tensor.")
     names = list(services.get_experiment(selection).layer_names)
-    layer = st.selectbox("Layer", names, key="layers_channel_layer")
+    layer = st.selectbox("Layer", names, key="layers_channel_layer", bind="query-params")
     ranges = services.channel_ranges(selection, layer)
     st.plotly_chart(layer_charts.channel_range_figure(ranges, title=f"{layer}: weight range per output channel"),
                     key="layers_channel_ranges", config=components.CHART_CONFIG)

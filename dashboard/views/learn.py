@@ -56,7 +56,7 @@ def uniform_symmetric() -> None:
              r"\!\left(\tfrac{w}{s}\right),\ -(2^{b-1}-1),\ 2^{b-1}-1\right),\qquad \hat w = s\,q")
     st.markdown("One scale for the whole tensor, zero maps to zero, and the grid is symmetric around it. "
                 "The outliers set `max |w|`, so most weights share only a few levels at low bit-widths.")
-    bits = st.slider("Bits", 2, 8, 3, key="learn_sym_bits")
+    bits = st.slider("Bits", 2, 8, 3, key="learn_sym_bits", bind="query-params")
     w = toy_tensor()
     layer = compress_weight(w, QuantSpec(bits=bits, scheme="sym", granularity="tensor"))
     plot_layer(w, layer, "learn_sym_hist", title=f"{bits}-bit symmetric grid: {2 ** bits - 1} levels")
@@ -70,7 +70,7 @@ def asymmetric() -> None:
     st.markdown("The integer zero point `z` shifts the grid so it covers `[min, max]` exactly; the float 0 is "
                 "still exactly representable (`q = z`). For a skewed tensor no level is wasted on values that "
                 "never occur.")
-    bits = st.slider("Bits", 1, 8, 3, key="learn_asym_bits")
+    bits = st.slider("Bits", 1, 8, 3, key="learn_asym_bits", bind="query-params")
     w = toy_tensor(shift=0.05, outliers=SKEWED_OUTLIERS)
     layer = compress_weight(w, QuantSpec(bits=bits, scheme="asym", granularity="tensor"))
     plot_layer(w, layer, "learn_asym_hist", title=f"{bits}-bit asymmetric grid on a shifted tensor")
@@ -98,8 +98,8 @@ def percentile_clipping() -> None:
     st.markdown("Clipping the range at a percentile of `|w|` gives up the few outliers (they saturate at ±c) "
                 "to get finer steps for everything else.")
     c = st.columns(2)
-    bits = c[0].slider("Bits", 2, 8, 3, key="learn_clip_bits")
-    percentile = c[1].slider("Percentile p", 90.0, 100.0, 99.0, 0.1, key="learn_clip_percentile")
+    bits = c[0].slider("Bits", 2, 8, 3, key="learn_clip_bits", bind="query-params")
+    percentile = c[1].slider("Percentile p", 90.0, 100.0, 99.0, 0.1, key="learn_clip_percentile", bind="query-params")
     w = toy_tensor()
     layer = compress_weight(w, QuantSpec(bits=bits, scheme="sym", granularity="tensor", range="percentile",
                                    percentile=percentile))
@@ -115,9 +115,9 @@ def magnitude_pruning() -> None:
     st.markdown("Remove exactly `round(s·n)` weights with the smallest magnitude; the threshold τ is the "
                 "largest removed `|w|`. Quantizing afterwards keeps the zeros exactly zero.")
     c = st.columns(2)
-    sparsity = c[0].slider("Sparsity s", 0.0, 0.99, 0.5, 0.01, key="learn_prune_sparsity")
+    sparsity = c[0].slider("Sparsity s", 0.0, 0.99, 0.5, 0.01, key="learn_prune_sparsity", bind="query-params")
     bits = c[1].select_slider("Then quantize to", [2, 3, 4, 5, 6, 7, 8, 32], value=32, key="learn_prune_bits",
-                              format_func=bits_label)
+                              bind="query-params", format_func=bits_label)
     w = toy_tensor()
     layer = compress_weight(w, QuantSpec(bits=bits, granularity="tensor"), PruneSpec(sparsity=sparsity))
     plot_layer(w, layer, "learn_prune_hist", hide_zeros=True,
@@ -126,7 +126,7 @@ def magnitude_pruning() -> None:
 
 def codebook_demo(quantizer: str, title) -> None:
     """A bits slider driving a codebook quantizer (kmeans / pow2) on the toy tensor; `title(bits)` names the plot."""
-    bits = st.slider("Bits", 1, 6, 3, key=f"learn_{quantizer}_bits")
+    bits = st.slider("Bits", 1, 6, 3, key=f"learn_{quantizer}_bits", bind="query-params")
     w = toy_tensor()
     layer = compress_weight(w, QuantSpec(bits=bits, quantizer=quantizer))
     plot_layer(w, layer, f"learn_{quantizer}_hist", title=title(bits))
@@ -158,11 +158,11 @@ def block_scales() -> None:
                 "outlier only coarsens its own block. Each scale costs storage of its own: 32 bits as fp32, 16 "
                 "as fp16, 8 as e8m0 (a power of two, rounded up, as in the MX formats).")
     c = st.columns(3)
-    bits = c[0].slider("Bits", 2, 8, 3, key="learn_block_bits")
+    bits = c[0].slider("Bits", 2, 8, 3, key="learn_block_bits", bind="query-params")
     group = c[1].segmented_control("Block size G", [8, 16, 32, 64], default=32, required=True,
-                                   key="learn_block_size") or 32
+                                   key="learn_block_size", bind="query-params") or 32
     scale_dtype = c[2].segmented_control("Scale stored as", list(blocks.SCALE_KIND), default="fp32", required=True,
-                                         key="learn_block_scale_dtype") or "fp32"
+                                         key="learn_block_scale_dtype", bind="query-params") or "fp32"
     w = toy_tensor()[:, :256].clone()
     w[0, [37, 150, 201]] = torch.tensor(OUTLIERS[-3:])  # outliers inside the row, not at its end
     spec = QuantSpec(bits=bits, granularity="group", group_size=group, scale_dtype=scale_dtype)
@@ -190,7 +190,7 @@ def float_elements() -> None:
                 "maps the largest weight to the format's largest value; rounding is to nearest, ties to even.")
     formats = [q for q, info in quantizers().items() if info.kind == "format" and "tensor" in info.granularities]
     name = st.segmented_control("Format", formats, default=formats[-1], required=True,
-                                key="learn_fp_format") or formats[-1]
+                                key="learn_fp_format", bind="query-params") or formats[-1]
     w = toy_tensor()
     spec = QuantSpec(quantizer=name, granularity="tensor")
     layer = compress_weight(w, spec)
@@ -211,7 +211,7 @@ def n_of_m() -> None:
     st.markdown("Semi-structured sparsity: exactly N of every M consecutive weights survive (2:4 is what "
                 "sparse tensor cores run at full speed), so the sparsity is always 1 − N/M.")
     pattern = st.segmented_control("N:M", ["1:4", "2:4", "3:4", "2:8", "4:8"], default="2:4", required=True,
-                                   key="learn_nm_pattern") or "2:4"
+                                   key="learn_nm_pattern", bind="query-params") or "2:4"
     n, m = (int(v) for v in pattern.split(":"))
     w = toy_tensor()[:, :128].reshape(8, 16)  # (rows, columns): groups run along the columns
     mask = compress_weight(w, prune=PruneSpec(method="nm", n=n, m=m)).mask
@@ -229,8 +229,8 @@ def gptq() -> None:
                 "together can cancel each other's errors. The grid and its scales are round-to-nearest's, so the "
                 "size does not change; only which level each weight takes does.")
     c = st.columns(2)
-    bits = c[0].slider("Bits", 2, 6, 3, key="learn_gptq_bits")
-    rho = c[1].slider("Input correlation ρ", 0.0, 0.99, 0.9, 0.01, key="learn_gptq_rho",
+    bits = c[0].slider("Bits", 2, 6, 3, key="learn_gptq_bits", bind="query-params")
+    rho = c[1].slider("Input correlation ρ", 0.0, 0.99, 0.9, 0.01, key="learn_gptq_rho", bind="query-params",
                       help="How strongly the layer's two inputs move together.")
     gen = torch.Generator().manual_seed(0)
     base, noise = torch.randn(512, 1, generator=gen), torch.randn(512, 1, generator=gen)

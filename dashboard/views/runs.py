@@ -43,16 +43,17 @@ def filters(records: list[dict], runs: list[dict]) -> list[dict]:
     """Model / dataset / evaluation-set / run filters; returns the matching records."""
     c = st.columns(4)
     models = sorted({r["model"] for r in records})
-    chosen_models = c[0].multiselect("Model", models, key="runs_models", placeholder="all models")
+    chosen_models = c[0].multiselect("Model", models, key="runs_models", bind="query-params", placeholder="all models")
     datasets = sorted({r["dataset"] for r in records})
-    chosen_datasets = c[1].multiselect("Dataset", datasets, key="runs_datasets", placeholder="all datasets")
+    chosen_datasets = c[1].multiselect("Dataset", datasets, key="runs_datasets", bind="query-params",
+                                       placeholder="all datasets")
     limits = sorted({r["limit"] for r in records}, key=lambda n: float("inf") if n is None else n)
     # format_func values must pickle (serializable session state): bound `get`s of plain dicts do
     limit_names = {n: eval_set_label(n) for n in limits}
-    chosen_limits = c[2].multiselect("Evaluated on", limits, key="runs_limits", format_func=limit_names.get,
-                                     placeholder="any evaluation set")
+    chosen_limits = c[2].multiselect("Evaluated on", limits, key="runs_limits", bind="query-params",
+                                     format_func=limit_names.get, placeholder="any evaluation set")
     names = {ALL: "all runs", **{run["run_id"]: run_name(run) for run in runs}}
-    run_id = c[3].selectbox("Run", list(names), key="runs_run", format_func=names.get)
+    run_id = c[3].selectbox("Run", list(names), key="runs_run", bind="query-params", format_func=names.get)
     members = None if run_id == ALL else {record_id(r) for r in services.store().records(run_id=run_id)}
     return [r for r in records
             if (not chosen_models or r["model"] in chosen_models)
@@ -94,7 +95,7 @@ def _groups(records: list[dict], runs: list[dict], by: str) -> dict[str, list[di
 def show_overlay(records: list[dict], runs: list[dict]) -> None:
     st.subheader("Compare fronts")
     by = st.segmented_control("Compare", list(COMPARE_BY), format_func=COMPARE_BY.get, default="run",
-                              required=True, key="runs_compare_by")
+                              required=True, key="runs_compare_by", bind="query-params")
     records, metric = _one_metric(records)
     groups = _groups(records, runs, by)
     if len(groups) < 2:
@@ -103,8 +104,8 @@ def show_overlay(records: list[dict], runs: list[dict]) -> None:
         return
     names = list(groups)
     c = st.columns(2)
-    a = c[0].selectbox("First", names, index=0, key=f"runs_a_{by}")
-    b = c[1].selectbox("Second", names, index=1, key=f"runs_b_{by}")
+    a = c[0].selectbox("First", names, index=0, key=f"runs_a_{by}", bind="query-params")
+    b = c[1].selectbox("Second", names, index=1, key=f"runs_b_{by}", bind="query-params")
     chosen = {n: groups[n] for n in dict.fromkeys([a, b])}
     baselines = {r.get("baseline_metric_value") for rs in chosen.values() for r in rs}
     fig = sweep_charts.overlay_figure(
@@ -121,7 +122,7 @@ def _one_metric(records: list[dict]) -> tuple[list[dict], str]:
     metrics = list(dict.fromkeys(r.get("metric", "accuracy") for r in records))  # records before tasks: accuracy
     if len(metrics) == 1:
         return records, metrics[0]
-    metric = st.selectbox("Metric", metrics, key="runs_metric", format_func=metric_heading,
+    metric = st.selectbox("Metric", metrics, key="runs_metric", bind="query-params", format_func=metric_heading,
                           help="Records of different tasks measure different things; fronts are compared on one.")
     st.caption(f"The records shown hold {len(metrics)} task metrics; only those measured by "
                f"{metric_axis(metric).name} are compared below.")

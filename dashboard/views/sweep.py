@@ -40,6 +40,40 @@ BIT_NAMES = {b: option_label(b) if isinstance(b, str) else "fp32 (off)" if b == 
              for b in BIT_CHOICES}
 
 
+# the form's widgets -> their options (lists: multiselect, tuples of two: the sparsity range, floats: the step);
+# a launched sweep keeps their values in its run meta ("form"), so reopening it shows its own settings
+FORM_OPTIONS = {"sweep_bits": BIT_CHOICES, "sweep_sparsity": (0.0, 0.99), "sweep_step": (0.01, 0.99),
+                "sweep_repairs": SWEEP_REPAIRS, "sweep_quantizers": GRID_QUANTIZERS, "sweep_methods": PRUNE_METHODS,
+                "sweep_granularity": GRANULARITIES, "sweep_group_sizes": GROUP_SIZES, "sweep_scheme": SCHEMES,
+                "sweep_range": RANGES, "sweep_scope": SCOPES, "sweep_subset": ("subset", "full")}
+MULTI = ("sweep_bits", "sweep_repairs", "sweep_quantizers", "sweep_methods", "sweep_group_sizes")
+
+
+def _form_value(key: str, value):
+    """A stored form value checked against the widget's options now (None when it no longer fits)."""
+    options = FORM_OPTIONS[key]
+    if key in MULTI:
+        return [v for v in value if v in options] if isinstance(value, list) else None
+    if key == "sweep_sparsity":
+        ok = isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+        return tuple(min(max(float(v), 0.0), 0.99) for v in sorted(value)) if ok else None
+    if key == "sweep_step":
+        return min(max(float(value), 0.01), 0.99) if isinstance(value, (int, float)) else None
+    return value if value in options else None
+
+
+def restore_form(run_id: str | None) -> None:
+    """Before the form is drawn: a control the session and the URL say nothing about takes the value it had when
+    sweep `run_id` was launched (its run meta), so a reload or a link to a sweep shows that sweep's settings."""
+    fresh = [k for k in FORM_OPTIONS if k not in st.session_state and k not in st.query_params]
+    run = services.store().run(run_id) if run_id and fresh else None
+    form = run["meta"].get("form") if run else None
+    for key in fresh if isinstance(form, dict) else ():
+        value = _form_value(key, form.get(key))
+        if value is not None:
+            st.session_state[key] = value
+
+
 def _sparsities(lo: float, hi: float, step: float) -> list[float]:
     """lo, lo + step, ... up to hi (inclusive within rounding), rounded to 4 decimals."""
     n = int((hi - lo) / step + 1e-9) + 1 if step > 0 else 1
@@ -51,33 +85,37 @@ def sweep_form(selection: Selection) -> dict | None:
     with st.form("sweep_form", border=True):
         c = st.columns([3, 2, 1])
         bits = c[0].multiselect("Weight bits", BIT_CHOICES, default=[2, 4, 8, 32], key="sweep_bits",
-                                format_func=BIT_NAMES.get,
+                                bind="query-params", format_func=BIT_NAMES.get,
                                 help="32 = not quantized; fp16 / bf16 are plain float casts.")
-        span = c[1].slider("Sparsity range", 0.0, 0.99, (0.0, 0.9), 0.01, key="sweep_sparsity", format="%.2f",
+        span = c[1].slider("Sparsity range", 0.0, 0.99, (0.0, 0.9), 0.01, key="sweep_sparsity", bind="query-params",
+                           format="%.2f",
                            help="Fraction of weights removed, from the left value to the right one.")
-        step = c[2].number_input("Step", 0.01, 0.99, 0.3, 0.01, key="sweep_step", format="%.2f")
+        step = c[2].number_input("Step", 0.01, 0.99, 0.3, 0.01, key="sweep_step", bind="query-params", format="%.2f")
         c = st.columns(3)
-        repairs = c[2].multiselect("Repair", SWEEP_REPAIRS, default=["none"], key="sweep_repairs",
+        repairs = c[2].multiselect("Repair", SWEEP_REPAIRS, default=["none"], key="sweep_repairs", bind="query-params",
                                    format_func=option_label, help="Cross with calibrated repair: GPTQ (integer grids "
                                                                   "only, other quantizers are skipped), AWQ.")
         quantizers = c[0].multiselect("Quantizers", GRID_QUANTIZERS, default=[DEFAULT_QUANTIZER],
-                                      key="sweep_quantizers", format_func=option_label)
+                                      key="sweep_quantizers", bind="query-params", format_func=option_label)
         methods = c[1].multiselect("Pruning methods", PRUNE_METHODS, default=[DEFAULT_PRUNE_METHOD],
-                                   key="sweep_methods",
+                                   key="sweep_methods", bind="query-params",
                                    format_func=option_label, help="N:M uses its 2:4 pattern whatever the sparsity.")
         c = st.columns(5)
         granularity = c[0].selectbox("Granularity", GRANULARITIES, index=1, key="sweep_granularity",
-                                     format_func=option_label)
+                                     bind="query-params", format_func=option_label)
         group_sizes = c[1].multiselect("Group sizes", GROUP_SIZES, default=[], key="sweep_group_sizes",
+                                       bind="query-params",
                                        help="Crossed with granularity group and NF4 (none chosen: each "
                                             "format's default). MX formats always use 32.")
-        scheme = c[2].selectbox("Scheme", SCHEMES, key="sweep_scheme", format_func=option_label)
-        range_method = c[3].selectbox("Range", RANGES, key="sweep_range", format_func=option_label)
-        scope = c[4].selectbox("Pruning scope", SCOPES, key="sweep_scope", format_func=option_label)
+        scheme = c[2].selectbox("Scheme", SCHEMES, key="sweep_scheme", bind="query-params", format_func=option_label)
+        range_method = c[3].selectbox("Range", RANGES, key="sweep_range", bind="query-params",
+                                      format_func=option_label)
+        scope = c[4].selectbox("Pruning scope", SCOPES, key="sweep_scope", bind="query-params",
+                               format_func=option_label)
         n_test = services.get_experiment(selection).dataset.info.splits["test"]
         eval_names = {"subset": f"Live subset ({min(selection.limit, n_test):,} samples)",
                       "full": f"Whole test set ({n_test:,} samples)"}
-        subset = st.radio("Evaluate on", list(eval_names), horizontal=True, key="sweep_subset",
+        subset = st.radio("Evaluate on", list(eval_names), horizontal=True, key="sweep_subset", bind="query-params",
                           format_func=eval_names.get)
         executor = executor_choice()
         submitted = st.form_submit_button("Launch sweep", type="primary", icon=":material/play_arrow:")
@@ -86,7 +124,8 @@ def sweep_form(selection: Selection) -> dict | None:
     return {"bits": bits, "sparsities": _sparsities(span[0], span[1], step), "quantizers": quantizers,
             "methods": methods, "scheme": scheme, "granularity": granularity, "range_method": range_method,
             "group_sizes": group_sizes, "repairs": repairs,
-            "scope": scope, "full": subset == "full", "executor": executor}
+            "scope": scope, "full": subset == "full", "executor": executor,
+            "settings": {k: st.session_state[k] for k in FORM_OPTIONS}}
 
 
 def executor_choice() -> str:
@@ -153,7 +192,8 @@ def launch(selection: Selection, form: dict) -> str | None:
     label = f"{selection.model} · {selection.dataset} · {bits} × {spars}"
     meta = {"selection": dataclasses.asdict(run_selection), "model": experiment.loaded.name,
             "dataset": selection.dataset, "fingerprint": experiment.loaded.fingerprint,
-            "limit": experiment.limit, "grid": grid, "n_configs": len(configs), "executor": form["executor"]}
+            "limit": experiment.limit, "grid": grid, "n_configs": len(configs), "executor": form["executor"],
+            "form": {k: list(v) if isinstance(v, tuple) else v for k, v in form["settings"].items()}}
     try:
         job = jobs.job_manager().start(experiment, configs, services.store(), label=label, meta=meta,
                                        owner=owner(), executor=executor)
@@ -262,6 +302,7 @@ except services.USER_ERRORS as e:
     components.show_error(e, "Sweeps need the result store: ")
     st.stop()
 components.selection_caption(selection, "evaluate a grid of configs and find the best accuracy for each size.")
+restore_form(st.query_params.get(RUN_KEY) or st.session_state.get(RUN_KEY))
 submitted = sweep_form(selection)
 if submitted is not None:
     new_run = launch(selection, submitted)

@@ -105,7 +105,8 @@ def test_sweep_streams_into_store_and_resumes(tmp_path):
     assert len(first) == 5 and len(exp.calls) == 5 and store.count() == 5
     assert [r["cached"] for r in first] == [False] * 5 and streamed == first
     assert [s[0] for s in seen] == [0, 1, 2, 3, 4, 5] and {s[1] for s in seen} == {5}
-    assert seen[0][2] is None and all(s[2] >= 0 for s in seen[1:]) and seen[-1][2] == 0
+    assert seen[0][2] is None and seen[1][2] is None  # no pace yet: the first config carries the warm-up
+    assert all(s[2] >= 0 for s in seen[2:]) and seen[-1][2] == 0
     assert seen[0][3] == grid()[0].label and seen[-1][3] is None
 
     exp2 = FakeExperiment()
@@ -115,6 +116,23 @@ def test_sweep_streams_into_store_and_resumes(tmp_path):
     assert [r["config_hash"] for r in second] == [c.config_hash for c in grid()]
     assert [r["accuracy"] for r in second[:5]] == [r["accuracy"] for r in first]
     assert store.count() == 12
+
+
+@pytest.mark.parametrize("cached", [0, 4])
+def test_eta_leaves_out_the_first_configs_warm_up(tmp_path, cached):
+    """The first config pays for the baseline evaluation (here 6x a config); the time left that progress reports
+    must be the real one within 2x, also when part of the grid was already in the store."""
+    configs, step = grid()[:10], 0.05
+    store = Store(tmp_path / "s.sqlite")
+    if cached:
+        sweep(FakeExperiment(), configs[:cached], store=store)
+    exp = FakeExperiment(on_run=lambda n: time.sleep(7 * step if n == 1 else step))
+    seen = []
+    sweep(exp, configs, store=store, progress=lambda d, t, eta, label: seen.append((time.perf_counter(), d, eta)))
+    end = time.perf_counter()
+    estimates = [(eta, end - t) for t, d, eta in seen if eta is not None and d < len(configs)]
+    assert len(estimates) == len(configs) - cached - 2  # none before the start, none after the first config
+    assert all(0.5 <= eta / left <= 2.0 for eta, left in estimates), estimates
 
 
 def test_sweep_cancel_then_resume_without_recomputation(tmp_path):

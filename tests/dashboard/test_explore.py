@@ -11,8 +11,17 @@ def _front_points(figures, at) -> int:
     return sum(len(t["x"]) for t in fig["data"] if t["name"] not in ("current", "Pareto front"))
 
 
-def test_explore_shows_the_fp32_record_by_default(make_app, no_exception, metric_value):
+def test_explore_opens_on_a_real_trade_off(make_app, no_exception, metric_value):
     at = make_app()
+    no_exception(at)
+    assert any("int4 channel sym minmax · magnitude global 50%" in c.value for c in at.caption)  # DEFAULT_CONFIG
+    assert float(metric_value(at, "Compression").rstrip("×")) > 5
+    assert metric_value(at, "Sparsity") == "50.0 %"
+    assert float(metric_value(at, "Bits per weight")) < 4
+
+
+def test_explore_shows_the_fp32_record_from_the_url(make_app, no_exception, metric_value):
+    at = make_app(explore_bits="32", explore_sparsity="0")
     no_exception(at)
     assert metric_value(at, "Compression") == "1.0×"
     assert metric_value(at, "Bits per weight") == "32.00"
@@ -32,10 +41,10 @@ def test_moving_the_sparsity_slider_changes_the_accuracy(make_app, no_exception,
     assert metric_value(at, "Sparsity") == "95.0 %"
     accuracy = next(m for m in at.metric if m.label == "Accuracy")
     assert accuracy.delta.startswith("-")
-    assert _front_points(figures, at) == 2  # fp32 and the pruned config, both kept for this session
+    assert _front_points(figures, at) == 2  # the default and the pruned config, both kept for this session
     history = at.session_state["explore_history"]
     (points,) = history.values()
-    assert [p["sparsity"] for p in points] == [0.0, 0.95]
+    assert [p["sparsity"] for p in points] == [0.5, 0.95]
     assert all(isinstance(v, (str, int, float)) for p in points for v in p.values())  # plain data only
 
 
@@ -59,21 +68,24 @@ def test_url_reproduces_the_view(make_app, no_exception, metric_value):
     assert at.slider(key="explore_sparsity").value == pytest.approx(0.5)
     assert at.selectbox(key="explore_granularity").value == "tensor"
     assert metric_value(at, "Sparsity") == "50.0 %"
-    assert any("int8 tensor sym minmax · magnitude layer 50%" in c.value for c in at.caption)
+    assert any("int8 tensor sym minmax · magnitude global 50%" in c.value for c in at.caption)
 
 
-def test_invalid_combination_shows_the_engine_message(make_app, no_exception):
+def test_one_bit_symmetric_switches_to_asymmetric_with_a_note(make_app, no_exception):
     at = make_app()
     at.select_slider(key="explore_bits").set_value(1).run()
     no_exception(at)
-    assert len(at.error) == 1 and "asym" in at.error[0].value
-    at.selectbox(key="explore_scheme").set_value("asym").run()
+    assert not at.error  # the page stays, with the nearest valid config and one line saying why
+    assert len(at.info) == 1 and "asymmetric" in at.info[0].value
+    assert at.selectbox(key="explore_scheme").value == "asym"
+    assert any("int1 channel asym minmax" in c.value for c in at.caption)
+    at.select_slider(key="explore_bits").set_value(2).run()
     no_exception(at)
-    assert not at.error
+    assert not at.info and at.selectbox(key="explore_scheme").value == "asym"  # the switch is not undone
 
 
 def test_layer_table_and_histogram_toggles(make_app, no_exception, figures):
-    at = make_app(explore_sparsity="0.5")
+    at = make_app(explore_sparsity="0.5", explore_scope="per layer")
     table = next(d.value for d in at.dataframe if d.editing_mode == "read_only")  # the record's layers
     assert list(table.columns)[:3] == ["Layer", "Shape", "Weights"]
     assert list(table["Sparsity (%)"]) == pytest.approx([50.0] * len(table), abs=0.5)
@@ -102,14 +114,20 @@ def test_format_controls_enable_only_what_applies(make_app, no_exception):
     assert at.selectbox(key="explore_group_size").disabled and at.toggle(key="explore_double_quant").disabled
     assert any("mxfp4 g32" in c.value for c in at.caption)
     at.selectbox(key="explore_quantizer").set_value("fp8_e4m3").run()
+    no_exception(at)
+    # MX's blocks were the value in force, so they stay: FP8 in blocks of 32, now a choice
+    assert at.selectbox(key="explore_granularity").value == "group" and any(
+        "fp8_e4m3 g32 · " in c.value for c in at.caption)
+    assert not at.selectbox(key="explore_granularity").disabled
+    at.selectbox(key="explore_granularity").set_value("channel").run()
     at.selectbox(key="explore_scale_dtype").set_value("e8m0").run()
     no_exception(at)
-    assert not at.selectbox(key="explore_granularity").disabled
+    assert at.selectbox(key="explore_group_size").disabled and at.selectbox(key="explore_group_size").value == 0
     assert any("fp8_e4m3 channel e8m0" in c.value for c in at.caption)
 
 
 def test_repair_selector_offers_only_what_applies(make_app, no_exception, metric_value):
-    at = make_app()
+    at = make_app(explore_bits="32", explore_sparsity="0")
     assert at.selectbox(key="explore_repair").disabled  # fp32: nothing is rounded, nothing to repair
     at.select_slider(key="explore_bits").set_value(3).run()
     assert at.selectbox(key="explore_repair").options == ["none", "GPTQ", "AWQ"]

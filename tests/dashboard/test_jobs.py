@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -56,8 +57,14 @@ def test_job_runs_in_background_and_stores_every_record(store):
     exp.gates[0].set()
     assert exp.started[1].wait(10)
     status = job.status()
-    assert status.done == 1 and status.eta_s is not None and status.current == CONFIGS[1].label
+    assert status.done == 1 and status.eta_s is None and status.current == CONFIGS[1].label  # no pace yet
     assert store.count(run_id=job.id) == 1  # written as it finished, while the job still runs
+    time.sleep(0.5)  # the second config takes 0.5 s: 6 configs left take about 3 s
+    exp.gates[1].set()
+    assert exp.started[2].wait(10)
+    first = job.status().eta_s
+    time.sleep(0.2)
+    assert 1.5 < first < 6.0 and job.status().eta_s == pytest.approx(first - 0.2, abs=0.1)  # counts down
     for gate in exp.gates:
         gate.set()
     assert job.join(30)

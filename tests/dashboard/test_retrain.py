@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 from compression_core import finetune
 from dashboard import retrain_panel
 
-PRUNED = {"explore_sparsity": "0.9"}  # magnitude pruning is Explore's default method
+PRUNED = {"explore_sparsity": "0.9", "explore_bits": "32", "explore_scope": "per layer"}  # fp32, pruned per layer
 
 
 def _job(at) -> retrain_panel.RetrainJob:

@@ -8,7 +8,8 @@ from dashboard.selection import Selection
 
 def test_two_sessions_do_not_see_each_other_and_the_cached_model_stays_pristine(make_app, no_exception,
                                                                                  metric_value):
-    alice, bob = make_app(), make_app()
+    fp32 = {"explore_bits": "32", "explore_sparsity": "0"}  # not Explore's default view
+    alice, bob = make_app(**fp32), make_app(**fp32)
     alice.slider(key="explore_sparsity").set_value(0.9).run()
     alice.select_slider(key="explore_bits").set_value(2).run()
     bob.select_slider(key="explore_bits").set_value(8).run()

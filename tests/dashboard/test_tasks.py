@@ -18,6 +18,8 @@ from tests.core.hf_models import save_gpt2
 from tests.dashboard import test_sweep as sweep_page
 from tests.dashboard.conftest import APP, TIMEOUT, decode_figure
 
+FP32 = {"explore_bits": "32", "explore_sparsity": "0"}  # Explore on the uncompressed model (not its default view)
+
 
 def _summary(at) -> str:
     (line,) = [c.value for c in at.sidebar.caption if "one evaluation pass" in c.value]
@@ -33,7 +35,7 @@ def _points_axis(figures, at) -> str:
 def minilm():
     """Explore on all-minilm-l6-v2 / sentences, 200 sentences (one app for the module: MiniLM loads slowly)."""
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.query_params = {"model": "all-minilm-l6-v2", "dataset": "sentences", "limit": "200"}
+    at.query_params = {"model": "all-minilm-l6-v2", "dataset": "sentences", "limit": "200", **FP32}
     at.run()
     return at
 
@@ -64,7 +66,7 @@ def test_minilm_tiles_and_chart_follow_cosine(minilm, no_exception, metric_value
 
 
 def test_a_classifier_offers_classify_and_fidelity(make_app, no_exception, metric_value, figures):
-    at = make_app(model="lenet5", dataset="mnist", limit="200")
+    at = make_app(model="lenet5", dataset="mnist", limit="200", **FP32)
     no_exception(at)
     task = at.selectbox(key="task")
     assert task.options == ["classify", "fidelity"]
@@ -91,7 +93,7 @@ def test_a_gpt2_from_a_shared_folder_is_scored_by_perplexity(make_app, no_except
                                                                tmp_path, monkeypatch):
     save_gpt2(tmp_path / "gpt2")
     monkeypatch.setenv(DATA_ROOTS_ENV, str(tmp_path))
-    at = make_app(model=frame.model_label(frame.CUSTOM), dataset="sentences", limit="100")
+    at = make_app(model=frame.model_label(frame.CUSTOM), dataset="sentences", limit="100", **FP32)
     at.text_input(key="factory").input(f"hf:{tmp_path}/gpt2").run()
     at.button(key="load_model").click().run()
     no_exception(at)
@@ -103,7 +105,7 @@ def test_a_gpt2_from_a_shared_folder_is_scored_by_perplexity(make_app, no_except
                      r"sentences set \\\(\d+ tokens in \d+ windows of 64, stride 32\\\) · ", summary)
     assert found, summary
     ppl = metric_value(at, "Perplexity")
-    assert ppl == found[1]  # Explore opens on the fp32 config: the tile is the summary's number
+    assert ppl == found[1]  # Explore opened on the fp32 config: the tile is the summary's number
     assert 1.0 < float(ppl.replace(",", "")) < 10 * 51  # a random 51-token model: near its vocabulary size
     assert any(c.value == f"n = 100 · {found[2]} tokens" for c in at.caption)
     assert _points_axis(figures, at) == "Perplexity"

@@ -40,7 +40,7 @@ def test_a_table_edit_overrides_one_layer(make_app, no_exception):
 
 
 def test_the_url_opens_with_the_table_filled(make_app, no_exception):
-    at = make_app(explore_bits="4", explore_layers="conv1:bits=8,sparsity=0.5;fc2:skip=1")
+    at = make_app(explore_bits="4", explore_sparsity="0", explore_layers="conv1:bits=8,sparsity=0.5;fc2:skip=1")
     no_exception(at)
     table = at.data_editor[0].value.set_index("Layer")
     assert table.loc["conv1", "Bits"] == 8 and table.loc["conv1", "Sparsity"] == pytest.approx(0.5)
@@ -85,7 +85,11 @@ def test_allocate_meets_the_typed_budget(make_app, no_exception):
     assert [c for c in table.columns if c.startswith("Drop")] == ["Drop: int2 channel sym minmax",
                                                                   "Drop: int8 channel sym minmax"]
     assert table["Drop: int2 channel sym minmax"].notna().all()
-    dense = points(at)[0]["size_bytes"]  # the fp32 point
+    at.select_slider(key="explore_bits").set_value(32)  # from fp32 (the first view is int4, 50 % sparse)
+    at.slider(key="explore_sparsity").set_value(0.0).run()
+    no_exception(at)
+    dense = points(at)[-1]["size_bytes"]  # the fp32 point
+    assert points(at)[-1]["compression_ratio"] == 1.0
     at.radio(key="explore_budget_unit").set_value("× compression").run()
     at.number_input(key="explore_budget_ratio").set_value(6.0).run()
     at.button(key="explore_allocate").click().run()

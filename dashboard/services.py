@@ -299,16 +299,31 @@ def _layer_weight(selection: Selection, layer: str) -> torch.Tensor:
     return modules[layer].weight.detach()
 
 
+def pruned_positions(before: torch.Tensor, layer: LayerCompression) -> torch.Tensor:
+    """Bool, the shape of `layer.weight`: True where pruning removed the weight, or the original was already 0.
+
+    Weights that quantization rounded to 0 are False: "Hide pruned" keeps them visible. Channels that
+    structured pruning removed are not in the smaller `layer.weight` at all.
+    """
+    weight = layer.weight
+    mask = layer.mask
+    pruned = ~mask if mask is not None and mask.shape == weight.shape else torch.zeros_like(weight, dtype=torch.bool)
+    return pruned | (before == 0) if before.shape == weight.shape else pruned
+
+
 def histogram_view(before: torch.Tensor, layer: LayerCompression, bins: int = 80,
                    hide_zeros: bool = False) -> tuple[pd.DataFrame, dict]:
     """What a weight-histogram chart needs, from the engine's `histograms` module (not cached; pure).
+
+    `hide_zeros` leaves out the pruned weights (`pruned_positions`), not those quantization rounded to 0.
 
     Returns:
         (frame with columns left, right, center, before, after;
          {"levels": [...], "clip": [lo, hi] | None, "threshold": float | None, "channel": int | None,
           "block": int | None, "hidden_zeros_before": int, "hidden_zeros_after": int})
     """
-    hist = histograms.weight_histograms(before, layer.weight, bins=bins, hide_zeros=hide_zeros)
+    hist = histograms.weight_histograms(before, layer.weight, bins=bins, hide_zeros=hide_zeros,
+                                        pruned=pruned_positions(before, layer))
     grid = histograms.grid_levels(layer, before=before)
     return hist.to_frame(), {
         "levels": list(grid.levels), "clip": list(grid.clip) if grid.clip else None,

@@ -25,9 +25,11 @@ def contrast(a: str, b: str) -> float:
 
 def test_the_shipped_theme_does_not_force_light_or_dark():
     theme = tomllib.loads((ROOT / "dashboard" / "streamlit.toml").read_text())["theme"]
-    assert not {"base", "backgroundColor", "secondaryBackgroundColor", "textColor"} & set(theme)
-    assert contrast(theme["primaryColor"], BACKGROUNDS["light"]) > 3 < contrast(theme["primaryColor"],
-                                                                                  BACKGROUNDS["dark"])
+    colours = {"base", "primaryColor", "backgroundColor", "secondaryBackgroundColor", "textColor"}
+    assert not colours & set(theme)  # a colour here makes one custom theme, based on light, for everyone
+    for scheme in ("light", "dark"):  # the accents of the two themes the system setting chooses between
+        assert set(theme[scheme]) == {"primaryColor"}
+        assert contrast(theme[scheme]["primaryColor"], BACKGROUNDS[scheme]) > 3
 
 
 @pytest.mark.parametrize("background", BACKGROUNDS)

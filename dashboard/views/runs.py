@@ -35,8 +35,8 @@ def describe(r: dict) -> str:
 
 def run_name(run: dict) -> str:
     """When it started (to the second), its label (model · dataset · bits × sparsities), the quantizers and
-    pruning methods of its grid (the CLI's arguments for a CLI sweep) and its size, e.g.
-    '2026-12-05 14:03:27 · lenet5 · mnist · 4-bit, 8-bit × 0 %–90 % · uniform, k-means · magnitude · 24 configs'."""
+    pruning methods of its grid (the CLI's arguments for a CLI sweep) and its size, e.g. '2026-12-05 14:03:27 ·
+    lenet5 · mnist · 4-bit, 8-bit × 0 %–90 % · uniform, k-means · magnitude · 24 configs'."""
     when = datetime.datetime.fromtimestamp(run["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
     meta = run.get("meta") or {}
     grid = meta.get("grid") or {}

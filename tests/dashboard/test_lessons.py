@@ -188,3 +188,9 @@ def test_the_default_view_shows_the_precomputed_front(make_app, no_exception, fi
     traces = {t["name"]: t for t in figures(at)[0]["data"]}
     assert len(traces["precomputed"]["x"]) == len(lessons.FRONT)
     assert "Pareto front" in traces
+
+
+def test_the_first_views_default_config_is_on_the_shipped_front():
+    explore_state = pytest.importorskip("dashboard.explore_state")  # the first view's defaults (helper "state")
+    front = {v.config().config_hash for v in lessons.FRONT}
+    assert explore_state.DEFAULT_CONFIG.config_hash in front  # so its headline numbers are shipped, not computed

@@ -424,7 +424,7 @@ class CompressionConfig:
 
     @property
     def label(self) -> str:
-        """Short human label, e.g. 'int4 channel sym · magnitude 50 %'."""
+        """Short human label, e.g. 'int4 channel sym minmax · magnitude layer 50%', 'int3 tensor sym p99.9'."""
         q = self.quant
         kind = quantizers()[q.quantizer].kind
         if not q.enabled:
@@ -432,7 +432,8 @@ class CompressionConfig:
         elif kind == "cast":
             qs = q.quantizer
         elif kind == "grid":
-            qs = f"int{q.bits} {_granularity_label(q)} {q.scheme} {q.range}"
+            clip = f"p{q.percentile:g}" if q.range == "percentile" else q.range  # the percentile is the setting
+            qs = f"int{q.bits} {_granularity_label(q)} {q.scheme} {clip}"
         elif kind == "format":
             qs = f"{q.quantizer} {_granularity_label(q)}" + ("" if q.double_quant else " no-dq")
         else:

@@ -37,7 +37,8 @@ class WeightHistogram:
 
     edges: bins + 1 increasing bin edges (the last bin includes its right edge).
     before, after: counts per bin.
-    hidden_zeros_before, hidden_zeros_after: exact zeros left out (0 unless hide_zeros was set).
+    hidden_zeros_before, hidden_zeros_after: zeros left out (0 unless hide_zeros was set): the exact zeros of
+        before; the pruned (or, without a mask, the exact-zero) weights of after.
     """
 
     edges: tuple[float, ...]
@@ -54,15 +55,18 @@ class WeightHistogram:
 
 
 def weight_histograms(before: torch.Tensor, after: torch.Tensor, bins: int = 80,
-                      hide_zeros: bool = False) -> WeightHistogram:
+                      hide_zeros: bool = False, pruned: torch.Tensor | None = None) -> WeightHistogram:
     """Histogram a layer's weights before and after compression on shared bin edges.
 
     Args:
         before: the original weight (any shape).
         after: the compressed weight (any shape; usually the same).
         bins: number of equal-width bins spanning min..max of both tensors together.
-        hide_zeros: leave exact zeros out of both (the pruned spike at 0 otherwise dwarfs the rest); their
-            counts are returned separately.
+        hide_zeros: leave zeros out (the pruned spike at 0 otherwise dwarfs the rest); their counts are returned
+            separately. `before` loses its exact zeros; `after` the positions `pruned` marks, or (without it) its
+            exact zeros.
+        pruned: bool, the shape of `after`: True where pruning removed the weight. With it, weights that
+            quantization rounded to 0 stay counted in `after`.
 
     Returns:
         WeightHistogram; `sum(before) + hidden_zeros_before == before.numel()` (same for after).
@@ -73,8 +77,9 @@ def weight_histograms(before: torch.Tensor, after: torch.Tensor, bins: int = 80,
     a = after.detach().flatten().to("cpu", torch.float32).numpy()
     zb = za = 0
     if hide_zeros:
-        zb, za = int((b == 0).sum()), int((a == 0).sum())
-        b, a = b[b != 0], a[a != 0]
+        gone = (a == 0) if pruned is None else pruned.detach().flatten().to("cpu").numpy().astype(bool)
+        zb, za = int((b == 0).sum()), int(gone.sum())
+        b, a = b[b != 0], a[~gone]
     lo = float(min(b.min(initial=np.inf), a.min(initial=np.inf)))
     hi = float(max(b.max(initial=-np.inf), a.max(initial=-np.inf)))
     if not np.isfinite(lo):  # nothing left to count

@@ -23,6 +23,7 @@ page = st.navigation([
     st.Page(PAGES / "sweep.py", title="Sweep", icon=":material/scatter_plot:", url_path="sweep"),
     st.Page(PAGES / "layers.py", title="Layers", icon=":material/layers:", url_path="layers"),
     st.Page(PAGES / "runs.py", title="Runs", icon=":material/history:", url_path="runs"),
+    st.Page(PAGES / "lessons.py", title="Lessons", icon=":material/menu_book:", url_path="lessons"),
     st.Page(PAGES / "learn.py", title="Learn", icon=":material/school:", url_path="learn"),
 ])
 frame.render_sidebar()

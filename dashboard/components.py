@@ -137,6 +137,14 @@ def _headline_tile(column, record: dict) -> None:
     column.caption(f"n = {record['n_samples']:,}{tokens}")
 
 
+def size_text(n_bytes: int) -> str:
+    """A size short enough for a metric tile (the exact bytes go in its help): '9.87 KiB', '213 KiB', '1.62 MiB'."""
+    kib = n_bytes / 1024
+    if kib < 10:
+        return f"{kib:.2f} KiB"
+    return f"{kib:.0f} KiB" if kib < 1000 else f"{kib / 1024:,.2f} MiB"
+
+
 def metric_tiles(record: dict) -> None:
     """The numbers of one record as st.metric tiles, `TILES_PER_ROW` to a row: its task's metric against fp32
     (with the 95 % interval for accuracy), size, compression, bits and sparsity; then the task's secondary
@@ -144,12 +152,15 @@ def metric_tiles(record: dict) -> None:
     A field the record lacks (stored before it existed) shows "—"."""
     c = st.columns(TILES_PER_ROW)
     _headline_tile(c[0], record)
-    c[1].metric("Size", f"{record['size_bytes'] / 1024:,.1f} KiB",
-                delta=f"fp32 {record['dense_bytes'] / 1024:,.1f} KiB", delta_color="off", delta_arrow="off",
-                help="Honest size: values, sparse index, scales / codebooks and uncompressed tensors.")
+    c[1].metric("Size", size_text(record["size_bytes"]), delta=f"fp32 {size_text(record['dense_bytes'])}",
+                delta_color="off", delta_arrow="off",
+                help=f"Honest size: values, sparse index, scales / codebooks and uncompressed tensors: "
+                     f"{record['size_bytes']:,} bytes of {record['dense_bytes']:,} in fp32.")
     c[2].metric("Compression", f"{record['compression_ratio']:.1f}×", help="fp32 size / compressed size.")
     c[3].metric("Bits per weight", f"{record['bits_per_weight']:.2f}", help="All bits of the model / weights.")
-    c[4].metric("Sparsity", f"{100 * record['realized_sparsity']:.1f} %", help="Realised fraction of zero weights.")
+    c[4].metric("Sparsity", f"{100 * record['realized_sparsity']:.1f} %",
+                help="Fraction of the compressible layers' weights that pruning removed; weights that quantization "
+                     "rounded to zero are not counted.")
     tiles = [_secondary_tile(m, record) for m in SECONDARY[record.get("task", "classify")]
              if m == "agreement" or record.get(m) is not None]
     tiles += [_more_tile(m, record) for m in MORE_METRICS
@@ -202,8 +213,9 @@ def layer_details(selection: Selection, record: dict, key: str) -> str:
     layer = c[0].selectbox("Layer", names, index=largest, key=f"{key}_layer", bind="query-params",
                            help="The largest layer is shown first.")
     log_y = c[1].toggle("Log count axis", key=f"{key}_log_y", bind="query-params")
-    hide_zeros = c[2].toggle("Hide zeros", value=True, key=f"{key}_hide_zeros", bind="query-params",
-                             help="Leave exact zeros (pruned weights) out, so the rest stays visible.")
+    hide_zeros = c[2].toggle("Hide pruned", value=True, key=f"{key}_hide_zeros", bind="query-params",
+                             help="Leave the pruned weights (their spike at 0) out, so the rest stays visible; "
+                                  "weights that quantization rounded to 0 are still shown.")
     config_json = CompressionConfig.from_dict(record["config"]).to_json()
     hist, grid = services.layer_histogram(selection, config_json, layer, hide_zeros=hide_zeros)
     st.plotly_chart(layer_charts.weight_histogram(hist, grid, log_y=log_y, title=f"{layer}: weights before vs after"),

@@ -182,6 +182,14 @@ def _user_words(message: str) -> str:
     return message
 
 
+def hide_sidebar_settings() -> None:
+    """Hide the sidebar's settings on a page that does not use them (Learn, Lessons), keeping the page links.
+
+    The widgets are still drawn (hidden), so the model and data chosen stay chosen when the user goes back.
+    """
+    st.html("<style>[data-testid='stSidebarUserContent'] {display: none;}</style>")
+
+
 def render_sidebar() -> Selection | None:
     """Draw the sidebar, store the resulting selection in session state and return it.
 

@@ -14,7 +14,7 @@ import tomllib
 from importlib import resources
 
 def settings() -> dict[str, object]:
-    """The shipped Streamlit settings, flattened: {"server.headless": True, "theme.base": "light", ...}."""
+    """The shipped Streamlit settings, flattened: {"server.headless": True, "theme.primaryColor": "#2563eb", ...}."""
     text = (resources.files("dashboard") / "streamlit.toml").read_text()
 
     def flatten(table: dict, prefix: str) -> dict[str, object]:

@@ -141,7 +141,8 @@ def test_wheel_contents(wheel):
     assert shipped <= names
     assert {"dashboard/app.py", "dashboard/launch.py", "dashboard/streamlit.toml", "dashboard/views/explore.py",
             "compression_core/__main__.py", "compression_core/models/loading.py",
-            "compression_core/texts/sentences.txt", "compression_core/texts/SOURCES.md"} <= names
+            "compression_core/texts/sentences.txt", "compression_core/texts/SOURCES.md", "dashboard/views/lessons.py",
+            "dashboard/precomputed/lenet5-mnist-1000-classify-cpu.json"} <= names
     assert not any(n.startswith(("tests/", "assets/", "benchmarks/")) for n in names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: MIT" in metadata and "Requires-Python: >=3.11" in metadata

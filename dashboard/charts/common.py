@@ -27,7 +27,7 @@ BIT_COLORS: dict[int, str] = {
     16: "#6366f1",
     32: "#6b7280",
 }
-FALLBACK_COLOR = "#111827"  # a bit-width outside BIT_COLORS (never produced by the engine's configs)
+FALLBACK_COLOR = "#94a3b8"  # a bit-width outside BIT_COLORS (never produced by the engine's configs)
 
 # Method markers, shared by the charts that shape points by pruning method: one per registered method, in order.
 SYMBOL_CYCLE = ("diamond", "x", "square", "triangle-up", "star", "cross", "triangle-down", "pentagon", "hexagon")
@@ -46,7 +46,9 @@ CHANNEL_AXIS = "Output channel"
 LAYER_AXIS = "Layer"
 SETTING_AXIS = "Setting"
 
-HIGHLIGHT_COLOR = "#111827"  # outline of the current point / selected item
+# Lines and outlines are mid-tone colours readable on the light and the dark theme alike (the theme follows the
+# system; charts have transparent backgrounds and Streamlit's theme colours their text and grid).
+HIGHLIGHT_COLOR = "#c026d3"  # outline of the current point / selected item, Pareto fronts
 REFERENCE_COLOR = "#6b7280"  # fp32 reference lines
 THRESHOLD_COLOR = "#dc2626"  # pruning threshold
 LEVEL_COLOR = "#2563eb"  # quantization levels and clip range

@@ -22,15 +22,21 @@ def explored_points(points: pd.DataFrame, *, current: str | None = None, baselin
         front: (size_bytes list, metric list) of the Pareto staircase (`compression_core.pareto.staircase`).
         axis: the metric shown on y (`common.metric_axis`); accuracy by default.
 
+    Rows with `precomputed` True (shipped results, `dashboard.lessons.seed_points`) are drawn as open circles in
+    one trace, "precomputed", their hover starting with "precomputed:".
+
     Returns:
-        One scatter trace per bit-width (name "4-bit", ..., "fp32"), then "Pareto front" and "current" when given.
+        One scatter trace per bit-width (name "4-bit", ..., "fp32"), "precomputed" when there are such rows, then
+        "Pareto front" and "current" when given.
     """
     fig = go.Figure()
     y, scale = axis.field, axis.scale
     has_ci = y == "accuracy" and {"accuracy_ci_low", "accuracy_ci_high"} <= set(points.columns)
     hover = f"{axis.name} %{{y:.{axis.digits}f}}{axis.unit}<br>size %{{x:,.1f}} KiB<extra></extra>"
-    for bits in sorted(points["bits"].unique()) if len(points) else []:
-        group = points[points["bits"] == bits]
+    shipped = points["precomputed"].eq(True) if "precomputed" in points.columns else pd.Series(False, points.index)
+    live = points[~shipped]
+    for bits in sorted(live["bits"].unique()) if len(live) else []:
+        group = live[live["bits"] == bits]
         value = scale * group[y]
         error = {"type": "data", "symmetric": False, "array": scale * group["accuracy_ci_high"] - value,
                  "arrayminus": value - scale * group["accuracy_ci_low"], "thickness": 1, "width": 0,
@@ -39,6 +45,13 @@ def explored_points(points: pd.DataFrame, *, current: str | None = None, baselin
             x=group["size_bytes"].map(kib), y=value, mode="markers", name=bits_label(bits),
             marker={"color": bit_color(bits), "size": 9, "line": {"color": "white", "width": 1}},
             error_y=error, text=group["label"], hovertemplate="%{text}<br>" + hover))
+    if shipped.any():
+        seeds = points[shipped]
+        fig.add_trace(go.Scatter(
+            x=seeds["size_bytes"].map(kib), y=scale * seeds[y], mode="markers", name="precomputed",
+            marker={"color": [bit_color(b) for b in seeds["bits"]], "size": 8, "symbol": "circle-open",
+                    "line": {"width": 2}},
+            text=seeds["label"], hovertemplate="precomputed: %{text}<br>" + hover))
     if front is not None and front[0]:
         fig.add_trace(go.Scatter(x=[kib(v) for v in front[0]], y=[scale * v for v in front[1]], mode="lines",
                                  name="Pareto front", line={"color": HIGHLIGHT_COLOR, "width": 1, "shape": "linear"},

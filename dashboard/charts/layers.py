@@ -171,7 +171,7 @@ def weight_histogram(hist: pd.DataFrame, grid: dict | None = None, *, log_y: boo
         _add_grid(fig, grid)
     hidden = (grid or {}).get("hidden_zeros_after") or 0
     if hidden:
-        fig.add_annotation(text=f"{hidden:,} exact zeros hidden", xref="paper", yref="paper", x=1.0, y=1.0,
+        fig.add_annotation(text=f"{hidden:,} pruned weights hidden", xref="paper", yref="paper", x=1.0, y=1.0,
                            xanchor="right", yanchor="top", showarrow=False, font={"size": 11})
     base_layout(fig, title=title, height=height)
     fig.update_layout(barmode="overlay", bargap=0,

@@ -51,7 +51,7 @@ def mask_pattern(weights: pd.DataFrame, *, m: int, title: str | None = None, hei
                                colorbar={"title": {"text": WEIGHT_AXIS}},
                                hovertemplate="row %{y}, col %{x}: %{z:.3f}<extra></extra>"))
     for x in range(m, weights.shape[1], m):
-        fig.add_vline(x=x - 0.5, line={"color": "#111827", "width": 2})
+        fig.add_vline(x=x - 0.5, line={"color": REFERENCE_COLOR, "width": 2})
     base_layout(fig, title=title, height=height, legend=False)
     fig.update_xaxes(title_text=INPUT_COLUMN_AXIS, showgrid=False)
     fig.update_yaxes(title_text=OUTPUT_ROW_AXIS, autorange="reversed", showgrid=False)

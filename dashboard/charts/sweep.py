@@ -16,13 +16,13 @@ import plotly.graph_objects as go
 from compression_core.methods import quantizers
 from compression_core.record import TABLE_COLUMNS, table_row
 
-from .common import (ACCURACY, BITS_AXIS, METHOD_SYMBOLS, REFERENCE_COLOR, SPARSITY_AXIS, MetricAxis,
-                     base_layout, bit_color, bits_label, kib, option_label, percent_label, size_axis)
+from .common import (ACCURACY, BITS_AXIS, HIGHLIGHT_COLOR, METHOD_SYMBOLS, REFERENCE_COLOR, SPARSITY_AXIS,
+                     MetricAxis, base_layout, bit_color, bits_label, kib, option_label, percent_label, size_axis)
 
 # Columns of the results table (and of its CSV): every record field that fits one cell, in the order of
 # `record.RECORD_FIELDS`; `config` is the full config as JSON.
 RESULT_COLUMNS = TABLE_COLUMNS
-FRONT_COLOR = "#111827"
+FRONT_COLOR = HIGHLIGHT_COLOR
 # Overlay groups (runs or methods) are not bit-widths, so they get their own palette and markers.
 OVERLAY_COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2")
 OVERLAY_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "star", "x")

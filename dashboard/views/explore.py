@@ -15,7 +15,7 @@ import streamlit as st
 from compression_core.config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES,
                                      REPAIRS, SCALE_DTYPES, SCHEMES, SCOPES, CompressionConfig)
 from compression_core.methods import quantizers
-from dashboard import components, explore_state, frame, overrides_panel, retrain_panel, services
+from dashboard import components, explore_state, frame, lessons, overrides_panel, retrain_panel, services
 from dashboard.charts import explore as explore_charts
 from dashboard.charts.common import act_bits_label, metric_axis, option_label
 from dashboard.explore_state import DEFAULT_STATES, GROUP_SIZES, NM_PATTERNS, WidgetState
@@ -214,6 +214,7 @@ def explore(selection: Selection) -> None:
     components.metric_tiles(record)
     points = remember(selection, record)
     points = remember(selection, retrained) if retrained else points
+    points = lessons.merged(points, lessons.seed_points(selection, POINT_FIELDS))  # the shipped front, if any
     st.subheader("Explored configs")
     show_points(points, record)
     if st.button("Clear explored points", key="explore_clear"):

@@ -65,7 +65,7 @@ def show_sensitivity(selection: Selection, records: list[dict], table: pd.DataFr
         hists[f"{layer} @ {label} ({amount})"] = services.layer_histogram(
             selection, probe, layer, bins=60, hide_zeros=True)
     st.subheader("Most affected layers")
-    st.caption("Each layer at its worst setting: weights before vs after (exact zeros hidden); dashed lines "
+    st.caption("Each layer at its worst setting: weights before vs after (pruned weights hidden); dashed lines "
                "mark the clip range, dotted lines the pruning threshold.")
     st.plotly_chart(layer_charts.histogram_grid(hists), key="layers_small_multiples", config=components.CHART_CONFIG)
 

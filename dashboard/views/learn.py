@@ -20,7 +20,7 @@ from compression_core.config import PruneSpec, QuantSpec
 from compression_core.methods import prune_methods, quantizers
 from compression_core.repair_gptq import gptq_weight, layer_hessians
 from compression_core.size import layer_size
-from dashboard import services
+from dashboard import frame, services
 from dashboard.charts import layers as layer_charts
 from dashboard.charts import learn as learn_charts
 from dashboard.charts.common import bits_label
@@ -279,7 +279,10 @@ SECTIONS = {
     "All methods": all_methods,
 }
 
+frame.hide_sidebar_settings()  # the toy tensor does not use the model or data chosen there
 st.title("Learn")
+st.page_link("views/lessons.py", label="Ready-made lessons for a class: each opens Explore with its settings",
+             icon=":material/menu_book:")
 st.caption("The formulas behind each method, with a toy tensor (2,000 seeded normal weights plus a few "
            "outliers) compressed live by the engine's own functions.")
 for tab, section in zip(st.tabs(list(SECTIONS)), SECTIONS.values()):

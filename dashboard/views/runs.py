@@ -35,13 +35,22 @@ def describe(r: dict) -> str:
 
 
 def run_name(run: dict) -> str:
-    when = datetime.datetime.fromtimestamp(run["created_at"]).strftime("%Y-%m-%d %H:%M")
-    return f"{run['label']} ({run['n_records']} configs, {when})"
+    """When it started (to the second), its label (model · dataset · bits × sparsities), the quantizers and
+    pruning methods of its grid (the CLI's arguments for a CLI sweep) and its size, e.g. '2026-12-05 14:03:27 ·
+    lenet5 · mnist · 4-bit, 8-bit × 0 %–90 % · uniform, k-means · magnitude · 24 configs'."""
+    when = datetime.datetime.fromtimestamp(run["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
+    meta = run.get("meta") or {}
+    grid = meta.get("grid") or {}
+    settings = [", ".join(map(option_label, grid[k])) for k in ("quantizers", "methods") if grid.get(k)]
+    if not grid and meta.get("argv"):
+        settings = [" ".join(map(str, meta["argv"]))]
+    return " · ".join([when, run["label"], *settings, f"{run['n_records']} configs"])
 
 
 def filters(records: list[dict], runs: list[dict]) -> list[dict]:
-    """Model / dataset / evaluation-set / run filters; returns the matching records."""
-    c = st.columns(4)
+    """Model / dataset / evaluation-set filters, then the run (its own row: run names are long); returns the
+    matching records."""
+    c = st.columns(3)
     models = sorted({r["model"] for r in records})
     chosen_models = c[0].multiselect("Model", models, key="runs_models", bind="query-params", placeholder="all models")
     datasets = sorted({r["dataset"] for r in records})
@@ -53,7 +62,7 @@ def filters(records: list[dict], runs: list[dict]) -> list[dict]:
     chosen_limits = c[2].multiselect("Evaluated on", limits, key="runs_limits", bind="query-params",
                                      format_func=limit_names.get, placeholder="any evaluation set")
     names = {ALL: "all runs", **{run["run_id"]: run_name(run) for run in runs}}
-    run_id = c[3].selectbox("Run", list(names), key="runs_run", bind="query-params", format_func=names.get)
+    run_id = st.selectbox("Run", list(names), key="runs_run", bind="query-params", format_func=names.get)
     members = None if run_id == ALL else {record_id(r) for r in services.store().records(run_id=run_id)}
     return [r for r in records
             if (not chosen_models or r["model"] in chosen_models)

@@ -48,3 +48,11 @@ def test_json_round_trip_and_override_order():
 def test_unknown_field_in_json_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown or missing field"):
         CompressionConfig.from_dict({"quant": {"bitz": 4}})
+
+
+def test_labels_name_the_clip_percentile():
+    label = lambda p: CompressionConfig(quant=QuantSpec(bits=3, granularity="tensor", range="percentile",  # noqa: E731
+                                                        percentile=p)).label
+    assert label(99.9) == "int3 tensor sym p99.9"
+    assert label(99.0) == "int3 tensor sym p99" and label(99.0) != label(99.5)
+    assert CompressionConfig(quant=QuantSpec(bits=3, range="mse")).label == "int3 channel sym mse"

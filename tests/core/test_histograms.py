@@ -109,3 +109,13 @@ def test_magnitude_threshold_separates_removed_from_kept():
     assert grid_levels(lc).threshold is None  # needs the original weight
     _, rnd = layer(CompressionConfig(prune=PruneSpec(sparsity=0.5, method="random")))
     assert grid_levels(rnd, before=before).threshold is None
+
+
+def test_hide_zeros_with_a_pruned_mask_keeps_the_rounded_zeros():
+    before = torch.tensor([-0.9, -0.05, 0.02, 0.6, 0.01, -0.3])
+    after = torch.tensor([-1.0, 0.0, 0.0, 0.5, 0.0, -0.5])  # 0.02 and 0.01 pruned; -0.05 rounded to 0
+    pruned = torch.tensor([False, False, True, False, True, False])
+    h = weight_histograms(before, after, bins=4, hide_zeros=True, pruned=pruned)
+    assert h.hidden_zeros_after == 2 and sum(h.after) == 4  # the rounded zero is still counted
+    assert h.hidden_zeros_before == 0 and sum(h.before) == 6
+    assert weight_histograms(before, after, bins=4, hide_zeros=True).hidden_zeros_after == 3

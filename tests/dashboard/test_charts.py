@@ -86,7 +86,7 @@ def test_weight_histogram_bars_levels_clip_and_threshold():
     assert threshold.yaxis == "y2" and fig.layout.yaxis2.range == (0, 1)
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.title.text == common.COUNT_LOG_AXIS
     assert fig.layout.xaxis.title.text == common.WEIGHT_AXIS
-    assert any("40 exact zeros hidden" in a.text for a in fig.layout.annotations)
+    assert any("40 pruned weights hidden" in a.text for a in fig.layout.annotations)
 
 
 def test_weight_histogram_many_levels_draw_as_short_ticks():

@@ -69,3 +69,25 @@ def test_a_record_stored_before_sparse_bitops_shows_a_dash_not_zero():
     assert tiles["MACs / sample"] == ("2.00 M", "sparse 1.00 M")
     assert tiles["Top-5 accuracy"][0] == "—" and tiles["Latency (ms / batch)"] == ("12.50", "eval 0.75 s")
     assert [m.label for m in at.metric][:5] == ["Accuracy", "Size", "Compression", "Bits per weight", "Sparsity"]
+def test_histogram_view_hides_only_the_pruned_weights():
+    import torch
+
+    from compression_core.compress import compress_weight
+    from compression_core.config import PruneSpec, QuantSpec
+    from dashboard import services
+
+    w = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    layer = compress_weight(w, QuantSpec(bits=2, granularity="tensor"), PruneSpec(sparsity=0.3))
+    pruned = layer.n - layer.nnz
+    rounded = int((layer.weight == 0).sum()) - pruned
+    assert pruned == round(0.3 * w.numel()) and rounded > 100  # 2 bits: many kept weights round to 0
+    hist, grid = services.histogram_view(w, layer, bins=40, hide_zeros=True)
+    assert grid["hidden_zeros_after"] == pruned
+    assert int(hist["after"].sum()) == w.numel() - pruned  # the rounded zeros stay in the histogram
+
+
+def test_size_text_fits_a_tile():
+    from dashboard.components import size_text
+
+    assert [size_text(n) for n in (5_000, 217_586, 1_738_000, 44_000_000)] == [
+        "4.88 KiB", "212 KiB", "1.66 MiB", "41.96 MiB"]

@@ -96,7 +96,7 @@ def test_layer_table_and_histogram_toggles(make_app, no_exception, figures):
     hist = figures(at)[1]
     assert hist["layout"]["yaxis"]["type"] == "log"
     assert hist["layout"]["title"]["text"].startswith(table["Layer"].iloc[-1])
-    assert "exact zeros hidden" in hist["layout"]["annotations"][0]["text"]
+    assert "pruned weights hidden" in hist["layout"]["annotations"][0]["text"]
 
 
 def test_format_controls_enable_only_what_applies(make_app, no_exception):

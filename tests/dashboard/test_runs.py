@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -35,8 +36,8 @@ def table(at):
     return frames[0]
 
 
-def option(widget, prefix: str) -> str:
-    return next(o for o in widget.options if o.startswith(prefix))
+def option(widget, part: str) -> str:
+    return next(o for o in widget.options if part in o)
 
 
 def test_runs_page_lists_every_record(filled, make_app, no_exception):
@@ -49,6 +50,21 @@ def test_runs_page_lists_every_record(filled, make_app, no_exception):
     assert any(f"{store.count()} of {store.count()} records" in c.value for c in at.caption)
     labels = [d.proto.label for d in at.get("download_button")]
     assert "Download CSV" in labels and "Download JSON (with per-layer data)" in labels
+
+
+def test_run_names_are_distinct_and_say_when_what_and_how_many(filled, make_app, no_exception):
+    store, a, b, _ = filled
+    grid = {"bits": [4], "sparsities": [0.0], "quantizers": ["uniform", "kmeans"], "methods": ["magnitude"]}
+    store.new_run("run A magnitude", {"grid": grid})  # the same label as run A, another grid
+    at = make_app("runs")
+    no_exception(at)
+    run = at.selectbox(key="runs_run")
+    names = [o for o in run.options if o != "all runs"]  # AppTest gives the shown names
+    assert len(set(names)) == len(names) == 3
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    assert re.fullmatch(rf"{stamp} · run A magnitude · uniform, k-means · magnitude · 0 configs", names[0])
+    assert re.fullmatch(rf"{stamp} · run B random · 4 configs", names[1])
+    assert re.fullmatch(rf"{stamp} · run A magnitude · 4 configs", names[2])
 
 
 def test_filter_by_run(filled, make_app, no_exception):

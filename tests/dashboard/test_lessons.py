@@ -1,0 +1,196 @@
+"""Lessons: every link opens Explore with its settings; the shipped precomputed records are served only when they
+match, equal a fresh engine run, and seed the first view's front."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import urllib.parse
+
+import pytest
+
+from compression_core import __version__
+from compression_core.config import CompressionConfig, QuantSpec
+from compression_core.models import load_model
+from dashboard import lessons, precomputed, services
+from dashboard.charts import explore as explore_charts
+from dashboard.selection import Selection
+
+import pandas as pd
+
+ROOT = precomputed.DIR.parents[1]
+SHIPPED = precomputed.DIR / precomputed.file_name(
+    {"model": "lenet5", "dataset": "mnist", "limit": 1000, "task": "classify", "device": "cpu"})
+TIMINGS = ("eval_seconds", "compress_seconds", "latency_ms_per_batch", "finetune_seconds", "repair_seconds",
+           "batch_size", "eval_group")  # how it was measured (the batch size follows the free memory)
+# float means over samples: the batch size (tuned to the machine) changes their last bits, never a count
+SUMMED = ("loss", "kl", "cosine", "rel_l2", "perplexity", "finetune_final_loss")
+LESSON_QUERY = {"model": "lenet5", "dataset": "mnist"}  # make_app's defaults are digits-cnn: the lessons set theirs
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("make_precomputed", ROOT / "scripts" / "make_precomputed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _shipped() -> list[dict]:
+    return precomputed.unpack(json.loads(SHIPPED.read_text()))
+
+
+# ---- the lessons open their page with their settings -------------------------------------------------------
+@pytest.mark.parametrize("lesson", lessons.LESSONS, ids=lambda l: l.slug)
+def test_each_lesson_link_opens_explore_with_its_settings(make_app, no_exception, lesson):
+    at = make_app(**lesson.params)
+    no_exception(at)
+    view = lesson.view
+    assert at.select_slider(key="explore_bits").value == view.bits
+    assert at.slider(key="explore_sparsity").value == pytest.approx(view.sparsity)
+    for name in ("quantizer", "scheme", "granularity", "range", "prune", "scope"):
+        assert at.selectbox(key=f"explore_{name}").value == getattr(view, name), name
+    assert at.number_input(key="explore_ft_epochs").value == view.ft_epochs
+    if view.ft_epochs:
+        assert at.select_slider(key="explore_ft_lr").value == pytest.approx(view.ft_lr)
+    # the controls built exactly the lesson's config (without the retraining, which needs the Retrain button)
+    untrained = dataclasses.replace(view, ft_epochs=0).config()
+    (points,) = at.session_state["explore_history"].values()
+    assert points[0]["config_hash"] == untrained.config_hash
+
+
+def test_the_gallery_links_carry_each_lessons_url(make_app, no_exception):
+    at = make_app("lessons", **LESSON_QUERY)
+    no_exception(at)
+    links = at.get("page_link")
+    assert [l.proto.label for l in links] == ["Open in Explore"] * len(lessons.LESSONS)
+    for link, lesson in zip(links, lessons.LESSONS):
+        assert urllib.parse.parse_qs(link.proto.query_string) == {k: [v] for k, v in lesson.params.items()}
+    assert [s.value for s in at.subheader] == [l.title for l in lessons.LESSONS]
+    tables = [t.value for t in at.dataframe]  # the precomputed numbers of every lesson's views
+    assert [len(t) for t in tables] == [len(l.views) for l in lessons.LESSONS]
+    by_label = {r["label"]: r for r in _shipped()}
+    for table in tables:
+        for row in table.itertuples():
+            assert row[2] == pytest.approx(100 * by_label[row[1]]["accuracy"])
+
+
+def test_the_learn_page_points_to_the_lessons_and_hides_the_sidebar_settings(make_app, no_exception):
+    at = make_app("learn")
+    no_exception(at)
+    assert at.get("page_link")[0].proto.label.startswith("Ready-made lessons")
+    assert any("stSidebarUserContent" in h.proto.body and "display: none" in h.proto.body for h in at.get("html"))
+    at.switch_page("views/explore.py").run()  # the sidebar's choice survives the visit
+    assert at.selectbox(key="model").value == "digits-cnn"
+
+
+# ---- shipped precomputed records ---------------------------------------------------------------------------
+def test_the_shipped_file_holds_every_lesson_config_and_is_small():
+    records = _shipped()
+    assert {r["config_hash"] for r in records} == {c.config_hash for c in lessons.shipped_configs()}
+    assert {r["engine_version"] for r in records} == {__version__}, "engine changed: run scripts/make_precomputed.py"
+    assert {r["fingerprint"] for r in records} == {load_model("lenet5", dataset="mnist").fingerprint}
+    assert SHIPPED.stat().st_size < 200_000
+    for lesson in lessons.LESSONS:
+        assert all(r["config_hash"] != lesson.view.config().config_hash or r["layers"] for r in records)
+
+
+SAMPLE = (0, 9, 27, 33, 47)  # fp32 pruned, int cliff points, per-tensor clipping, k-means
+
+
+@pytest.fixture(scope="module")
+def fresh_records(tmp_path_factory) -> dict[str, dict]:
+    """The sampled shipped configs run afresh by scripts/make_precomputed.py (one Experiment), by config hash."""
+    configs = [CompressionConfig.from_dict(_shipped()[i]["config"]) for i in SAMPLE]
+    assert not any(c.retrains for c in configs)  # the sample stays fast
+    out = tmp_path_factory.mktemp("precomputed")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lessons, "shipped_configs", lambda: configs)
+        assert _script().main(["--out", str(out)]) == 0
+    (path,) = out.glob("*.json")
+    assert path.name == SHIPPED.name
+    return {r["config_hash"]: r for r in precomputed.unpack(json.loads(path.read_text()))}
+
+
+@pytest.mark.parametrize("index", SAMPLE)
+def test_shipped_records_equal_a_fresh_engine_run(fresh_records, index):
+    shipped = _shipped()[index]
+    fresh = fresh_records[shipped["config_hash"]]
+    assert set(fresh) == set(shipped)
+    for field, value in fresh.items():
+        if field in SUMMED and value is not None:
+            assert shipped[field] == pytest.approx(value, rel=1e-5), field
+        elif field not in TIMINGS:
+            assert shipped[field] == value, field  # counts, sizes and accuracy: exact (deterministic on cpu)
+
+
+def _key(record: dict) -> dict:
+    return {f: record[f] for f in ("model", "fingerprint", "dataset", "split", "limit", "task", "config_hash")}
+
+
+@pytest.mark.parametrize("change", [{"fingerprint": "0123456789abcdef"}, {"limit": 500}, {"task": "fidelity"},
+                                    {"dataset": "digits"}, {"split": "train"}, {"config_hash": "deadbeefdeadbeef"}])
+def test_a_mismatch_is_never_served(change):
+    record = _shipped()[5]
+    assert precomputed.lookup(_key(record), "cpu")["accuracy"] == record["accuracy"]
+    assert precomputed.lookup({**_key(record), **change}, "cpu") is None
+    assert precomputed.lookup(_key(record), "cuda") is None
+
+
+def test_a_stale_engine_or_config_is_never_served(tmp_path, monkeypatch):
+    good, other = _shipped()[5], _shipped()[6]
+    stale = {**good, "engine_version": "0.0.1"}
+    rehashed = {**other, "config": {**other["config"], "quant": {**other["config"]["quant"], "bits": 7}}}
+    precomputed.write([stale], tmp_path / "stale")
+    precomputed.write([rehashed], tmp_path / "rehashed")
+    assert precomputed.lookup(_key(good), "cpu", folder=tmp_path / "stale") is None  # another engine version
+    assert precomputed.lookup(_key(other), "cpu", folder=tmp_path / "rehashed") is None  # config hashes otherwise
+    monkeypatch.setattr(precomputed, "__version__", "0.0.1")
+    assert precomputed.lookup(_key(good), "cpu", folder=tmp_path / "stale")["accuracy"] == good["accuracy"]
+
+
+def test_evaluate_serves_the_shipped_record_first_and_computes_the_rest():
+    selection = lessons.PRECOMPUTED_SELECTION
+    config = lessons.lesson("kmeans").view.config()
+    record = services.evaluate(selection, config.to_json())
+    assert record["precomputed"] is True and record["layers"]
+    live = services.evaluate(selection, CompressionConfig(quant=QuantSpec(bits=7)).to_json())
+    assert not live.get("precomputed")
+    assert services.precomputed(Selection(limit=500), config.to_json()) is None  # another subset: computed
+
+
+# ---- the first view's seeded front -------------------------------------------------------------------------
+def test_seed_points_are_the_shipped_front_for_the_default_selection_only():
+    fields = ("config_hash", "label", "bits", "sparsity", "accuracy", "size_bytes", "metric")
+    seeds = lessons.seed_points(lessons.PRECOMPUTED_SELECTION, fields)
+    assert [p["config_hash"] for p in seeds] == [v.config().config_hash for v in lessons.FRONT]
+    assert all(set(p) == {*fields, "precomputed"} and p["precomputed"] is True for p in seeds)
+    assert {(p["bits"], p["sparsity"]) for p in seeds} == {(v.bits, v.sparsity) for v in lessons.FRONT}
+    assert lessons.seed_points(Selection(model="digits-cnn", dataset="digits")) == []
+    assert lessons.seed_points(Selection(limit=500)) == []
+    merged = lessons.merged([{**seeds[3], "precomputed": None}], seeds)
+    assert len(merged) == len(seeds) and merged[0]["precomputed"] is None  # explored here: drawn as explored
+
+
+def test_seeded_points_are_labelled_precomputed_in_the_chart():
+    seeds = lessons.seed_points(lessons.PRECOMPUTED_SELECTION)
+    live = {k: v for k, v in seeds[0].items() if k != "precomputed"}
+    fig = explore_charts.explored_points(pd.DataFrame([live, *seeds[1:]]), current=live["config_hash"])
+    names = [t.name for t in fig.data]
+    assert names == ["2-bit", "precomputed", "current"]
+    (shipped,) = [t for t in fig.data if t.name == "precomputed"]
+    assert len(shipped.x) == len(seeds) - 1 and shipped.hovertemplate.startswith("precomputed:")
+    assert shipped.marker.symbol == "circle-open"
+
+
+def test_the_default_view_shows_the_precomputed_front(make_app, no_exception, figures):
+    at = make_app(**LESSON_QUERY)
+    no_exception(at)
+    traces = {t["name"]: t for t in figures(at)[0]["data"]}
+    assert len(traces["precomputed"]["x"]) == len(lessons.FRONT)
+    assert "Pareto front" in traces
+
+
+def test_the_first_views_default_config_is_on_the_shipped_front():
+    explore_state = pytest.importorskip("dashboard.explore_state")  # the first view's defaults (helper "state")
+    front = {v.config().config_hash for v in lessons.FRONT}
+    assert explore_state.DEFAULT_CONFIG.config_hash in front  # so its headline numbers are shipped, not computed

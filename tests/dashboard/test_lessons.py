@@ -12,7 +12,7 @@ import pytest
 from compression_core import __version__
 from compression_core.config import CompressionConfig, QuantSpec
 from compression_core.models import load_model
-from dashboard import lessons, precomputed, services
+from dashboard import explore_state, lessons, precomputed, services
 from dashboard.charts import explore as explore_charts
 from dashboard.selection import Selection
 
@@ -45,15 +45,17 @@ def test_each_lesson_link_opens_explore_with_its_settings(make_app, no_exception
     at = make_app(**lesson.params)
     no_exception(at)
     view = lesson.view
-    assert at.select_slider(key="explore_bits").value == view.bits
+    # the controls built exactly the lesson's config (without the retraining, which needs the Retrain button) and
+    # show what is in force (a setting that does not apply shows the canonical value, disabled)
+    untrained = dataclasses.replace(view, ft_epochs=0).config()
+    shown = explore_state.widget_states(untrained, {"explore_quantizer": view.quantizer, "explore_prune": view.prune})
+    assert at.select_slider(key="explore_bits").value == view.bits == shown["explore_bits"].value
     assert at.slider(key="explore_sparsity").value == pytest.approx(view.sparsity)
     for name in ("quantizer", "scheme", "granularity", "range", "prune", "scope"):
-        assert at.selectbox(key=f"explore_{name}").value == getattr(view, name), name
+        assert at.selectbox(key=f"explore_{name}").value == shown[f"explore_{name}"].value, name
     assert at.number_input(key="explore_ft_epochs").value == view.ft_epochs
     if view.ft_epochs:
         assert at.select_slider(key="explore_ft_lr").value == pytest.approx(view.ft_lr)
-    # the controls built exactly the lesson's config (without the retraining, which needs the Retrain button)
-    untrained = dataclasses.replace(view, ft_epochs=0).config()
     (points,) = at.session_state["explore_history"].values()
     assert points[0]["config_hash"] == untrained.config_hash
 
@@ -186,11 +188,12 @@ def test_the_default_view_shows_the_precomputed_front(make_app, no_exception, fi
     at = make_app(**LESSON_QUERY)
     no_exception(at)
     traces = {t["name"]: t for t in figures(at)[0]["data"]}
-    assert len(traces["precomputed"]["x"]) == len(lessons.FRONT)
+    # the first view's own config is one of the front's: drawn as the current point, the others as precomputed
+    assert explore_state.DEFAULT_CONFIG.config_hash in {v.config().config_hash for v in lessons.FRONT}
+    assert len(traces["precomputed"]["x"]) == len(lessons.FRONT) - 1
     assert "Pareto front" in traces
 
 
 def test_the_first_views_default_config_is_on_the_shipped_front():
-    explore_state = pytest.importorskip("dashboard.explore_state")  # the first view's defaults (helper "state")
     front = {v.config().config_hash for v in lessons.FRONT}
     assert explore_state.DEFAULT_CONFIG.config_hash in front  # so its headline numbers are shipped, not computed

@@ -6,7 +6,7 @@ from dashboard.components import size_text
 
 
 def test_size_and_sparsity_tiles_agree_with_their_help(make_app, no_exception):
-    at = make_app(explore_bits="2", explore_granularity="per tensor")  # 2 bits: many weights round to 0
+    at = make_app(explore_bits="2", explore_granularity="per tensor", explore_sparsity="0")  # many round to 0
     no_exception(at)
     (history,) = at.session_state["explore_history"].values()
     record_size = history[-1]["size_bytes"]

@@ -131,8 +131,7 @@ def sweep_form(selection: Selection) -> dict | None:
 def executor_choice() -> str:
     """Where the sweep runs: this server's process, or the operator's Ray cluster (shown with what it has)."""
     address = services.ray_address()
-    names = {"local": "In-process (this server)",
-             "ray": f"Ray cluster at {address}" if address else "Ray cluster (not configured on this server)"}
+    names = {"local": "In-process", "ray": "Ray cluster"}  # the labels are the URL's values: no address in them
     choice = st.radio("Run on", list(names), horizontal=True, key="sweep_executor", bind="query-params",
                       format_func=names.get, help="Ray: the configs are spread over the cluster's workers (one per "
                       f"GPU, else per CPU); the operator sets {services.RAY_ADDRESS_ENV} or RAY_ADDRESS.")
@@ -143,6 +142,9 @@ def executor_choice() -> str:
                        f"{c['gpus']} GPUs, {c['workers']} sweep workers running.")
         except services.ClusterError as e:
             components.show_error(e, "Ray: ")
+    else:
+        st.caption(f"No Ray cluster is configured on this server (the operator sets {services.RAY_ADDRESS_ENV} or "
+                   "RAY_ADDRESS before starting it).")
     return choice
 
 

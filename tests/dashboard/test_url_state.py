@@ -6,8 +6,11 @@ link from an older view would; the page must switch them to what it evaluates, n
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from compression_core.cli_flags import parse_layer_override
 from compression_core.config import PRUNE_METHODS, QUANTIZERS, CompressionConfig, PruneSpec, QuantSpec
 from compression_core.methods import prune_methods, quantizers
 from dashboard.charts.common import option_label
@@ -198,3 +201,32 @@ def test_a_hostile_explore_url_falls_back_to_the_defaults(make_app, no_exception
     assert at.select_slider(key="explore_bits").value == 4 and at.selectbox(key="explore_quantizer").value == "uniform"
     assert at.slider(key="explore_sparsity").value == pytest.approx(0.99)  # clamped to the slider's end
     assert any("int4 channel sym minmax · magnitude global 99%" in c.value for c in at.caption)
+
+
+EXTRA_CASES = [("uniform", "magnitude"), ("kmeans", "nm"), ("nf4", "random"), ("fp16", "magnitude")]
+
+
+@pytest.mark.parametrize(("quantizer", "method"), EXTRA_CASES, ids=[f"{q}-{p}" for q, p in EXTRA_CASES])
+def test_overrides_and_bias_correction_from_the_url_are_what_is_evaluated(make_app, no_exception, quantizer, method):
+    layers = "conv1:bits=8;fc2:skip=1"
+    at = make_app(explore_quantizer=option_label(quantizer), explore_prune=option_label(method),
+                  explore_bias_correction="true", explore_layers=layers, **CONFLICTING)
+    no_exception(at)
+    assert not at.error and not at.warning, [m.value for m in (*at.error, *at.warning)]
+    assert at.toggle(key="explore_bias_correction").value is True
+    table = at.data_editor[0].value.set_index("Layer")
+    assert bool(table.loc["fc2", "Skip (fp32)"]) and table["Skip (fp32)"].sum() == 1
+    shown = _shown_config(_widgets(at))
+    overrides = tuple(parse_layer_override(text, shown) for text in layers.split(";"))
+    expected = dataclasses.replace(shown, overrides=overrides, bias_correction=True)
+    (points,) = at.session_state["explore_history"].values()
+    assert points[-1]["config_hash"] == expected.config_hash  # the table and the toggle are the evaluated config
+
+
+def test_the_sweep_executor_choice_comes_from_the_url(make_app, no_exception, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("COMPRESSION_EXPLORER_RAY_ADDRESS", raising=False)
+    at = make_app("sweep", sweep_executor="Ray cluster", sweep_bits=["4-bit"])  # the URL holds the label
+    no_exception(at)
+    assert at.radio(key="sweep_executor").value == "ray"
+    assert make_app("sweep").radio(key="sweep_executor").value == "local"  # no URL: in-process

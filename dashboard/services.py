@@ -41,6 +41,7 @@ from compression_core.store import Store, StoreError
 from compression_core.tasks import TASKS, default_task
 from compression_core.sweep import expand_grid
 from dashboard import uploads
+from dashboard.prefetch import Prefetcher
 from dashboard.server_paths import PATH_KINDS, PathRefused, check_server_path, data_roots
 from dashboard.selection import Selection
 
@@ -253,6 +254,13 @@ def evaluate(selection: Selection, config_json: str) -> dict:
     # the compressed model is cached for the histograms anyway: compress once, evaluate that
     return get_experiment(selection).run(CompressionConfig.from_json(config_json),
                                          compressed=compress(selection, config_json))
+
+
+@st.cache_resource(show_spinner=False)
+def prefetcher() -> Prefetcher:
+    """The server's one background evaluator of the configs next to those on screen (`dashboard.prefetch`); it
+    fills the shared `evaluate` cache, so a slider step onto a neighbour is a cache hit."""
+    return Prefetcher(evaluate)
 
 
 def data_source(selection: Selection) -> str:

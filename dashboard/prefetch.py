@@ -25,6 +25,7 @@ from compression_core.config import ALLOWED_BITS, CompressionConfig, ConfigError
 from compression_core.methods import prune_methods, quantizers
 
 SPARSITY_STEP = 0.01  # the Explore slider's step (ArrowLeft / ArrowRight)
+MAX_EVAL_S = 1.0  # neighbours are evaluated ahead only where one evaluation pass takes at most this
 MAX_SPARSITY = 0.99
 log = logging.getLogger("dashboard.prefetch")
 
@@ -97,6 +98,16 @@ def neighbours(config: CompressionConfig, move: tuple[str, int] | None = None) -
         if candidate.config_hash != config.config_hash:
             out.setdefault(candidate.config_hash, candidate)
     return list(out.values())
+
+
+def plan(previous_json: str | None, config: CompressionConfig, eval_seconds: float) -> list[str]:
+    """The configs (JSON) to evaluate ahead of the user: `neighbours` of the config on screen in the direction of
+    the last move from `previous_json`; none where one evaluation pass took longer than MAX_EVAL_S (a large model:
+    the background work would slow the foreground more than it saves)."""
+    if eval_seconds > MAX_EVAL_S:
+        return []
+    move = last_move(CompressionConfig.from_json(previous_json) if previous_json else None, config)
+    return [c.to_json() for c in neighbours(config, move)]
 
 
 class Prefetcher:

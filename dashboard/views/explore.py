@@ -23,7 +23,6 @@ from dashboard.selection import Selection
 HISTORY_KEY = "explore_history"  # {selection key: [point dicts]}
 OWNER_KEY = "explore_prefetch_owner"  # this session's id for the neighbour prefetcher
 PREVIOUS_KEY = "explore_previous_config"  # the config shown before this one (JSON): the direction of a move
-PREFETCH_MAX_EVAL_S = 1.0  # neighbours are evaluated ahead only where one evaluation pass takes at most this
 POINT_FIELDS = ("config_hash", "label", "bits", "quantizer", "prune_method", "sparsity", "accuracy",
                 "accuracy_ci_low", "accuracy_ci_high", "size_bytes", "compression_ratio", "task", "metric",
                 "metric_value", "cosine", "rel_l2", "recall_at_10", "agreement", "kl", "perplexity")
@@ -159,14 +158,10 @@ def _session_owner() -> str:
 
 
 def prefetch_next(selection: Selection, config: CompressionConfig, record: dict, owner: str) -> int:
-    """Queue the configs one slider step away for background evaluation (the continuation of the user's last move
-    first), unless one evaluation of this selection takes longer than PREFETCH_MAX_EVAL_S; returns how many."""
+    """Queue the configs one slider step away for background evaluation (`prefetch.plan`); returns how many."""
     previous = _state(PREVIOUS_KEY, None)
     st.session_state[PREVIOUS_KEY] = config.to_json()
-    if record["eval_seconds"] > PREFETCH_MAX_EVAL_S:
-        return 0
-    move = prefetch.last_move(CompressionConfig.from_json(previous) if previous else None, config)
-    return services.prefetcher().submit(owner, selection, [c.to_json() for c in prefetch.neighbours(config, move)])
+    return services.prefetcher().submit(owner, selection, prefetch.plan(previous, config, record["eval_seconds"]))
 
 
 @st.fragment

@@ -2,19 +2,22 @@
 
 A slider step on Explore lands on a config that is, most of the time, a neighbour of the current one (one bit-width
 up or down, sparsity ±0.01). `neighbours` lists those, the step that continues the user's last move first;
-`Prefetcher` evaluates them in one background thread through the same cached `services.evaluate` the page calls,
-so the next step is a cache hit. The results are the engine's own records for the full live subset: nothing is
-shown from here, the page shows what `services.evaluate` returns when the user gets there.
+`Prefetcher` evaluates them in one background thread through the same cached `services.evaluate` (and
+`services.layer_histogram` of the layer shown first) the page calls, so the next step is a cache hit. The results
+are the engine's own records for the full live subset: nothing is shown from here, the page shows what
+`services.evaluate` returns when the user gets there.
 
 Bounded and cancellable: each browser session (an `owner` id) has at most `per_owner` jobs waiting; a new
 request from a session replaces its waiting jobs, `cancel(owner)` drops them (the page calls it as a rerun starts, so
 the background never starts new work while the user waits), and the queue holds at most `max_pending` jobs over all
 sessions (the oldest go). A job already running finishes; Streamlit's cache computes a key once, so the page,
 asking for that very config, waits for it instead of computing it twice. One worker thread per server process
-(`services.prefetcher`), shared by every session like the caches it fills.
+(`services.prefetcher`), shared by every session like the caches it fills; at interpreter exit `close` lets a
+running job finish first (a thread killed inside torch aborts the process).
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import threading
@@ -128,6 +131,7 @@ class Prefetcher:
         self._pending: list[Job] = []
         self._running: Job | None = None
         self._thread: threading.Thread | None = None
+        self._closed = False
         self.done = 0  # jobs finished (successfully or not), for tests and the log
 
     def submit(self, owner: str, selection, configs_json: list[str]) -> int:
@@ -136,9 +140,13 @@ class Prefetcher:
         with self._cond:
             self._pending = [j for j in self._pending if j.owner != owner] + jobs
             del self._pending[:max(0, len(self._pending) - self._max_pending)]
+            if self._closed:
+                self._pending.clear()
+                return 0
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._work, name="explore-prefetch", daemon=True)
                 self._thread.start()
+                atexit.register(self.close)  # never leave a thread inside torch while the interpreter shuts down
             self._cond.notify_all()
         return len(jobs)
 
@@ -159,10 +167,22 @@ class Prefetcher:
         with self._cond:
             return self._cond.wait_for(lambda: not self._pending and self._running is None, timeout)
 
+    def close(self, timeout: float = 60.0) -> None:
+        """Drop the waiting jobs, let a running one finish (up to `timeout` s) and stop the worker for good."""
+        with self._cond:
+            self._closed = True
+            self._pending.clear()
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def _work(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._pending))
+                self._cond.wait_for(lambda: bool(self._pending) or self._closed)
+                if self._closed:
+                    return
                 self._running = self._pending.pop(0)
             try:
                 self._run(self._running.selection, self._running.config_json)

@@ -259,8 +259,15 @@ def evaluate(selection: Selection, config_json: str) -> dict:
 @st.cache_resource(show_spinner=False)
 def prefetcher() -> Prefetcher:
     """The server's one background evaluator of the configs next to those on screen (`dashboard.prefetch`); it
-    fills the shared `evaluate` cache, so a slider step onto a neighbour is a cache hit."""
-    return Prefetcher(evaluate)
+    fills the shared caches, so a slider step onto a neighbour is a cache hit."""
+    return Prefetcher(_evaluate_ahead)
+
+
+def _evaluate_ahead(selection: Selection, config_json: str) -> None:
+    """What Explore shows first for a config: its record and the largest layer's histogram (zeros hidden)."""
+    record = evaluate(selection, config_json)
+    largest = max(record["layers"], key=lambda layer: layer["n"])["name"]
+    layer_histogram(selection, config_json, largest, hide_zeros=True)
 
 
 def data_source(selection: Selection) -> str:

@@ -3,6 +3,8 @@
 The controls, metrics, explored-points chart and layer details sit in one `st.fragment`, so moving a slider
 reruns only this part. Control values are bound to the URL (`explore_bits=4&explore_sparsity=0.5&...`).
 Every config evaluated in this browser session is kept, as plain dicts, in `st.session_state["explore_history"]`.
+While the user looks, the configs one slider step away are evaluated in the background (`dashboard.prefetch`), so
+the next step is usually a cache hit; the per-layer section is a nested fragment (its own widgets rerun only it).
 """
 from __future__ import annotations
 

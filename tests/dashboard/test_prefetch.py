@@ -90,6 +90,17 @@ def test_a_new_request_replaces_the_sessions_waiting_jobs_and_is_bounded():
     assert gate.ran == ["busy", "d1"]  # the running job finished; cancelled ones never ran
 
 
+def test_close_lets_the_running_job_finish_and_stops_the_worker():
+    gate = Gate(hold="busy")
+    p = Prefetcher(gate)
+    p.submit("s1", "sel", ["busy", "next"])
+    assert gate.holding.wait(TIMEOUT)
+    threading.Timer(0.2, gate.release.set).start()
+    p.close(TIMEOUT)  # what the interpreter's exit runs: waits for "busy", drops "next"
+    assert gate.ran == ["busy"] and p.pending() == []
+    assert p.submit("s1", "sel", ["late"]) == 0 and p.wait_idle(TIMEOUT) and gate.ran == ["busy"]
+
+
 def test_a_failing_job_does_not_stop_the_worker():
     gate = Gate(fail="bad")
     p = Prefetcher(gate)

@@ -21,6 +21,7 @@ import atexit
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,9 @@ from compression_core.methods import prune_methods, quantizers
 
 SPARSITY_STEP = 0.01  # the Explore slider's step (ArrowLeft / ArrowRight)
 MAX_EVAL_S = 1.0  # neighbours are evaluated ahead only where one evaluation pass takes at most this
+# Background work starts this long after a request: the browser first draws the step just answered (on 2 cores a
+# forward pass running meanwhile made the drawing slower than the prefetch saved).
+DELAY_S = 0.4
 MAX_SPARSITY = 0.99
 log = logging.getLogger("dashboard.prefetch")
 
@@ -40,6 +44,7 @@ class Job:
     owner: str
     selection: object
     config_json: str
+    not_before: float = 0.0  # time.monotonic() before which it does not start
 
 
 def _bit_steps(config: CompressionConfig) -> list[tuple[str, int, dict]]:
@@ -121,10 +126,13 @@ class Prefetcher:
             (a neighbour the engine rejects is not the user's problem) and the worker carries on.
         per_owner: at most this many waiting jobs per session.
         max_pending: at most this many waiting jobs in all; the oldest are dropped first.
+        delay_s: a job starts no sooner than this many seconds after its request.
     """
 
-    def __init__(self, run: Callable[[object, str], object], *, per_owner: int = 4, max_pending: int = 16):
+    def __init__(self, run: Callable[[object, str], object], *, per_owner: int = 4, max_pending: int = 16,
+                 delay_s: float = DELAY_S):
         self._run = run
+        self._delay_s = delay_s
         self._per_owner = per_owner
         self._max_pending = max_pending
         self._cond = threading.Condition()
@@ -136,7 +144,8 @@ class Prefetcher:
 
     def submit(self, owner: str, selection, configs_json: list[str]) -> int:
         """Replace `owner`'s waiting jobs with `configs_json` (first = first run); return how many were queued."""
-        jobs = [Job(owner, selection, c) for c in dict.fromkeys(configs_json)][:self._per_owner]
+        start = time.monotonic() + self._delay_s
+        jobs = [Job(owner, selection, c, start) for c in dict.fromkeys(configs_json)][:self._per_owner]
         with self._cond:
             self._pending = [j for j in self._pending if j.owner != owner] + jobs
             del self._pending[:max(0, len(self._pending) - self._max_pending)]
@@ -177,13 +186,24 @@ class Prefetcher:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
+    def _next(self) -> Job | None:
+        """The first waiting job once its start time has come (None once closed); call with the lock held."""
+        while not self._closed:
+            if not self._pending:
+                self._cond.wait()
+                continue
+            wait = self._pending[0].not_before - time.monotonic()
+            if wait <= 0:
+                return self._pending.pop(0)
+            self._cond.wait(wait)
+        return None
+
     def _work(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._pending) or self._closed)
-                if self._closed:
+                self._running = self._next()
+                if self._running is None:
                     return
-                self._running = self._pending.pop(0)
             try:
                 self._run(self._running.selection, self._running.config_json)
             except Exception:  # noqa: BLE001 - a neighbour that fails is skipped; the page shows its own errors

@@ -4,6 +4,7 @@ the controls produce one step later."""
 from __future__ import annotations
 
 import threading
+import time
 
 from compression_core.config import CompressionConfig, PruneSpec, QuantSpec
 from dashboard import prefetch
@@ -65,15 +66,27 @@ class Gate:
 
 def test_jobs_run_in_order_in_one_background_thread():
     gate = Gate()
-    p = Prefetcher(gate)
+    p = Prefetcher(gate, delay_s=0)
     assert p.submit("s1", "sel", ["a", "b", "a", "c"]) == 3  # duplicates once
     assert p.wait_idle(TIMEOUT)
     assert gate.ran == ["a", "b", "c"] and gate.threads == {"explore-prefetch"} and p.done == 3
 
 
+def test_a_job_waits_its_delay_so_the_browser_draws_first():
+    gate = Gate()
+    p = Prefetcher(gate, delay_s=0.5)
+    t0 = time.monotonic()
+    p.submit("s1", "sel", ["a"])
+    time.sleep(0.2)
+    assert gate.ran == [] and p.pending() == ["a"]
+    assert p.cancel("s1") == 1  # the user moved again within the delay: nothing ran
+    p.submit("s1", "sel", ["b"])
+    assert p.wait_idle(TIMEOUT) and gate.ran == ["b"] and time.monotonic() - t0 >= 0.7
+
+
 def test_a_new_request_replaces_the_sessions_waiting_jobs_and_is_bounded():
     gate = Gate(hold="busy")
-    p = Prefetcher(gate, per_owner=2, max_pending=3)
+    p = Prefetcher(gate, per_owner=2, max_pending=3, delay_s=0)
     p.submit("s1", "sel", ["busy"])
     assert gate.holding.wait(TIMEOUT)  # the worker is on "busy": the rest waits
     p.submit("s1", "sel", ["a1", "a2", "a3"])
@@ -92,7 +105,7 @@ def test_a_new_request_replaces_the_sessions_waiting_jobs_and_is_bounded():
 
 def test_close_lets_the_running_job_finish_and_stops_the_worker():
     gate = Gate(hold="busy")
-    p = Prefetcher(gate)
+    p = Prefetcher(gate, delay_s=0)
     p.submit("s1", "sel", ["busy", "next"])
     assert gate.holding.wait(TIMEOUT)
     threading.Timer(0.2, gate.release.set).start()
@@ -103,7 +116,7 @@ def test_close_lets_the_running_job_finish_and_stops_the_worker():
 
 def test_a_failing_job_does_not_stop_the_worker():
     gate = Gate(fail="bad")
-    p = Prefetcher(gate)
+    p = Prefetcher(gate, delay_s=0)
     p.submit("s1", "sel", ["bad", "good"])
     assert p.wait_idle(TIMEOUT)
     assert gate.ran == ["bad", "good"] and p.done == 2
@@ -111,7 +124,7 @@ def test_a_failing_job_does_not_stop_the_worker():
 
 def test_concurrent_sessions_submit_and_cancel_safely():
     gate = Gate()
-    p = Prefetcher(gate, per_owner=3, max_pending=8)
+    p = Prefetcher(gate, per_owner=3, max_pending=8, delay_s=0)
     errors = []
 
     def session(i: int) -> None:

@@ -129,7 +129,7 @@ class Prefetcher:
         delay_s: a job starts no sooner than this many seconds after its request.
     """
 
-    def __init__(self, run: Callable[[object, str], object], *, per_owner: int = 4, max_pending: int = 16,
+    def __init__(self, run: Callable[[object, str], object], *, per_owner: int = 3, max_pending: int = 16,
                  delay_s: float = DELAY_S):
         self._run = run
         self._delay_s = delay_s

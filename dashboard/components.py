@@ -23,9 +23,6 @@ from dashboard.selection import Selection
 
 ERROR_ICON = ":material/error:"
 CHART_CONFIG = {"displaylogo": False}
-# A chart redrawn on every Explore slider step (the layer histogram) is drawn as a static picture: an interactive
-# Plotly chart (hover, zoom, legend clicks) cost the browser about 0.4 s more per step on a 2-core machine.
-STATIC_CHART_CONFIG = {**CHART_CONFIG, "staticPlot": True}
 # Markdown (CommonMark + GFM + Streamlit's directives) that could turn text into a link, an image, HTML, code,
 # emphasis, a table or math: escaped everywhere. Autolinks (http://, www., e-mail) are broken at their seam.
 _ALWAYS = re.compile(r"([\\`*\[\]()<>!|~$&#{}])")
@@ -169,7 +166,7 @@ def layer_details(selection: Selection, record: dict, key: str) -> str:
     config_json = CompressionConfig.from_dict(record["config"]).to_json()
     hist, grid = services.layer_histogram(selection, config_json, layer, hide_zeros=hide_zeros)
     st.plotly_chart(layer_charts.weight_histogram(hist, grid, log_y=log_y, title=f"{layer}: weights before vs after"),
-                    key=f"{key}_histogram", config=STATIC_CHART_CONFIG)
+                    key=f"{key}_histogram", config=CHART_CONFIG)
     if grid.get("channel") is not None:
         st.caption(f"Per-channel grid: levels shown for channel {grid['channel']} (the widest); the dashed lines "
                    f"are the clip range over all channels.")

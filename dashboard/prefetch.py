@@ -122,8 +122,9 @@ class Prefetcher:
     """One background thread running `run(selection, config_json)` for queued jobs, newest requests kept.
 
     Args:
-        run: what a job does; the dashboard passes the cached `services.evaluate`. Its exceptions are logged
-            (a neighbour the engine rejects is not the user's problem) and the worker carries on.
+        run: what a job does; the dashboard passes `services._evaluate_ahead` (the cached `evaluate`, then the
+            histogram shown first). Its exceptions are logged (a neighbour the engine rejects is not the user's
+            problem) and the worker carries on.
         per_owner: at most this many waiting jobs per session.
         max_pending: at most this many waiting jobs in all; the oldest are dropped first.
         delay_s: a job starts no sooner than this many seconds after its request.

@@ -46,6 +46,7 @@ from compression_core.tasks import TASKS, default_task
 from compression_core.sweep import expand_grid
 from dashboard import precomputed as shipped
 from dashboard import uploads
+from dashboard.prefetch import Prefetcher
 from dashboard.server_paths import PATH_KINDS, PathRefused, check_server_path, data_roots
 from dashboard.selection import Selection
 
@@ -324,6 +325,20 @@ def precomputed(selection: Selection, config_json: str) -> dict | None:
         return None
     key = get_experiment(selection).key(CompressionConfig.from_json(config_json))
     return shipped.lookup(key, selection.device)
+
+
+@st.cache_resource(show_spinner=False)
+def prefetcher() -> Prefetcher:
+    """The server's one background evaluator of the configs next to those on screen (`dashboard.prefetch`); it
+    fills the shared caches, so a slider step onto a neighbour is a cache hit."""
+    return Prefetcher(_evaluate_ahead)
+
+
+def _evaluate_ahead(selection: Selection, config_json: str) -> None:
+    """What Explore shows first for a config: its record and the largest layer's histogram (zeros hidden)."""
+    record = evaluate(selection, config_json)
+    largest = max(record["layers"], key=lambda layer: layer["n"])["name"]
+    layer_histogram(selection, config_json, largest, hide_zeros=True)
 
 
 def data_source(selection: Selection) -> str:

@@ -4,10 +4,13 @@ The controls, metrics, explored-points chart and layer details sit in one `st.fr
 reruns only this part. Control values are bound to the URL (`explore_bits=4&explore_sparsity=0.5&...`); what each
 control shows and whether it is enabled comes from the canonical config (`dashboard.explore_state`).
 Every config evaluated in this browser session is kept, as plain dicts, in `st.session_state["explore_history"]`.
+While the user looks, the configs one slider step away are evaluated in the background (`dashboard.prefetch`), so
+the next step is usually a cache hit; the per-layer section is a nested fragment (its own widgets rerun only it).
 """
 from __future__ import annotations
 
 import time
+import uuid
 
 import pandas as pd
 import streamlit as st
@@ -15,13 +18,15 @@ import streamlit as st
 from compression_core.config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES,
                                      REPAIRS, SCALE_DTYPES, SCHEMES, SCOPES, CompressionConfig)
 from compression_core.methods import quantizers
-from dashboard import components, explore_state, frame, lessons, overrides_panel, retrain_panel, services
+from dashboard import components, explore_state, frame, lessons, overrides_panel, prefetch, retrain_panel, services
 from dashboard.charts import explore as explore_charts
 from dashboard.charts.common import act_bits_label, metric_axis, option_label
 from dashboard.explore_state import DEFAULT_STATES, GROUP_SIZES, NM_PATTERNS, WidgetState
 from dashboard.selection import Selection
 
 HISTORY_KEY = "explore_history"  # {selection key: [point dicts]}
+OWNER_KEY = "explore_prefetch_owner"  # this session's id for the neighbour prefetcher
+PREVIOUS_KEY = "explore_previous_config"  # the config shown before this one (JSON): the direction of a move
 POINT_FIELDS = ("config_hash", "label", "bits", "quantizer", "prune_method", "sparsity", "accuracy",
                 "accuracy_ci_low", "accuracy_ci_high", "size_bytes", "compression_ratio", "task", "metric",
                 "metric_value", "cosine", "rel_l2", "recall_at_10", "agreement", "kl", "perplexity")
@@ -197,10 +202,32 @@ def show_points(points: list[dict], record: dict) -> None:
     st.plotly_chart(fig, key="explore_points_chart", config=components.CHART_CONFIG)
 
 
+def _session_owner() -> str:
+    """This browser session's id for the prefetcher (a random token kept in session state)."""
+    if OWNER_KEY not in st.session_state:
+        st.session_state[OWNER_KEY] = uuid.uuid4().hex
+    return st.session_state[OWNER_KEY]
+
+
+def prefetch_next(selection: Selection, config: CompressionConfig, record: dict, owner: str) -> int:
+    """Queue the configs one slider step away for background evaluation (`prefetch.plan`); returns how many."""
+    previous = _state(PREVIOUS_KEY, None)
+    st.session_state[PREVIOUS_KEY] = config.to_json()
+    return services.prefetcher().submit(owner, selection, prefetch.plan(previous, config, record["eval_seconds"]))
+
+
+@st.fragment
+def per_layer(selection: Selection, record: dict) -> None:
+    """The per-layer table and histogram; choosing a layer or a histogram option reruns only this part."""
+    components.layer_details(selection, record, "explore")
+
+
 @st.fragment
 def explore(selection: Selection) -> None:
     """Controls + metrics + points + details; reruns alone when a control moves."""
     started = time.perf_counter()
+    owner = _session_owner()
+    services.prefetcher().cancel(owner)  # the user is waiting: start no background work of this session now
     try:
         config = controls()
         config = overrides_panel.panel(selection, config)
@@ -223,11 +250,12 @@ def explore(selection: Selection) -> None:
         st.session_state[HISTORY_KEY] = history
         st.rerun(scope="fragment")
     st.subheader("Per layer")
-    components.layer_details(selection, record, "explore")
+    per_layer(selection, record)
     total_ms = 1000 * (time.perf_counter() - started)
     st.caption(f"Server time for this update: {total_ms:,.0f} ms (compress + evaluate, or cache hit: "
                f"{engine_ms:,.0f} ms).", help="Measured on the server around this section's rerun; "
                                              "network and browser drawing come on top.")
+    prefetch_next(selection, config, record, owner)
 
 
 selection = frame.require_selection()

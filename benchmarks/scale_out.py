@@ -6,7 +6,7 @@ min-max) on lenet5 / mnist, a class-stratified --limit of the test set (~1 s of 
   ray:    `sweep` with RayExecutor(--workers single-CPU workers, one torch thread each) on a local Ray instance;
           the workers are started and build their experiment on a 2-config warm-up grid first, so the timed
           sweep measures evaluation, not process start-up (printed separately).
-Both write a fresh store. The records must agree config for config (`executor_ray.differing_fields`: every field
+Both write a fresh store. The records must agree config for config (`record.differing_fields`: every field
 equal but what each process measures for itself, batch means like the loss up to float rounding; exit 1 if not).
 Printed (JSON): wall times, wall_ratio = serial / ray (2 workers on 2 idle cores: expect >= 1.6), and
 overhead_per_task_s = (ray wall x workers - serial wall) / configs: the worker-seconds each task costs beyond a
@@ -27,7 +27,8 @@ from pathlib import Path
 import ray
 import torch
 
-from compression_core.executor_ray import RayExecutor, differing_fields
+from compression_core.executor_ray import RayExecutor
+from compression_core.record import differing_fields
 from compression_core.spec import ExperimentSpec
 from compression_core.store import Store
 from compression_core.sweep import expand_grid, sweep

@@ -38,12 +38,6 @@ POLL_S = 0.2  # how often the driver looks at cancel while waiting for results
 CONNECT_TIMEOUT_S = 5.0  # a HOST:PORT that does not answer within this is reported unreachable
 MAX_ATTEMPTS = 2  # a config is tried on at most this many workers before it is reported failed
 WORKER_PREFIX = "compression-explorer-worker"  # actor names; cluster_summary counts the live ones
-# what each process measures for itself: timings, and the layout / batch size it found fastest (`tune_forward`)
-MEASURED_FIELDS = frozenset({"eval_seconds", "compress_seconds", "latency_ms_per_batch", "batch_size", "eval_group",
-                             "memory_format", "device", "cached"})
-# means over batches: summed in another order under another batch size or layout, they differ in the last bits
-AVERAGED_FIELDS = frozenset({"loss", "kl", "cosine", "rel_l2", "perplexity"})
-AVERAGED_RTOL = 1e-5
 
 
 class ClusterError(ConnectionError):
@@ -114,17 +108,6 @@ def cluster_summary(address: str | None) -> dict:
     workers = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(WORKER_PREFIX)]
     return {"address": address or "local", "nodes": sum(n["Alive"] for n in ray.nodes()),
             "cpus": int(resources.get("CPU", 0)), "gpus": int(resources.get("GPU", 0)), "workers": len(workers)}
-
-
-def differing_fields(a: dict, b: dict) -> list[str]:
-    """The fields in which two records of one config disagree beyond what two processes may: every field but
-    `MEASURED_FIELDS` must be equal, `AVERAGED_FIELDS` within AVERAGED_RTOL (relative)."""
-    def agree(k: str) -> bool:
-        x, y = a.get(k), b.get(k)
-        if k in AVERAGED_FIELDS and isinstance(x, float) and isinstance(y, float):
-            return math.isclose(x, y, rel_tol=AVERAGED_RTOL)
-        return x == y
-    return sorted(k for k in set(a) | set(b) if k not in MEASURED_FIELDS and not agree(k))
 
 
 def _describe(summary: dict) -> str:

@@ -14,6 +14,7 @@ Example:
 """
 # no `from __future__ import annotations`: TypedDict must see NotRequired[...] as a type, not a string (3.11)
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
@@ -286,6 +287,34 @@ RECORD_FIELDS: tuple[Field, ...] = (
 # `bn_folded` go in as JSON text), so a new field reaches the CSV without a second list to update.
 TABLE_COLUMNS: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS if f.name != "layers")
 JSON_COLUMNS = ("config", "bn_folded")  # fields that are not one value: canonical JSON text in a cell
+
+
+# Two evaluations of one config in two processes (Ray workers, shards, a shipped record and a fresh run) agree in
+# every field but what each process measures for itself (timings, the layout / batch size it found fastest, where
+# the record came from) and the means over batches, which another batch size sums in another order.
+MEASURED_FIELDS = frozenset({f.name for f in RECORD_FIELDS if f.unit in ("seconds", "milliseconds", "Unix seconds")}
+                            | {"batch_size", "eval_group", "memory_format", "device", "cached", "precomputed"})
+AVERAGED_FIELDS = frozenset({"loss", "kl", "cosine", "rel_l2", "perplexity", "finetune_final_loss"})
+AVERAGED_RTOL = 1e-5
+
+
+def differing_fields(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """The fields in which two records of one config disagree beyond what two processes may: every field but
+    `MEASURED_FIELDS` equal, `AVERAGED_FIELDS` within `AVERAGED_RTOL` (relative).
+
+    Example:
+        >>> differing_fields({"accuracy": 0.9, "loss": 0.1236155, "eval_seconds": 1.0},
+        ...                  {"accuracy": 0.9, "loss": 0.1236156, "eval_seconds": 2.5})
+        []
+        >>> differing_fields({"accuracy": 0.9}, {"accuracy": 0.8, "size_bytes": 10})
+        ['accuracy', 'size_bytes']
+    """
+    def agree(k: str) -> bool:
+        x, y = a.get(k), b.get(k)
+        if k in AVERAGED_FIELDS and isinstance(x, float) and isinstance(y, float):
+            return math.isclose(x, y, rel_tol=AVERAGED_RTOL)
+        return x == y
+    return sorted(k for k in set(a) | set(b) if k not in MEASURED_FIELDS and not agree(k))
 
 
 def table_row(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 from compression_core.cli import main
 from compression_core.executor_ray import INSTALL_HINT, WORKER_PREFIX, ClusterError, RayExecutor, cluster_summary
-from compression_core.executor_ray import differing_fields, require_ray
+from compression_core.executor_ray import require_ray
+from compression_core.record import differing_fields
 from compression_core.spec import ExperimentSpec
 from compression_core.store import Store
 from compression_core.sweep import expand_grid, sweep

@@ -27,7 +27,9 @@ OWN_MODULES = {"compression_core/methods.py", "compression_core/quantize.py", "c
 NOT_METHOD_NAMES = {("compression_core/cli.py", "nm"): "the sweep grid field of the N:M pattern (--nm)",
                     ("compression_core/quantize_blocks.py", "fp16"): "the storage type of a scale (--scale-dtype)",
                     ("compression_core/config.py", "taylor"): "the structured-pruning importance (PruneSpec.importance)",
-                    ("compression_core/prune_structured.py", "taylor"): "the structured-pruning importance"}
+                    ("compression_core/prune_structured.py", "taylor"): "the structured-pruning importance",
+                    **{("dashboard/lessons.py", q): "lesson content: the 4-bit formats its text asks a class to "
+                                                    "compare" for q in ("nf4", "mxfp4", "fp4_e2m1", "uniform")}}
 
 
 def stray_method_names(source: str, names: set[str]) -> list[tuple[int, str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from compression_core.config import CompressionConfig
@@ -217,9 +218,8 @@ def layer_details(selection: Selection, record: dict, key: str) -> str:
                              help="Leave the pruned weights (their spike at 0) out, so the rest stays visible; "
                                   "weights that quantization rounded to 0 are still shown.")
     config_json = CompressionConfig.from_dict(record["config"]).to_json()
-    hist, grid = services.layer_histogram(selection, config_json, layer, hide_zeros=hide_zeros)
-    st.plotly_chart(layer_charts.weight_histogram(hist, grid, log_y=log_y, title=f"{layer}: weights before vs after"),
-                    key=f"{key}_histogram", config=CHART_CONFIG)
+    figure, grid = _histogram_figure(selection, config_json, layer, hide_zeros, log_y)
+    st.plotly_chart(figure, key=f"{key}_histogram", config=CHART_CONFIG)
     if grid.get("channel") is not None:
         st.caption(f"Per-channel grid: levels shown for channel {grid['channel']} (the widest); the dashed lines "
                    f"are the clip range over all channels.")
@@ -227,11 +227,27 @@ def layer_details(selection: Selection, record: dict, key: str) -> str:
         st.caption(f"Block grid: the values block {grid['block']} can represent (the block holding the largest "
                    f"|w|; blocks run along the input dimension); the dashed lines are that block's range.")
     if layer_charts.has_size_breakdown(layers):
-        st.plotly_chart(layer_charts.size_breakdown(layers), key=f"{key}_size_breakdown", config=CHART_CONFIG)
+        st.plotly_chart(_size_figure(selection, config_json, layers), key=f"{key}_size_breakdown",
+                        config=CHART_CONFIG)
     else:
         st.caption("This record was stored before the per-layer size breakdown existed; evaluate its config again "
                    "to see it.")
     return layer
+
+
+# Figures of a config shown before are kept, built: building a Plotly figure costs 20-35 ms, most of a rerun that
+# hits the result cache. Shared by every session and only read (st.plotly_chart serialises a copy).
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _histogram_figure(selection: Selection, config_json: str, layer: str, hide_zeros: bool,
+                      log_y: bool) -> tuple[go.Figure, dict]:
+    hist, grid = services.layer_histogram(selection, config_json, layer, hide_zeros=hide_zeros)
+    return layer_charts.weight_histogram(hist, grid, log_y=log_y, title=f"{layer}: weights before vs after"), grid
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _size_figure(selection: Selection, config_json: str, _layers: list[dict]) -> go.Figure:
+    """The size breakdown of the config's layers (`_layers`: not hashed; the selection and config decide them)."""
+    return layer_charts.size_breakdown(_layers)
 
 
 def eval_set_label(limit: int | None) -> str:

@@ -12,6 +12,7 @@ Streamlit's query-parameter binding reads them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -184,12 +185,18 @@ def seed_points(selection: Selection, fields: tuple[str, ...] | None = None) -> 
     """
     if not precomputed.has_selection(selection.model, selection.dataset, selection.limit, selection.device):
         return []  # nothing shipped for it: do not load anything
-    experiment = services.get_experiment(selection)
-    common = {**experiment.key(CompressionConfig()), "device": selection.device}
-    shipped = {r["config_hash"]: r for r in precomputed.records(common)}
+    common = {**services.get_experiment(selection).key(CompressionConfig()), "device": selection.device}
+    return [dict(p) for p in _front_points(tuple(common.items()), fields)]
+
+
+@functools.lru_cache(maxsize=16)
+def _front_points(common: tuple[tuple[str, object], ...], fields: tuple[str, ...] | None) -> tuple[dict, ...]:
+    """seed_points' rows for one evaluation set (`common`: its key fields), computed once per process (the
+    shipped files and FRONT do not change while it runs); callers get copies."""
+    shipped = {r["config_hash"]: r for r in precomputed.records(dict(common))}
     rows = [shipped[h] for h in dict.fromkeys(v.config().config_hash for v in FRONT) if h in shipped]
     keep = fields if fields is not None else tuple(k for k in (rows[0] if rows else {}) if k != "layers")
-    return [{f: r[f] for f in keep if r.get(f) is not None} | {"precomputed": True} for r in rows]
+    return tuple({f: r[f] for f in keep if r.get(f) is not None} | {"precomputed": True} for r in rows)
 
 
 def merged(points: list[dict], seeds: list[dict]) -> list[dict]:

@@ -64,14 +64,16 @@ def unpack(content: dict) -> list[dict]:
 
 @functools.lru_cache(maxsize=4)
 def _index(folder: Path) -> dict[tuple, dict]:
-    """(matched fields..., config_hash) -> record, over every file in `folder`; read once per process."""
+    """(matched fields..., config_hash) -> record, over every file in `folder`; read once per process. A record
+    whose config the running engine no longer accepts, or hashes differently, is left out."""
     index = {}
     for path in sorted(folder.glob("*.json")):
         content = json.loads(path.read_text())
         if content.get("format") != FORMAT:
             continue
         for record in unpack(content):
-            index[(*(record[f] for f in MATCHED), record["config_hash"])] = record
+            if _current_hash(record) == record["config_hash"]:
+                index[(*(record[f] for f in MATCHED), record["config_hash"])] = record
     return index
 
 
@@ -98,7 +100,7 @@ def lookup(key: dict, device: str, folder: Path = DIR) -> dict | None:
     """
     wanted = {**key, "device": device, "engine_version": __version__}
     record = _index(folder).get((*(wanted[f] for f in MATCHED), key["config_hash"]))
-    if record is None or _current_hash(record) != key["config_hash"]:
+    if record is None:
         return None
     return {**record, "layers": [dict(layer) for layer in record.get("layers") or []]}
 
@@ -113,4 +115,4 @@ def has_selection(model: str, dataset: str, limit: int | None, device: str, fold
 def records(common: dict, folder: Path = DIR) -> list[dict]:
     """Every shipped record whose matched fields equal `common`'s and whose config still hashes the same."""
     wanted = tuple({**common, "engine_version": __version__}[f] for f in MATCHED)
-    return [dict(r) for k, r in _index(folder).items() if k[:-1] == wanted and _current_hash(r) == k[-1]]
+    return [dict(r) for k, r in _index(folder).items() if k[:-1] == wanted]

@@ -49,7 +49,7 @@ def test_moving_the_sparsity_slider_changes_the_accuracy(make_app, no_exception,
 
 
 def test_bits_change_size_and_histogram_levels(make_app, no_exception, metric_value, figures):
-    at = make_app()
+    at = make_app(explore_details="true")
     at.select_slider(key="explore_bits").set_value(4).run()
     no_exception(at)
     assert float(metric_value(at, "Compression").rstrip("×")) > 5
@@ -85,7 +85,7 @@ def test_one_bit_symmetric_switches_to_asymmetric_with_a_note(make_app, no_excep
 
 
 def test_layer_table_and_histogram_toggles(make_app, no_exception, figures):
-    at = make_app(explore_sparsity="0.5", explore_scope="per layer")
+    at = make_app(explore_sparsity="0.5", explore_scope="per layer", explore_details="true")
     table = next(d.value for d in at.dataframe if d.editing_mode == "read_only")  # the record's layers
     assert list(table.columns)[:3] == ["Layer", "Shape", "Weights"]
     assert list(table["Sparsity (%)"]) == pytest.approx([50.0] * len(table), abs=0.5)
@@ -152,7 +152,8 @@ def test_every_metric_of_the_record_has_a_tile_and_the_layers_a_size_breakdown(m
                                                                                capsys, tmp_path):
     from compression_core import cli
 
-    at = make_app(explore_bits="2", explore_sparsity="0.9", explore_scope="per layer", explore_act_bits="8-bit")
+    at = make_app(explore_bits="2", explore_sparsity="0.9", explore_scope="per layer", explore_act_bits="8-bit",
+                  explore_details="true")
     no_exception(at)
     labels = [m.label for m in at.metric]
     assert labels[:5] == ["Accuracy", "Size", "Compression", "Bits per weight", "Sparsity"]  # the headline row
@@ -183,3 +184,14 @@ def test_every_metric_of_the_record_has_a_tile_and_the_layers_a_size_breakdown(m
     assert delta == f"-{record['accuracy_drop_pts']:.2f} pts vs fp32"
     assert cli.main(argv) == 0
     assert f"change {delta}" in capsys.readouterr().out
+
+
+def test_per_layer_details_are_drawn_only_when_asked(make_app, no_exception, figures):
+    at = make_app()
+    no_exception(at)
+    assert not at.toggle(key="explore_details").value and all(s.key != "explore_layer" for s in at.selectbox)
+    assert len(figures(at)) == 1  # the explored-points chart only: a step redraws nothing else
+    at.toggle(key="explore_details").set_value(True).run()
+    no_exception(at)
+    assert any(s.key == "explore_layer" for s in at.selectbox) and len(figures(at)) == 3  # + histogram, sizes
+    assert make_app(explore_details="true").toggle(key="explore_details").value  # from a shared link

@@ -5,6 +5,12 @@ import pytest
 EDIT = {"added_rows": [], "deleted_rows": []}
 
 
+@pytest.fixture
+def make_app(make_app):
+    """Explore with its per-layer details on: the overrides are checked against the record's layer table."""
+    return lambda page=None, **query: make_app(page, **{"explore_details": "true", **query})
+
+
 def layer_rows(at) -> dict:
     """The record's per-layer table (Explore's read-only st.dataframe) by layer name."""
     (table,) = [d.value for d in at.dataframe if "Shape" in d.value.columns]

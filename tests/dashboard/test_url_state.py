@@ -141,7 +141,8 @@ def test_layers_settings_and_layer_details_come_from_the_url(make_app, no_except
     assert at.multiselect(key="layers_sparsity").value == [0.75]
     assert at.selectbox(key="layers_granularity").value == "tensor"
     assert at.selectbox(key="layers_channel_layer").value == "conv2"
-    explore = make_app(explore_layer="conv1", explore_log_y="true", explore_hide_zeros="false")
+    explore = make_app(explore_details="true", explore_layer="conv1", explore_log_y="true",
+                       explore_hide_zeros="false")
     no_exception(explore)
     assert explore.selectbox(key="explore_layer").value == "conv1"
     assert explore.toggle(key="explore_log_y").value and not explore.toggle(key="explore_hide_zeros").value

@@ -116,8 +116,14 @@ def _fix_url(url: dict, states: dict[str, WidgetState]) -> bool:
     return bool(wrong)
 
 
+def _seed(key: str):
+    """The value a control is created with: its default on a first run, None (the widget's own) once controls()
+    wrote its key, whose value then comes from session state (both at once make Streamlit warn on every rerun)."""
+    return None if key in st.session_state else DEFAULT_STATES[key].value
+
+
 def _index(key: str, options) -> int:
-    return list(options).index(DEFAULT_STATES[key].value)
+    return 0 if key in st.session_state else list(options).index(DEFAULT_STATES[key].value)
 
 
 def _selectboxes(states: dict[str, WidgetState], rows: tuple) -> None:
@@ -131,11 +137,11 @@ def _selectboxes(states: dict[str, WidgetState], rows: tuple) -> None:
 def _draw_quant(states: dict[str, WidgetState]) -> None:
     """Bits, sparsity, quantizer, scheme, granularity and range."""
     left, right = st.columns(2)
-    left.select_slider("Weight bits", ALLOWED_BITS, value=DEFAULT_STATES["explore_bits"].value, key="explore_bits",
+    left.select_slider("Weight bits", ALLOWED_BITS, value=_seed("explore_bits"), key="explore_bits",
                        bind="query-params", disabled=not states["explore_bits"].enabled,
                        help="32 = not quantized. Fixed-width formats (fp16 / bf16 casts, FP8, MX, NF4) show their "
                             "own width.")
-    right.slider("Sparsity", 0.0, explore_state.MAX_SPARSITY, DEFAULT_STATES["explore_sparsity"].value, 0.01,
+    right.slider("Sparsity", 0.0, explore_state.MAX_SPARSITY, _seed("explore_sparsity"), 0.01,
                  key="explore_sparsity", bind="query-params", disabled=not states["explore_sparsity"].enabled,
                  format="%.2f", help="Fraction of weights removed (exactly round(s·n) of them). N:M shows the "
                                      "sparsity its pattern sets.")
@@ -160,10 +166,10 @@ def repair_controls(states: dict[str, WidgetState], config: CompressionConfig) -
                    bind="query-params", disabled=not states["explore_repair"].enabled, format_func=option_label,
                    help="Calibrated repair of the rounding on training samples: GPTQ (integer grids), AWQ "
                         "(weight-only), SmoothQuant (with 8-bit activations).")
-    c[1].slider("SmoothQuant α", 0.0, 1.0, DEFAULT_STATES["explore_alpha"].value, 0.05, key="explore_alpha",
+    c[1].slider("SmoothQuant α", 0.0, 1.0, _seed("explore_alpha"), 0.05, key="explore_alpha",
                 bind="query-params", disabled=not states["explore_alpha"].enabled,
                 help="How much of the activation range moves into the weights: s = max|x|^α / max|w|^(1-α).")
-    c[2].toggle("GPTQ act-order", value=DEFAULT_STATES["explore_act_order"].value, key="explore_act_order",
+    c[2].toggle("GPTQ act-order", value=bool(_seed("explore_act_order")), key="explore_act_order",
                 bind="query-params", disabled=not states["explore_act_order"].enabled,
                 help="Round the columns with the largest input energy first.")
 
@@ -179,7 +185,7 @@ def format_controls(states: dict[str, WidgetState]) -> None:
     c[1].selectbox("Scale stored as", SCALE_DTYPES, index=_index("explore_scale_dtype", SCALE_DTYPES),
                    key="explore_scale_dtype", bind="query-params", disabled=not states["explore_scale_dtype"].enabled,
                    help="Storage type of each scale, counted in the size; rounded up to it.")
-    c[2].toggle("Double-quantize scales", value=DEFAULT_STATES["explore_double_quant"].value,
+    c[2].toggle("Double-quantize scales", value=bool(_seed("explore_double_quant")),
                 key="explore_double_quant", bind="query-params", disabled=not states["explore_double_quant"].enabled,
                 help="NF4: block scales as int8 in blocks of 256 (QLoRA); off keeps them fp32.")
 

@@ -30,12 +30,20 @@ def slider_input(page, label: str):
 
 def test_explore_loads_without_exception_and_screenshot(page, app_url, wait_idle):
     page.set_viewport_size({"width": 1440, "height": 1500})  # tall enough for metrics + explored chart
-    page.goto(app_url)  # the default: lenet5 on mnist
+    page.goto(app_url)  # the first view: lenet5 on mnist, int4 per channel + 50 % magnitude pruning
     wait_idle(page)
     expect(accuracy_value(page)).to_have_text(re.compile(r"\d+\.\d\d %"))
-    # the points explored here: the shipped precomputed front (open circles, fill none) is drawn beside them
-    explored = page.locator("[data-testid='stPlotlyChart']").first.locator(
-        ".scatterlayer .trace path.point:not([style*='fill: none'])")
+    chart = page.locator("[data-testid='stPlotlyChart']").first
+    # the points explored here, and the shipped precomputed front (open circles, fill none) drawn beside them
+    explored = chart.locator(".scatterlayer .trace path.point:not([style*='fill: none'])")
+    shipped = chart.locator(".scatterlayer .trace path.point[style*='fill: none']")
+    expect(explored).to_have_count(2)  # the first view's config and the "current" marker on it
+    assert shipped.count() >= 20  # a real trade-off at once: the bits x sparsity front, not one fp32 dot
+    compression = page.locator("[data-testid='stMetric']").filter(has_text="Compression")
+    assert float(compression.locator("[data-testid='stMetricValue']").inner_text().rstrip("×")) > 5
+
+    page.goto(f"{app_url}/?explore_bits=32&explore_sparsity=0")  # fp32, then explore like a user
+    wait_idle(page)
     expect(explored).to_have_count(2)  # the fp32 point and the "current" marker on it
     wait_idle(page)
     assert page.locator(EXCEPTION).count() == 0

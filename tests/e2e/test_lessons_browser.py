@@ -43,7 +43,8 @@ def test_a_lesson_link_opens_explore_with_its_settings(page, app_url, wait_idle,
     expect(bits.locator("[data-testid='stSliderThumbValue']")).to_have_text(str(lesson.view.bits), timeout=LOAD_MS)
     expect(_selectbox(page, "Granularity")).to_have_value("per tensor")
     expect(_selectbox(page, "Range")).to_have_value("percentile")
-    expect(_selectbox(page, "Pruning scope")).to_have_value("global")
+    expect(_selectbox(page, "Pruning scope")).to_have_value("per layer")  # no pruning: the scope in force, disabled
+    expect(_selectbox(page, "Pruning scope")).to_be_disabled()
     label = page.get_by_text(lesson.view.config().label, exact=False).first  # "int3 tensor sym p99.9"
     expect(label).to_be_visible(timeout=LOAD_MS)
     page.screenshot(path=str(_shots(tmp_path) / "lesson-clipping.png"), full_page=True)

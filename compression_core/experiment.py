@@ -8,6 +8,7 @@ a calibration batch from the train split and the dense MAC counts; `run(config)`
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from functools import cached_property
 
@@ -158,24 +159,57 @@ class Experiment:
             x, y = _subset(x, idx), None if y is None else y[idx]
         self.limit = limit if limit is not None and limit < n else None
         x, self.y = _to(x, self.device), None if y is None else y.to(self.device)
-        # our own copy of the pristine model, in the fastest measured layout and batch size for this device
-        model = copy.deepcopy(loaded.model).to(self.device).eval()
-        streamed = not isinstance(x, (torch.Tensor, dict))
-        check_fits(model, loaded.name, dataset, x.load(1) if streamed else take(x, 0, 1), self.task)
-        fmt, tuned_batch = tune_forward(model, x.load(x.tune_samples) if streamed else x)
-        self.memory_format = fmt
-        self.batch_size = batch_size or tuned_batch
-        self.model = model.to(memory_format=fmt)
-        if isinstance(x, torch.Tensor):
-            x = x.contiguous(memory_format=fmt)
-        elif streamed:
-            x = x.to(self.device, memory_format=fmt)
-        self.x = x
+        # our own copy of the pristine model; its fastest layout and batch size for this device are measured at
+        # the first use of the model or the data (`_tune`), so a server answering from shipped records never pays
+        # for it
+        self._model = copy.deepcopy(loaded.model).to(self.device).eval()
+        self._x = x
+        self.streamed = not isinstance(x, (torch.Tensor, dict))  # a large image folder read batch by batch
+        check_fits(self._model, loaded.name, dataset, x.load(1) if self.streamed else take(x, 0, 1), self.task)
+        self._batch_size = batch_size
+        self._tuned: tuple[torch.memory_format, int] | None = None
+        self._tune_lock = threading.Lock()
+
+    # ---- the tuned model and data ---------------------------------------------------------------
+    def _tune(self) -> tuple[torch.memory_format, int]:
+        """(memory format, batch size) measured once (`tune_forward`); puts the model and data in that layout."""
+        with self._tune_lock:
+            if self._tuned is None:
+                x = self._x
+                fmt, batch = tune_forward(self._model, x.load(x.tune_samples) if self.streamed else x)
+                self._model.to(memory_format=fmt)
+                if isinstance(x, torch.Tensor):
+                    self._x = x.contiguous(memory_format=fmt)
+                elif self.streamed:
+                    self._x = x.to(self.device, memory_format=fmt)
+                self._tuned = (fmt, batch)
+            return self._tuned
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """Our pristine model on the device, in the measured fastest layout (read it, never modify it)."""
+        self._tune()
+        return self._model
+
+    @property
+    def x(self):
+        """The evaluation inputs on the device (a tensor, a dict of tensors or a streamed split)."""
+        self._tune()
+        return self._x
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return self._tune()[0]
+
+    @property
+    def batch_size(self) -> int:
+        """The evaluation batch: the one given, else the fastest measured."""
+        return self._batch_size or self._tune()[1]
 
     # ---- cached one-off work -------------------------------------------------------------------
     @cached_property
     def layer_names(self) -> list[str]:
-        return [name for name, _ in compressible_layers(self.model)]
+        return [name for name, _ in compressible_layers(self._model)]  # the layout does not change the names
 
     @cached_property
     def calib(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -211,16 +245,11 @@ class Experiment:
     @cached_property
     def example(self):
         """One evaluation sample as an input batch (tensor or dict of tensors) on the device: traces graphs."""
-        return self.x.load(1) if self.streamed else take(self.x, 0, 1)
+        return self._x.load(1) if self.streamed else take(self._x, 0, 1)
 
     @cached_property
     def macs(self) -> dict[str, int]:
         return layer_macs(self.model, self.example)
-
-    @property
-    def streamed(self) -> bool:
-        """Whether the evaluation split is streamed batch by batch (a large image folder) rather than held."""
-        return not isinstance(self.x, (torch.Tensor, dict))
 
     @cached_property
     def _baseline_eval(self) -> dict:

@@ -165,7 +165,8 @@ def baseline_line(base: dict, source: str) -> str:
         base: the fp32 record of the selection (`services.baseline`).
         source: where the data comes from, already shown-literally (`components.plain`).
     """
-    timing = f"from {source} · one evaluation pass {1000 * base['eval_seconds']:,.0f} ms (measured)"
+    when = "measured when the shipped results were made" if base.get("precomputed") else "measured"
+    timing = f"from {source} · one evaluation pass {1000 * base['eval_seconds']:,.0f} ms ({when})"
     if base["task"] == "classify":
         return f"fp32 accuracy: **{100 * base['accuracy']:.2f} %** on {base['n_samples']:,} test samples {timing}"
     axis = metric_axis(base["metric"])

@@ -163,8 +163,10 @@ def lesson(slug: str) -> Lesson:
 
 
 def shipped_configs() -> list[CompressionConfig]:
-    """Every config the shipped files hold: the front of the first view and each lesson's views, once each."""
-    configs = {v.config().config_hash: v.config() for v in FRONT}
+    """Every config the shipped files hold: the fp32 model (the sidebar's baseline), the front of the first view
+    and each lesson's views, once each."""
+    configs = {CompressionConfig().config_hash: CompressionConfig()}
+    configs.update({v.config().config_hash: v.config() for v in FRONT})
     for l in LESSONS:
         configs.update({v.config().config_hash: v.config() for v in l.views})
     return list(configs.values())

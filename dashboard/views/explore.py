@@ -252,7 +252,10 @@ def explore(selection: Selection) -> None:
         components.show_error(e)
         return
     engine_ms = 1000 * (time.perf_counter() - started)
-    st.caption(f"**{config.label}** · evaluated on {record['n_samples']:,} samples of {selection.dataset} test")
+    shipped = (" · from the shipped precomputed results (same weights, data and engine; its timings were measured "
+               "when they were made)") if record.get("precomputed") else ""
+    st.caption(f"**{config.label}** · evaluated on {record['n_samples']:,} samples of {selection.dataset} test"
+               f"{shipped}")
     components.metric_tiles(record)
     points = remember(selection, record)
     points = remember(selection, retrained) if retrained else points

@@ -191,3 +191,16 @@ def test_the_default_view_shows_the_precomputed_front(make_app, no_exception, fi
 def test_the_first_views_default_config_is_on_the_shipped_front():
     front = {v.config().config_hash for v in lessons.FRONT}
     assert explore_state.DEFAULT_CONFIG.config_hash in front  # so its headline numbers are shipped, not computed
+
+
+def test_a_shipped_record_says_so_and_a_live_one_does_not(make_app, no_exception):
+    at = make_app(**LESSON_QUERY)  # the first view and its fp32 baseline are both shipped
+    no_exception(at)
+    assert any("from the shipped precomputed results" in c.value for c in at.caption)
+    assert any("one evaluation pass" in c.value and "measured when the shipped results were made" in c.value
+               for c in at.sidebar.caption)
+    at.slider(key="explore_sparsity").set_value(0.37).run()  # in no lesson and not on the front: computed here
+    no_exception(at)
+    assert not any("shipped precomputed" in c.value for c in at.caption)
+    (points,) = at.session_state["explore_history"].values()
+    assert not points[-1].get("precomputed")

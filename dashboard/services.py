@@ -16,7 +16,6 @@ only after a Load click.
 from __future__ import annotations
 
 import itertools
-import os
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -34,13 +33,11 @@ from compression_core.datasets_images import resolve_transform
 from compression_core.errors import error_line as core_error_line
 from compression_core.evaluate import DeviceUnavailable
 from compression_core.experiment import Experiment, ExperimentError
-from compression_core.executor_ray import ClusterError, RayExecutor, cluster_summary
 from compression_core.export import export
 from compression_core.methods import quantizer_info
 from compression_core.models import LoadedModel, ModelLoadError, check_model_name, list_models, load_model
 from compression_core.models.specs import USER_CODE_ERRORS
 from compression_core.pareto import pareto_front, staircase
-from compression_core.spec import ExperimentSpec
 from compression_core.store import Store, StoreError
 from compression_core.tasks import TASKS, default_task
 from compression_core.sweep import expand_grid
@@ -54,7 +51,6 @@ TEXT_MAX_LENGTH = 128  # tokens per text sample or lm window, as the CLI's --max
 CODEBOOK_MAX_BITS = 8  # a 16-bit codebook has 65,536 levels: too slow to fit for a sweep
 USER_ERRORS = (ModelLoadError, DatasetUnavailable, ConfigError, DeviceUnavailable, StoreError, ExperimentError,
                PathRefused)
-RAY_ADDRESS_ENV = "COMPRESSION_EXPLORER_RAY_ADDRESS"  # the operator's Ray cluster for sweeps (else RAY_ADDRESS)
 SERVER_PATH_PREFIXES = tuple(f"{kind}:" for kind in PATH_KINDS if kind != "hf")  # a dataset path on the server
 
 
@@ -155,7 +151,7 @@ def _text_dataset(name: str, model_key: tuple, mode: str, max_length: int, _toke
     return load_dataset(name, tokenizer=_tokenizer, text_mode=mode, max_length=max_length)
 
 
-def _text_window(loaded: LoadedModel) -> int:
+def text_window(loaded: LoadedModel) -> int:
     """Tokens per text sample: TEXT_MAX_LENGTH, or fewer where the model has fewer positions (its hf config)."""
     positions = [getattr(m.config, "max_position_embeddings", None) for m in loaded.model.modules()
                  if hasattr(m, "config")]
@@ -168,13 +164,13 @@ def _selection_dataset(selection: Selection, loaded: LoadedModel) -> Dataset:
     if selection.dataset in TEXT_NAMES or selection.dataset.startswith("text:"):
         task = selection.task or ("lm" if loaded.kind == "causal-lm" else "fidelity")
         return _text_dataset(selection.dataset, (selection.model, selection.factory, loaded.fingerprint),
-                             "stream" if task == "lm" else "lines", _text_window(loaded), loaded.tokenizer)
+                             "stream" if task == "lm" else "lines", text_window(loaded), loaded.tokenizer)
     if selection.dataset.startswith(SERVER_PATH_PREFIXES):
         return _dataset(selection.dataset, resolve_transform(selection.transform, selection.factory or selection.model))
     return _dataset(selection.dataset)
 
 
-def _selection_model(selection: Selection) -> LoadedModel:
+def selection_model(selection: Selection) -> LoadedModel:
     """The selection's pristine model (a built-in's checkpoint for its own dataset where it has one)."""
     own_data = selection.factory is None and not selection.dataset.startswith(SERVER_PATH_PREFIXES)
     return _loaded_model(selection.model, selection.dataset if own_data else None, selection.factory,
@@ -188,7 +184,7 @@ def get_experiment(selection: Selection) -> Experiment:
     Raises:
         ModelLoadError, DatasetUnavailable, DeviceUnavailable: one line saying what is wrong.
     """
-    loaded = _selection_model(selection)
+    loaded = selection_model(selection)
     return Experiment(loaded, _selection_dataset(selection, loaded), split="test", limit=selection.limit,
                       device=selection.device, task=selection.task)
 
@@ -201,7 +197,7 @@ def task_choices(selection: Selection) -> tuple[list[str], str]:
     Raises:
         ModelLoadError, DatasetUnavailable: the model or the data cannot be loaded; one line.
     """
-    loaded = _selection_model(selection)
+    loaded = selection_model(selection)
     text = selection.dataset in TEXT_NAMES or selection.dataset.startswith("text:")
     labelled = not text and _selection_dataset(selection, loaded).info.num_classes > 0
     choices = [t for t in TASKS if t == "fidelity" or (t == "classify" and labelled and loaded.kind == "classifier")
@@ -247,50 +243,6 @@ def store() -> Store:
         StoreError: the file cannot be used (a directory, not SQLite, ...); one line saying what to do.
     """
     return Store()
-
-
-# ---- sweeps on a Ray cluster ----------------------------------------------------------------------
-def ray_address() -> str | None:
-    """The Ray cluster sweeps may run on: $COMPRESSION_EXPLORER_RAY_ADDRESS, else $RAY_ADDRESS; None when unset."""
-    return os.environ.get(RAY_ADDRESS_ENV) or os.environ.get("RAY_ADDRESS") or None
-
-
-@st.cache_data(show_spinner="Asking the Ray cluster…", ttl=10)
-def ray_cluster(address: str) -> dict:
-    """`executor_ray.cluster_summary` (nodes, cpus, gpus, workers), read again after 10 s.
-
-    Raises:
-        ClusterError: Ray missing or the cluster unreachable; one line.
-    """
-    return cluster_summary(address)
-
-
-def experiment_spec(selection: Selection) -> ExperimentSpec:
-    """The selection as plain data for Ray workers: a built-in by name, a shared hf folder by its server path, an
-    uploaded model with its weights as safetensors bytes (the upload itself is not kept after loading)."""
-    from safetensors.torch import save
-
-    loaded = _selection_model(selection)
-    model, weights = selection.model, None
-    if selection.factory is not None and selection.factory.startswith("hf:"):
-        model = check_server_path(selection.factory, data_roots())
-    elif selection.factory is not None:
-        model = selection.factory
-        weights = save({k: v.detach().clone().contiguous() for k, v in loaded.model.state_dict().items()})
-    text = selection.dataset in TEXT_NAMES or selection.dataset.startswith("text:")
-    return ExperimentSpec(model=model, weights=weights, num_classes=selection.num_classes, dataset=selection.dataset,
-                          transform=selection.transform, limit=selection.limit, device="auto", task=selection.task,
-                          max_length=_text_window(loaded) if text else TEXT_MAX_LENGTH,
-                          allowed_factories=uploads.allowed_factories())
-
-
-def ray_executor(selection: Selection, address: str):
-    """A RayExecutor for the selection on the cluster at `address`: one worker per GPU there, else per CPU.
-
-    Raises:
-        ClusterError: Ray missing or the cluster unreachable; one line.
-    """
-    return RayExecutor(experiment_spec(selection), address=address, gpus_per_worker=min(1, ray_cluster(address)["gpus"]))
 
 
 # ---- results (cache_data: keyed on selection + config) --------------------------------------------

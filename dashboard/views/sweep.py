@@ -18,7 +18,7 @@ import streamlit as st
 from compression_core.config import (ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES, REPAIRS, SCHEMES,
                                      SCOPES)
 from compression_core.methods import DEFAULT_PRUNE_METHOD, DEFAULT_QUANTIZER, quantizer_info
-from dashboard import components, frame, jobs, report_panel, services
+from dashboard import cluster, components, frame, jobs, report_panel, services
 from dashboard.charts import sweep as sweep_charts
 from dashboard.charts.common import bits_label, metric_axis, option_label, percent_label
 from dashboard.job_panel import offer_resume, owner, remember, show_outcome, show_progress
@@ -130,20 +130,20 @@ def sweep_form(selection: Selection) -> dict | None:
 
 def executor_choice() -> str:
     """Where the sweep runs: this server's process, or the operator's Ray cluster (shown with what it has)."""
-    address = services.ray_address()
+    address = cluster.ray_address()
     names = {"local": "In-process", "ray": "Ray cluster"}  # the labels are the URL's values: no address in them
     choice = st.radio("Run on", list(names), horizontal=True, key="sweep_executor", bind="query-params",
                       format_func=names.get, help="Ray: the configs are spread over the cluster's workers (one per "
-                      f"GPU, else per CPU); the operator sets {services.RAY_ADDRESS_ENV} or RAY_ADDRESS.")
+                      f"GPU, else per CPU); the operator sets {cluster.RAY_ADDRESS_ENV} or RAY_ADDRESS.")
     if address is not None:
         try:
-            c = services.ray_cluster(address)
+            c = cluster.ray_cluster(address)
             st.caption(f"Ray cluster at {components.plain(address)}: {c['nodes']} nodes, {c['cpus']} CPUs, "
                        f"{c['gpus']} GPUs, {c['workers']} sweep workers running.")
-        except services.ClusterError as e:
+        except cluster.ClusterError as e:
             components.show_error(e, "Ray: ")
     else:
-        st.caption(f"No Ray cluster is configured on this server (the operator sets {services.RAY_ADDRESS_ENV} or "
+        st.caption(f"No Ray cluster is configured on this server (the operator sets {cluster.RAY_ADDRESS_ENV} or "
                    "RAY_ADDRESS before starting it).")
     return choice
 
@@ -152,15 +152,15 @@ def ray_executor(run_selection: Selection, choice: str):
     """None for in-process, else a RayExecutor for the configured cluster; False after showing why not."""
     if choice != "ray":
         return None
-    address = services.ray_address()
+    address = cluster.ray_address()
     if address is None:
-        st.error(f"No Ray cluster is configured on this server: the operator sets {services.RAY_ADDRESS_ENV} (or "
+        st.error(f"No Ray cluster is configured on this server: the operator sets {cluster.RAY_ADDRESS_ENV} (or "
                  "RAY_ADDRESS) before starting the dashboard. Run the sweep in-process instead.",
                  icon=":material/error:")
         return False
     try:
-        return services.ray_executor(run_selection, address)
-    except (services.ClusterError, *services.USER_ERRORS) as e:
+        return cluster.ray_executor(run_selection, address)
+    except (cluster.ClusterError, *services.USER_ERRORS) as e:
         components.show_error(e, "Ray: ")
         return False
 

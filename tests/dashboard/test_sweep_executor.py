@@ -6,10 +6,10 @@ import pytest
 
 from compression_core.store import Store
 from compression_core.sweep import expand_grid
-from dashboard import jobs, services
+from dashboard import cluster, jobs, services
+from dashboard.cluster import RAY_ADDRESS_ENV
 from dashboard.components import plain
 from dashboard.selection import Selection
-from dashboard.services import RAY_ADDRESS_ENV
 
 
 def _launch(at, executor: str):
@@ -54,7 +54,7 @@ def test_a_sweep_sent_to_ray_runs_as_a_background_job_with_the_same_records(monk
         monkeypatch.setenv(RAY_ADDRESS_ENV, address)
         selection = Selection(model="digits-cnn", dataset="digits", limit=200)
         experiment, configs = services.get_experiment(selection), expand_grid(bits=[2, 4], sparsity=[0, 0.5])
-        executor = services.ray_executor(selection, services.ray_address())
+        executor = cluster.ray_executor(selection, cluster.ray_address())
         assert executor.gpus_per_worker == 0 and executor.spec.weights is None and executor.spec.limit == 200
         job = jobs.JobManager().start(experiment, configs, Store(tmp_path / "runs.sqlite"), label="ray",
                                       executor=executor)
@@ -62,6 +62,6 @@ def test_a_sweep_sent_to_ray_runs_as_a_background_job_with_the_same_records(monk
         stored = {r["config_hash"]: r for r in Store(tmp_path / "runs.sqlite").records(run_id=job.id)}
         for config in configs:  # exactly the numbers this server computes in-process
             assert stored[config.config_hash]["accuracy"] == experiment.run(config)["accuracy"]
-        assert services.ray_cluster.__wrapped__(address)["workers"] == 0  # the job's workers ended with it
+        assert cluster.ray_cluster.__wrapped__(address)["workers"] == 0  # the job's workers ended with it
     finally:
         ray.shutdown()

@@ -89,6 +89,12 @@ class Dataset:
         return self.tensors[name]
 
 
+def _as_float(x: np.ndarray) -> torch.Tensor:
+    """A float32 copy of an array (torch's conversion: ~20x faster than numpy's on MNIST's 55 M pixels)."""
+    x = np.ascontiguousarray(x)
+    return torch.from_numpy(x if x.flags.writeable else x.copy()).to(torch.float32)
+
+
 def _build(name: str, source: str, raw: dict[str, tuple[np.ndarray, np.ndarray]], scale: float,
            mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
            class_names: tuple[str, ...] | None = None, transform: str = "none", n_skipped: int = 0) -> Dataset:
@@ -97,7 +103,7 @@ def _build(name: str, source: str, raw: dict[str, tuple[np.ndarray, np.ndarray]]
     mean / std default to the per-channel statistics of the train split (of the first split when there is no
     train split) after dividing by `scale`.
     """
-    xs = {split: torch.from_numpy(np.array(x, dtype=np.float32)).div_(scale) for split, (x, _) in raw.items()}
+    xs = {split: _as_float(x).div_(scale) for split, (x, _) in raw.items()}
     first = xs["train"] if "train" in xs else next(iter(xs.values()))
     if mean is None or std is None:
         dims = [0] + list(range(2, first.dim()))  # all but the channel axis

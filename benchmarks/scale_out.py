@@ -54,6 +54,8 @@ def main() -> int:
     exp, configs, folder = spec.build(), grid(), Path(tempfile.mkdtemp())
     assert len(configs) == 40
 
+    warmup = expand_grid(bits=[5], sparsity=[0.1, 0.3])  # not in the grid: pays the one-off work (layout and batch
+    sweep(exp, warmup)                                      # tuning, the fp32 baseline) outside the timing, as below
     t0 = time.perf_counter()
     serial = sweep(exp, configs, store=Store(folder / "serial.sqlite"))
     serial_s = time.perf_counter() - t0
@@ -62,7 +64,7 @@ def main() -> int:
              logging_level="ERROR")
     with RayExecutor(spec, workers=args.workers, gpus_per_worker=args.gpus) as executor:
         t0 = time.perf_counter()
-        sweep(exp, expand_grid(bits=[5], sparsity=[0.1, 0.3]), executor=executor)  # start and build the workers
+        sweep(exp, warmup, executor=executor)  # start the workers and build their experiments
         warmup_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         records = sweep(exp, configs, store=Store(folder / "ray.sqlite"), executor=executor)

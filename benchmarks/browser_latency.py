@@ -167,9 +167,10 @@ def cold_start(browser, url: str, proc: subprocess.Popen, t0: float, quiet_ms: f
     page.add_init_script(OBSERVER_JS)
     page.goto(url)
     page.wait_for_selector(USABLE, timeout=STEP_TIMEOUT_MS * 3)
-    t_usable = time.perf_counter() - t0
+    t_usable, page_usable_ms = time.perf_counter() - t0, page.evaluate("performance.now()")
     settle(page, quiet_ms)
-    t_idle = time.perf_counter() - t0 - quiet_ms / 1000
+    # idle: the page's last DOM change (page clock), counted from when it was seen usable, never before that
+    t_idle = t_usable + max(0.0, page.evaluate("window.__bench.last") - page_usable_ms) / 1000
     context.close()
     return {"healthy_s": round(t_healthy, 2), "usable_s": round(t_usable, 2), "idle_s": round(t_idle, 2)}
 

@@ -203,6 +203,7 @@ def cmd_sweep(args) -> None:
     except (sqlite3.Error, OSError) as err:
         raise UserError(f"--store {shown(str(store.path))} cannot be written ({_store_failure(err)}); a sweep "
                         "keeps every record there: give a writable store file") from None
+    _log(f"run {run_id} (its report: python -m compression_core report --run {run_id} --out report.html)")
     with executor or nullcontext():
         records = sweep(exp, configs, store=store, run_id=run_id, progress=progress, executor=executor,
                         on_failure=on_failure)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
+from compression_core.store import Store
+
 ROOT = Path(__file__).resolve().parents[2]
 RECORD_FIELDS = {"model", "dataset", "split", "config", "config_hash", "bits", "sparsity", "accuracy",
                  "accuracy_ci_low", "accuracy_ci_high", "n_samples", "accuracy_drop_pts", "agreement", "dense_bytes",
@@ -46,6 +48,8 @@ def test_sweep_and_sensitivity_and_export(tmp_path):
     recs = json.loads(r.stdout)
     assert sorted((x["bits"], x["sparsity"]) for x in recs) == [(4, 0.0), (4, 0.5), (32, 0.0), (32, 0.5)]
     assert "[4/4]" in r.stderr  # progress goes to stderr
+    (run,) = Store(store).runs()
+    assert f"run {run['run_id']} (its report: python -m compression_core report --run {run['run_id']}" in r.stderr
 
     r = cli("sensitivity", "--model", "digits-cnn", "--dataset", "digits", "--bits", "2", "--sparsity", "0,0.9",
             "--limit", "100", "--json", store=store)

@@ -16,9 +16,8 @@ import functools
 import itertools
 from dataclasses import dataclass
 
-from compression_core import methods
-from compression_core.config import CompressionConfig, PruneSpec, QuantSpec
-from dashboard import precomputed, services
+from compression_core.config import CompressionConfig
+from dashboard import explore_state, precomputed, services
 from dashboard.charts.common import option_label
 from dashboard.selection import DEFAULT_DATASET, DEFAULT_LIMIT, DEFAULT_MODEL, Selection
 
@@ -49,13 +48,11 @@ class View:
     ft_lr: float = 1e-4
 
     def config(self) -> CompressionConfig:
-        """The config Explore's controls build from these settings (the same normalisation as `controls()`)."""
-        info = methods.quantizers()[self.quantizer]
-        granularity = self.granularity if len(info.granularities) > 1 else "channel"
-        quant = QuantSpec(bits=self.bits, quantizer=self.quantizer, scheme=self.scheme, granularity=granularity,
-                          range=self.range)
-        config = CompressionConfig(quant=quant, prune=PruneSpec(sparsity=self.sparsity, method=self.prune,
-                                                                scope=self.scope))
+        """The config Explore's controls build from these settings (`explore_state.nearest_valid`, as `controls()`)."""
+        config, _ = explore_state.nearest_valid({
+            "explore_bits": self.bits, "explore_sparsity": self.sparsity, "explore_quantizer": self.quantizer,
+            "explore_scheme": self.scheme, "explore_granularity": self.granularity, "explore_range": self.range,
+            "explore_prune": self.prune, "explore_scope": self.scope})
         if not self.ft_epochs:
             return config
         return dataclasses.replace(config, finetune_epochs=self.ft_epochs, finetune_lr=self.ft_lr)

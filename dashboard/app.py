@@ -1,7 +1,9 @@
 """Compression Explorer's entry point: the page router (`st.navigation`) and the frame around every page.
 
-Start it with `compression-explorer-app` (see `dashboard.launch`) or `streamlit run dashboard/app.py`; it imports
-`dashboard` and `compression_core` as installed packages (`pip install -e .` in a checkout, as `make run` does).
+Start it with `compression-explorer-app` (see `dashboard.launch`; it serves this script through `dashboard.server`,
+which warms the server first) or `streamlit run dashboard/app.py`; it imports `dashboard` and `compression_core` as
+installed packages (`pip install -e .` in a checkout, as `make run` does). Nothing heavy is imported before the
+page config is sent: the torch-dependent modules come after `warmup.wait_for_imports()`.
 
 A page that fails shows one line; the traceback goes to the server log only (with `client.showErrorDetails =
 "none"` in the shipped Streamlit settings for anything raised outside `page.run()`, such as a polling fragment).
@@ -11,13 +13,18 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import frame
+from dashboard import warmup
 
 PAGES = Path(__file__).resolve().parent / "views"  # not "pages/": that name would switch on legacy routing
 PAGE_FAILED = "This page hit an unexpected error; the details are in the server log. Reload the page to try again."
 log = logging.getLogger("dashboard")
+PAGE_CONFIG = {"page_title": "Compression Explorer", "page_icon": ":material/compress:", "layout": "wide",
+               "initial_sidebar_state": "expanded"}
 
-st.set_page_config(**frame.PAGE_CONFIG)
+st.set_page_config(**PAGE_CONFIG)
+warmup.wait_for_imports()
+from dashboard import frame  # noqa: E402 - after the warm-up's imports (dashboard.warmup)
+
 page = st.navigation([
     st.Page(PAGES / "explore.py", title="Explore", icon=":material/tune:", default=True),
     st.Page(PAGES / "sweep.py", title="Sweep", icon=":material/scatter_plot:", url_path="sweep"),

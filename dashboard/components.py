@@ -146,12 +146,18 @@ def size_text(n_bytes: int) -> str:
     return f"{kib:.0f} KiB" if kib < 1000 else f"{kib / 1024:,.2f} MiB"
 
 
+def row(n: int, **kwargs) -> list:
+    """n slots of one horizontal flex row, filled left to right (one layout block instead of st.columns' 1 + n:
+    a rerun sends and the browser redraws fewer elements)."""
+    return [st.container(horizontal=True, **kwargs)] * n
+
+
 def metric_tiles(record: dict) -> None:
     """The numbers of one record as st.metric tiles, `TILES_PER_ROW` to a row: its task's metric against fp32
     (with the 95 % interval for accuracy), size, compression, bits and sparsity; then the task's secondary
     metrics, top-5 (classify), MACs and BitOps (with their sparse counts) and latency (with the evaluation time).
     A field the record lacks (stored before it existed) shows "—"."""
-    c = st.columns(TILES_PER_ROW)
+    c = row(TILES_PER_ROW)
     _headline_tile(c[0], record)
     c[1].metric("Size", size_text(record["size_bytes"]), delta=f"fp32 {size_text(record['dense_bytes'])}",
                 delta_color="off", delta_arrow="off",
@@ -167,7 +173,7 @@ def metric_tiles(record: dict) -> None:
     tiles += [_more_tile(m, record) for m in MORE_METRICS
               if m.field != "top5" or record.get("task", "classify") == "classify"]
     for start in range(0, len(tiles), TILES_PER_ROW):
-        for column, draw in zip(st.columns(TILES_PER_ROW), tiles[start:start + TILES_PER_ROW]):
+        for column, draw in zip(row(TILES_PER_ROW), tiles[start:start + TILES_PER_ROW]):
             draw(column)
 
 

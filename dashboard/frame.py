@@ -33,8 +33,6 @@ UPLOAD_NAME_KEY = "upload_name"  # {weights content id: the file name the user u
 UPLOADS_KEY = "uploads"  # {weights content id: bytes} uploaded by this session, for its quota
 CUSTOM = "custom"  # the model option "Bring your own"
 DEVICES = ("auto", "cpu", "cuda")
-PAGE_CONFIG = {"page_title": "Compression Explorer", "page_icon": ":material/compress:", "layout": "wide",
-               "initial_sidebar_state": "expanded"}
 
 
 def current_selection() -> Selection | None:

@@ -4,7 +4,8 @@ Streamlit reads `.streamlit/config.toml` only from the working directory and the
 would run with Streamlit's defaults. The settings ship instead as package data (`dashboard/streamlit.toml`, which
 the checkout's `.streamlit/config.toml` links to) and are passed as `--section.key value` flags. The server binds
 127.0.0.1 unless told otherwise; arguments given to the command are forwarded and win over the defaults
-(`compression-explorer-app --server.port 8502`, `--server.address 0.0.0.0` to serve a network).
+(`compression-explorer-app --server.port 8502`, `--server.address 0.0.0.0` to serve a network). What it runs is
+`dashboard/server.py`, Streamlit's `st.App` around `dashboard/app.py` with the warm-up (`dashboard.warmup`).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def command(args: list[str]) -> list[str]:
         >>> cmd[cmd.index("--server.address") + 1], cmd[cmd.index("--server.headless") + 1]
         ('127.0.0.1', 'true')
     """
-    app = resources.files("dashboard") / "app.py"
+    app = resources.files("dashboard") / "server.py"
     flags = []
     for key, value in settings().items():  # server.address 127.0.0.1 among them
         text = str(value).lower() if isinstance(value, bool) else str(value)

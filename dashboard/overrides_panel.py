@@ -68,6 +68,23 @@ def panel(selection: Selection, config: CompressionConfig) -> CompressionConfig:
     return replace(config, overrides=overrides, bias_correction=bool(bias) and not no_calib)
 
 
+def applied(selection: Selection, config: CompressionConfig) -> CompressionConfig:
+    """`config` with the overrides and bias correction this panel holds, without drawing it: for Explore's slider
+    fragment, whose `config` may have moved since the panel was drawn. The overrides are parsed again against
+    `config` (they inherit its settings); when they no longer apply, one line says so and none are applied, as
+    `panel` does for a refused row with no valid ones before it."""
+    state = st.session_state.get(STATE_KEY)
+    text = state["valid"] if state and state["selection"] == selection.key else ""
+    no_calib = "train" not in services.get_experiment(selection).dataset.tensors
+    try:
+        overrides = _parse(text, config)
+        config = replace(config, overrides=overrides)
+    except (UserError, ConfigError) as err:
+        components.show_error(err, context="The per-layer overrides do not apply to these settings and are not "
+                                           "applied: ")
+    return replace(config, bias_correction=bool(st.session_state.get(BIAS_KEY)) and not no_calib)
+
+
 def _opened(selection: Selection, names: list[str], config: CompressionConfig) -> dict:
     """The session's table state, re-read from the URL when the URL or the selection changed since."""
     url = str(st.query_params.get(URL_KEY, ""))

@@ -71,12 +71,23 @@ def test_launcher_command_binds_loopback_and_forwards_arguments():
     from dashboard.launch import command, settings
 
     cmd = command(["--server.address", "0.0.0.0", "--", "x"])
-    assert cmd[:4] == [sys.executable, "-m", "streamlit", "run"] and Path(cmd[4]) == ROOT / "dashboard" / "app.py"
+    assert cmd[:4] == [sys.executable, "-m", "streamlit", "run"] and Path(cmd[4]) == ROOT / "dashboard" / "server.py"
     flags = dict(zip(cmd[5:-4:2], cmd[6:-4:2]))
     assert flags["--server.address"] == "127.0.0.1"
     assert flags["--runner.enforceSerializableSessionState"] == "true" and flags["--server.maxUploadSize"] == "200"
     assert len(flags) == len(settings())
     assert cmd[-4:] == ["--server.address", "0.0.0.0", "--", "x"]  # the caller's flags come last and win
+
+
+def test_streamlit_runs_the_launcher_target_as_an_asgi_app():
+    # `streamlit run` serves an `st.App` only when it finds one by reading the file; otherwise it would run
+    # server.py as a page script, an empty app
+    from streamlit.web.server.app_discovery import discover_asgi_app
+
+    from dashboard.launch import command
+
+    found = discover_asgi_app(Path(command([])[4]))
+    assert found.is_asgi_app and found.app_name == "app"
 
 
 def test_version_flag():

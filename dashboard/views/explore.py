@@ -1,8 +1,12 @@
 """Explore: move the compression controls and see accuracy, honest size and per-layer effects on the live subset.
 
-The controls, metrics, explored-points chart and layer details sit in one `st.fragment`, so moving a slider
-reruns only this part. Control values are bound to the URL (`explore_bits=4&explore_sparsity=0.5&...`); what each
-control shows and whether it is enabled comes from the canonical config (`dashboard.explore_state`).
+The two sliders (weight bits, sparsity) and what they change (the metric tiles, the explored-points chart, the
+per-layer details) sit in one `st.fragment` at the top, so a slider step reruns only that small part. The method
+settings under it (quantizer, scheme, ..., bias correction, per-layer overrides, retraining) are in the page's
+body: changing one reruns the page. A slider step that changes what those settings show (their values or enabled
+states, e.g. bits to 32) reruns the page too. Control values are bound to the URL
+(`explore_bits=4&explore_sparsity=0.5&...`); what each control shows and whether it is enabled comes from the
+canonical config (`dashboard.explore_state`).
 Every config evaluated in this browser session is kept, as plain dicts, in `st.session_state["explore_history"]`.
 While the user looks, the configs one slider step away are evaluated in the background (`dashboard.prefetch`), so
 the next step is usually a cache hit; the per-layer section is a nested fragment (its own widgets rerun only it).
@@ -74,14 +78,23 @@ def _to_url(key: str, value) -> str:
     return f"{value:g}" if kind == "number" else names(value)
 
 
-def controls() -> CompressionConfig:
-    """Draw the controls and return the canonical config they describe (and show).
+SLIDERS = ("explore_bits", "explore_sparsity")  # drawn in the fragment; every other control in the page body
+DRAWN_KEY = "explore_settings_drawn"  # what the page body's settings were last drawn with (`_settings_shown`)
+NOTE_KEY = "explore_note"  # the page body's `resolve` note, for the fragment to show once
+
+
+def resolve(keys=tuple(CONTROL_SPECS)) -> tuple[CompressionConfig, str | None, dict[str, WidgetState]]:
+    """The canonical config the controls describe, the one-line note when it had to change the raw values, and
+    every control's value and enabled state.
 
     The raw values (the widgets' from the last run or the user's move; on a first run the URL's) go through
-    `explore_state.nearest_valid` before anything is drawn, and the canonical values are written back to session
-    state (and so to the URL): each control shows what is evaluated and is enabled only where it applies.
+    `explore_state.nearest_valid`, and the canonical values are written back to session state (and so to the
+    URL) before any control is drawn: each control shows what is evaluated and is enabled only where it applies.
     Streamlit seeds a widget's first value from the URL whatever session state says, so a first run whose URL is
     not canonical rewrites the URL and reruns once before anything is evaluated.
+
+    Args:
+        keys: the controls whose canonical values are written back (those not drawn yet in this run).
     """
     fresh = [key for key in CONTROL_SPECS if key not in st.session_state]
     url = {key: _from_url(key, st.query_params[key]) for key in fresh if key in st.query_params}
@@ -92,15 +105,28 @@ def controls() -> CompressionConfig:
         st.rerun()
     for key, state in states.items():
         # a fresh key seeded from the URL is already right; a disabled one is written to block a stale URL seed
-        if key not in url and (not state.enabled or raw.get(key, DEFAULT_STATES[key].value) != state.value):
+        if key in keys and key not in url and (not state.enabled or raw.get(key, DEFAULT_STATES[key].value) != state.value):
             st.session_state[key] = state.value
-    _draw_quant(states)
+    return config, note, states
+
+
+def _settings_shown(config: CompressionConfig, states: dict[str, WidgetState]) -> str:
+    """What the page body's settings show that a slider can change: every other control's value and enabled state,
+    the repairs offered, and whether anything is pruned (Retrain's gradual stages need it)."""
+    options = explore_state.repair_options(quantizers()[config.quant.quantizer], config.quant.enabled,
+                                           config.act_bits)
+    shown = [[key, _to_url(key, state.value), state.enabled] for key, state in states.items() if key not in SLIDERS]
+    return json.dumps([shown, options, config.prune.sparsity > 0])
+
+
+def settings(states: dict[str, WidgetState], config: CompressionConfig) -> None:
+    """The method settings in the page body (every control but the two sliders)."""
+    _selectboxes(states, (("explore_quantizer", "Quantizer", None), ("explore_scheme", "Scheme", None),
+                          ("explore_granularity", "Granularity", None), ("explore_range", "Range", None)))
     format_controls(states)
     _draw_prune(states)
     repair_controls(states, config)
-    if note:
-        st.info(note, icon=":material/info:")
-    return config
+    st.session_state[DRAWN_KEY] = _settings_shown(config, states)
 
 
 def _fix_url(url: dict, states: dict[str, WidgetState]) -> bool:
@@ -128,15 +154,15 @@ def _index(key: str, options) -> int:
 
 def _selectboxes(states: dict[str, WidgetState], rows: tuple) -> None:
     """One row of bound selectboxes: (key, label, help) each, options and labels from CONTROL_SPECS."""
-    for column, (key, label, help_) in zip(st.columns(4), rows):
+    for column, (key, label, help_) in zip(components.row(4), rows):
         _, options, names = CONTROL_SPECS[key]
         column.selectbox(label, options, index=_index(key, options), key=key, bind="query-params",
                          format_func=names, disabled=not states[key].enabled, help=help_)
 
 
-def _draw_quant(states: dict[str, WidgetState]) -> None:
-    """Bits, sparsity, quantizer, scheme, granularity and range."""
-    left, right = st.columns(2)
+def sliders(states: dict[str, WidgetState]) -> None:
+    """Weight bits and sparsity."""
+    left, right = components.row(2)
     left.select_slider("Weight bits", ALLOWED_BITS, value=_seed("explore_bits"), key="explore_bits",
                        bind="query-params", disabled=not states["explore_bits"].enabled,
                        help="32 = not quantized. Fixed-width formats (fp16 / bf16 casts, FP8, MX, NF4) show their "
@@ -145,8 +171,6 @@ def _draw_quant(states: dict[str, WidgetState]) -> None:
                  key="explore_sparsity", bind="query-params", disabled=not states["explore_sparsity"].enabled,
                  format="%.2f", help="Fraction of weights removed (exactly round(s·n) of them). N:M shows the "
                                      "sparsity its pattern sets.")
-    _selectboxes(states, (("explore_quantizer", "Quantizer", None), ("explore_scheme", "Scheme", None),
-                          ("explore_granularity", "Granularity", None), ("explore_range", "Range", None)))
 
 
 def _draw_prune(states: dict[str, WidgetState]) -> None:
@@ -161,7 +185,7 @@ def repair_controls(states: dict[str, WidgetState], config: CompressionConfig) -
     """Repair (only the repairs that apply to `config` are offered), SmoothQuant's alpha and GPTQ's act-order."""
     options = explore_state.repair_options(quantizers()[config.quant.quantizer], config.quant.enabled,
                                            config.act_bits)
-    c = st.columns(4)
+    c = components.row(4)
     c[0].selectbox("Repair", options, index=0, key="explore_repair",
                    bind="query-params", disabled=not states["explore_repair"].enabled, format_func=option_label,
                    help="Calibrated repair of the rounding on training samples: GPTQ (integer grids), AWQ "
@@ -176,7 +200,7 @@ def repair_controls(states: dict[str, WidgetState], config: CompressionConfig) -
 
 def format_controls(states: dict[str, WidgetState]) -> None:
     """Group size, scale storage type and NF4 double quantization; each enabled only where it applies."""
-    c = st.columns(4)
+    c = components.row(4)
     c[0].selectbox("Group size", GROUP_SIZES, index=_index("explore_group_size", GROUP_SIZES),
                    key="explore_group_size", bind="query-params", disabled=not states["explore_group_size"].enabled,
                    format_func=GROUP_SIZE_NAMES.get,
@@ -239,15 +263,21 @@ def per_layer(selection: Selection, record: dict) -> None:
 
 @st.fragment
 def explore(selection: Selection) -> None:
-    """Controls + metrics + points + details; reruns alone when a control moves."""
+    """Sliders + metrics + points + details; reruns alone when a slider moves (the page, when that changes what
+    the settings below show)."""
     started = time.perf_counter()
     owner = _session_owner()
     services.prefetcher().cancel(owner)  # the user is waiting: start no background work of this session now
+    config, note, states = resolve(keys=SLIDERS)
+    if _settings_shown(config, states) != st.session_state.get(DRAWN_KEY):
+        st.rerun()  # a slider changed what the settings show: redraw the page (scope "app"), which writes them
+    note = note or st.session_state.pop(NOTE_KEY, None)  # on a full run the page body resolved the raw values
+    sliders(states)
+    if note:
+        st.info(note, icon=":material/info:")
     try:
-        config = controls()
-        config = overrides_panel.panel(selection, config)
+        config = overrides_panel.applied(selection, config)
         record = services.evaluate(selection, config.to_json())
-        retrained = retrain_panel.panel(selection, config)  # a finished retraining of this session, or None
     except services.USER_ERRORS as e:
         components.show_error(e)
         return
@@ -258,7 +288,6 @@ def explore(selection: Selection) -> None:
                f"{shipped}")
     components.metric_tiles(record)
     points = remember(selection, record)
-    points = remember(selection, retrained) if retrained else points
     points = lessons.merged(points, lessons.seed_points(selection, POINT_FIELDS))  # the shipped front, if any
     st.subheader("Explored configs")
     show_points(points, record)
@@ -280,7 +309,26 @@ def explore(selection: Selection) -> None:
     prefetch_next(selection, config, record, owner)
 
 
+def page(selection: Selection) -> None:
+    """The fragment at the top, the method settings under it (their changes rerun the page)."""
+    top = st.container()
+    config, note, states = resolve()
+    st.session_state[NOTE_KEY] = note
+    st.subheader("Method")
+    try:
+        settings(states, config)
+        config = overrides_panel.panel(selection, config)
+        retrained = retrain_panel.panel(selection, config)  # a finished retraining of this session, or None
+    except services.USER_ERRORS as e:
+        components.show_error(e)
+        return
+    if retrained:
+        remember(selection, retrained)
+    with top:
+        explore(selection)
+
+
 selection = frame.require_selection()
 st.title("Explore")
 components.selection_caption(selection, "move a control; only the settings that apply are enabled.")
-explore(selection)
+page(selection)

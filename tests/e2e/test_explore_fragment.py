@@ -1,0 +1,73 @@
+"""Explore's slider fragment in real Chromium: a slider step reruns only the sliders and results, yet everything the
+page shows stays derived from the one canonical config (the settings below, the per-layer overrides, bias
+correction). AppTest reruns whole scripts, so only a browser exercises the fragment-only path."""
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import expect
+
+
+def slider_input(page, label: str):
+    return page.locator("[data-testid='stSlider']").filter(has_text=label).locator("input[type='range']")
+
+
+def selectbox_input(page, label: str):
+    return page.locator("[data-testid='stSelectbox']").filter(has_text=label).locator("input")
+
+
+def config_caption(page):
+    return page.locator("[data-testid='stCaptionContainer']").filter(has_text="evaluated on").first
+
+
+def step(page, wait_idle, label: str, key: str) -> None:
+    thumb = slider_input(page, label)
+    thumb.focus()
+    thumb.press(key)
+    page.wait_for_timeout(300)  # the slider sends its value, the rerun starts
+    wait_idle(page)
+
+
+def test_a_bits_step_that_changes_the_settings_redraws_them(page, app_url, wait_idle):
+    page.goto(f"{app_url}/?explore_bits=8&explore_sparsity=0.3")
+    wait_idle(page)
+    scheme = selectbox_input(page, "Scheme")
+    expect(scheme).to_be_enabled()
+    step(page, wait_idle, "Weight bits", "ArrowRight")  # 8 -> 16: still an integer grid
+    expect(config_caption(page)).to_contain_text("int16")
+    expect(scheme).to_be_enabled()
+    step(page, wait_idle, "Weight bits", "ArrowRight")  # 16 -> 32: nothing is quantized, so no scheme applies
+    expect(config_caption(page)).to_contain_text("fp32")
+    expect(scheme).to_be_disabled()  # drawn outside the fragment: the step reran the page
+    expect(page).to_have_url(re.compile(r"explore_bits=32"))
+    step(page, wait_idle, "Weight bits", "ArrowLeft")  # and back
+    expect(scheme).to_be_enabled()
+    expect(config_caption(page)).to_contain_text("int16")
+
+
+def test_overrides_and_bias_correction_stay_applied_through_slider_steps(page, app_url, wait_idle):
+    page.goto(f"{app_url}/?explore_bits=4&explore_sparsity=0.3&explore_layers=fc1:skip=1"
+              f"&explore_bias_correction=true")
+    wait_idle(page)
+    caption = config_caption(page)
+    expect(caption).to_contain_text("magnitude global 30%")
+    expect(caption).to_contain_text("biascorr")
+    expect(caption).to_contain_text("1 overrides")
+    size = page.locator("[data-testid='stMetric']").filter(has_text="Size").locator("[data-testid='stMetricValue']")
+    expect(size).to_have_text(re.compile(r"MiB$"))  # fc1 (400,000 weights) left in fp32
+    for key, shown in (("ArrowRight", "31%"), ("ArrowRight", "32%"), ("ArrowLeft", "31%")):
+        step(page, wait_idle, "Sparsity", key)
+        expect(caption).to_contain_text(f"magnitude global {shown}")
+        expect(caption).to_contain_text("biascorr")
+        expect(caption).to_contain_text("1 overrides")
+        expect(size).to_have_text(re.compile(r"MiB$"))
+    assert page.locator("[data-testid='stException']").count() == 0
+
+
+def test_the_served_page_loads_the_first_views_code_at_once(app_url):
+    # dashboard.warmup.PreloadChunks, in the server `make run` starts: the page's <head> names Plotly's chunk
+    import urllib.request
+
+    with urllib.request.urlopen(f"{app_url}/?explore_bits=4") as response:
+        head = response.read().decode().split("</head>")[0]
+    assert re.search(r'<script type="module" crossorigin src="\./static/js/PlotlyChart\.[\w-]+\.js"></script>', head)

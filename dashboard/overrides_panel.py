@@ -60,6 +60,8 @@ def panel(selection: Selection, config: CompressionConfig) -> CompressionConfig:
         st.caption(f"Bias correction calibrates on training samples; {components.plain(selection.dataset)} has no "
                    "train split.")
     state = _opened(selection, names, config)
+    if state["note"]:
+        st.warning(components.plain(state["note"]), icon=":material/link_off:")
     with st.expander("Per-layer overrides", expanded=bool(state["rows"]), icon=":material/tune:"):
         records = _sensitivity(selection)
         _allocate_controls(selection, config, state, records)
@@ -73,16 +75,23 @@ def applied(selection: Selection, config: CompressionConfig) -> CompressionConfi
     fragment, whose `config` may have moved since the panel was drawn. The overrides are parsed again against
     `config` (they inherit its settings); when they no longer apply, one line says so and none are applied, as
     `panel` does for a refused row with no valid ones before it."""
-    state = st.session_state.get(STATE_KEY)
-    text = state["valid"] if state and state["selection"] == selection.key else ""
-    no_calib = "train" not in services.get_experiment(selection).dataset.tensors
+    experiment = services.get_experiment(selection)
+    text = _opened(selection, list(experiment.layer_names), config)["valid"]  # read from the URL on a first run
+    no_calib = "train" not in experiment.dataset.tensors
     try:
         overrides = _parse(text, config)
         config = replace(config, overrides=overrides)
     except (UserError, ConfigError) as err:
         components.show_error(err, context="The per-layer overrides do not apply to these settings and are not "
                                            "applied: ")
-    return replace(config, bias_correction=bool(st.session_state.get(BIAS_KEY)) and not no_calib)
+    return replace(config, bias_correction=_bias_on() and not no_calib)
+
+
+def _bias_on() -> bool:
+    """The bias-correction toggle's value: its widget's, or before it is drawn in a session, the URL's."""
+    if BIAS_KEY in st.session_state:
+        return bool(st.session_state[BIAS_KEY])
+    return str(st.query_params.get(BIAS_KEY, "")).lower() == "true"
 
 
 def _opened(selection: Selection, names: list[str], config: CompressionConfig) -> dict:
@@ -95,8 +104,6 @@ def _opened(selection: Selection, names: list[str], config: CompressionConfig) -
         state = {"url": url, "selection": selection.key, "rows": rows, "generation": generation, "note": note,
                  "valid": _text(rows, names), "allocated": None}
         st.session_state[STATE_KEY] = state
-    if state["note"]:
-        st.warning(components.plain(state["note"]), icon=":material/link_off:")
     return state
 
 

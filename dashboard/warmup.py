@@ -29,7 +29,7 @@ _imported = threading.Event()
 
 # Streamlit's code-split chunks for the elements the first view draws, smallest first (file name prefixes).
 PRELOAD_CHUNKS = ("Metric", "Slider", "Selectbox", "Checkbox", "NumberInput", "Radio", "Button", "ButtonGroup",
-                  "TextInput", "DataFrame", "PlotlyChart")
+                  "TextInput", "DataFrame", "ArrowVegaLiteChart", "loadVegaEmbed", "embed")
 
 
 def start() -> None:

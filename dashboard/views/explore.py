@@ -18,7 +18,6 @@ import time
 import uuid
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from compression_core.config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, PRUNE_METHODS, QUANTIZERS, RANGES,
@@ -80,7 +79,8 @@ def _to_url(key: str, value) -> str:
 
 SLIDERS = ("explore_bits", "explore_sparsity")  # drawn in the fragment; every other control in the page body
 DRAWN_KEY = "explore_settings_drawn"  # what the page body's settings were last drawn with (`_settings_shown`)
-NOTE_KEY = "explore_note"  # the page body's `resolve` note, for the fragment to show once
+FULL_RUN_KEY = "explore_full_run"  # set by the page body just before it calls the fragment: not a slider-only run
+SHOWN_KEY = "explore_shown_config"  # the config (JSON, with overrides) the fragment evaluated in this run
 
 
 def resolve(keys=tuple(CONTROL_SPECS)) -> tuple[CompressionConfig, str | None, dict[str, WidgetState]]:
@@ -226,15 +226,15 @@ def remember(selection: Selection, record: dict) -> list[dict]:
 
 
 def show_points(points: list[dict], record: dict) -> None:
-    fig = _points_figure(json.dumps(points, sort_keys=True), record["config_hash"], record["baseline_metric_value"],
-                         record["metric"])
-    st.plotly_chart(fig, key="explore_points_chart", config=components.CHART_CONFIG)
+    data, spec = _points_chart(json.dumps(points, sort_keys=True), record["config_hash"],
+                               record["baseline_metric_value"], record["metric"])
+    st.vega_lite_chart(data, spec, key="explore_points_chart")
 
 
-@st.cache_resource(show_spinner=False, max_entries=128)
-def _points_figure(points_json: str, current: str, baseline: float, metric: str) -> go.Figure:
-    """The explored-points chart, kept built for a set of points seen before (stepping back and forth between
-    configs redraws the same points); shared and only read by st.plotly_chart."""
+@st.cache_data(show_spinner=False, max_entries=128)
+def _points_chart(points_json: str, current: str, baseline: float, metric: str) -> tuple[pd.DataFrame, dict]:
+    """The explored-points chart's data and spec, kept for a set of points seen before (stepping back and forth
+    between configs redraws the same points)."""
     points = json.loads(points_json)
     front, stairs = services.pareto(points, metric)
     return explore_charts.explored_points(pd.DataFrame(points), current=current, baseline=baseline,
@@ -268,15 +268,17 @@ def explore(selection: Selection) -> None:
     started = time.perf_counter()
     owner = _session_owner()
     services.prefetcher().cancel(owner)  # the user is waiting: start no background work of this session now
-    config, note, states = resolve(keys=SLIDERS)
-    if _settings_shown(config, states) != st.session_state.get(DRAWN_KEY):
+    config, note, states = resolve(keys=SLIDERS)  # the page body writes the others, after this
+    full_run = st.session_state.pop(FULL_RUN_KEY, False)
+    if not full_run and _settings_shown(config, states) != st.session_state.get(DRAWN_KEY):
         st.rerun()  # a slider changed what the settings show: redraw the page (scope "app"), which writes them
-    note = note or st.session_state.pop(NOTE_KEY, None)  # on a full run the page body resolved the raw values
     sliders(states)
     if note:
         st.info(note, icon=":material/info:")
+    st.session_state[SHOWN_KEY] = None
     try:
         config = overrides_panel.applied(selection, config)
+        st.session_state[SHOWN_KEY] = config.to_json()
         record = services.evaluate(selection, config.to_json())
     except services.USER_ERRORS as e:
         components.show_error(e)
@@ -310,10 +312,11 @@ def explore(selection: Selection) -> None:
 
 
 def page(selection: Selection) -> None:
-    """The fragment at the top, the method settings under it (their changes rerun the page)."""
-    top = st.container()
-    config, note, states = resolve()
-    st.session_state[NOTE_KEY] = note
+    """The fragment first (its tiles reach the browser before the ~60 elements of the settings), then the method
+    settings under it; a retraining that has just finished is added to the explored points with one more run."""
+    st.session_state[FULL_RUN_KEY] = True
+    explore(selection)
+    config, _, states = resolve(keys=tuple(key for key in CONTROL_SPECS if key not in SLIDERS))
     st.subheader("Method")
     try:
         settings(states, config)
@@ -322,10 +325,12 @@ def page(selection: Selection) -> None:
     except services.USER_ERRORS as e:
         components.show_error(e)
         return
+    shown = st.session_state.get(SHOWN_KEY)
     if retrained:
         remember(selection, retrained)
-    with top:
-        explore(selection)
+        st.rerun()  # the fragment above has drawn its points already
+    if shown is not None and shown != config.to_json():
+        st.rerun()  # an edit of the overrides table (or an allocation) applied here, after the fragment ran
 
 
 selection = frame.require_selection()

@@ -2,7 +2,8 @@
 
 `make_app(page=None, **query)` runs `dashboard/app.py` in Streamlit's AppTest with the URL query string set
 (by default `model=digits-cnn&dataset=digits`), optionally switches to `views/<page>.py`, and returns the AppTest.
-`figures(at)`, `no_exception(at)` and `metric_value(at, label)` are small helpers shared by the page tests.
+`figures(at)`, `points_chart(at)`, `no_exception(at)` and `metric_value(at, label)` are small helpers shared by the
+page tests.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -86,6 +89,18 @@ def _figures(at: AppTest) -> list[dict]:
 def figures():
     """`figures(at)`: every st.plotly_chart of the last run as a plain dict (data arrays as lists; NaN stays NaN)."""
     return _figures
+
+
+def _points_chart(at: AppTest) -> tuple[pd.DataFrame, dict]:
+    """Explore's explored-points chart (the page's one Vega-Lite chart): its data and spec."""
+    (chart,) = at.get("vega_lite_chart")
+    return pa.ipc.open_stream(chart.proto.data.data).read_pandas(), json.loads(chart.proto.spec)
+
+
+@pytest.fixture
+def points_chart():
+    """`points_chart(at)`: (data, spec) of Explore's explored-points chart (`charts.explore.explored_points`)."""
+    return _points_chart
 
 
 @pytest.fixture

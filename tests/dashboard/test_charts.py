@@ -33,36 +33,44 @@ def test_bit_colors_cover_every_bit_width_and_are_distinct():
     assert common.bits_label(32) == "fp32" and common.bits_label(3) == "3-bit"
 
 
-def test_explored_points_one_trace_per_bit_width_plus_current():
-    fig = explore_charts.explored_points(_points(), current="d", baseline=0.99,
-                                         front=([110 * 1024, 140 * 1024], [0.80, 0.97]))
-    names = [t.name for t in fig.data]
-    assert names == ["2-bit", "4-bit", "fp32", "Pareto front", "current"]
-    by_name = {t.name: t for t in fig.data}
-    assert by_name["4-bit"].marker.color == common.BIT_COLORS[4]
-    assert by_name["fp32"].marker.color == common.BIT_COLORS[32]
-    assert list(by_name["4-bit"].x) == pytest.approx([215.0, 140.0])  # KiB
-    assert list(by_name["4-bit"].y) == pytest.approx([98.5, 97.0])  # %
-    current = by_name["current"]
-    assert list(current.x) == pytest.approx([140.0]) and current.marker.size > by_name["4-bit"].marker.size
-    assert current.marker.color == common.BIT_COLORS[4]
-    # CI bars: upper and lower distances in points
-    assert list(by_name["2-bit"].error_y.array) == pytest.approx([3.0])
-    assert list(by_name["2-bit"].error_y.arrayminus) == pytest.approx([3.0])
-    assert fig.layout.xaxis.type == "log"
-    assert fig.layout.xaxis.title.text == common.SIZE_AXIS
-    assert fig.layout.yaxis.title.text == common.ACCURACY_AXIS
-    assert [s.y0 for s in fig.layout.shapes] == pytest.approx([99.0])  # fp32 reference line
-    low, high = fig.layout.yaxis.range
+def test_explored_points_data_layers_and_colours():
+    data, spec = explore_charts.explored_points(_points(), current="d", baseline=0.99,
+                                                front=([110 * 1024, 140 * 1024], [0.80, 0.97]))
+    points = data[data["kind"] == "explored"]
+    assert list(points["config_hash"]) == ["a", "b", "c", "d"] and list(points["current"]) == [False] * 3 + [True]
+    assert list(points["x"]) == pytest.approx([1700.0, 215.0, 110.0, 140.0])  # KiB
+    assert list(points["y"]) == pytest.approx([99.0, 98.5, 80.0, 97.0])  # %
+    assert list(points["y_low"]) == pytest.approx([98.0, 97.5, 77.0, 96.0])  # the 95 % intervals, in %
+    assert list(points["bits"]) == ["fp32", "4-bit", "2-bit", "4-bit"]
+    front = data[data["kind"] == "front"]
+    assert list(front["x"]) == pytest.approx([110.0, 140.0]) and list(front["order"]) == [0, 1]
+    layers = {layer["name"]: layer for layer in spec["layer"]}
+    assert list(layers) == ["front", "interval", "explored", "precomputed", "current", "fp32", "fp32_label"]
+    colour = layers["explored"]["encoding"]["color"]["scale"]
+    assert colour == {"domain": ["2-bit", "4-bit", "fp32"],
+                      "range": [common.BIT_COLORS[2], common.BIT_COLORS[4], common.BIT_COLORS[32]]}
+    assert layers["current"]["mark"]["size"] > layers["explored"]["mark"]["size"]
+    assert layers["current"]["transform"] == [{"filter": "datum.current === true"}]
+    x, y = layers["explored"]["encoding"]["x"], layers["explored"]["encoding"]["y"]
+    assert x["scale"]["type"] == "log" and x["title"] == common.SIZE_AXIS and y["title"] == common.ACCURACY_AXIS
+    assert layers["fp32"]["data"]["values"][0]["y"] == pytest.approx(99.0)  # fp32 reference line
+    low, high = y["scale"]["domain"]
     assert low < 77.0 and high > 99.5  # every interval and the fp32 line are inside
 
 
+def test_a_step_that_only_moves_the_current_point_keeps_the_spec():
+    # Streamlit then updates the chart's data in place instead of building a new chart
+    _, first = explore_charts.explored_points(_points(), current="d", baseline=0.99)
+    data, second = explore_charts.explored_points(_points(), current="b", baseline=0.99)
+    assert first == second and list(data["current"]) == [False, True, False, False]
+
+
 def test_explored_points_without_current_or_points():
-    fig = explore_charts.explored_points(_points(), current="not-there")
-    assert "current" not in [t.name for t in fig.data]
-    empty = explore_charts.explored_points(pd.DataFrame(columns=["config_hash", "label", "bits", "accuracy",
-                                                                 "size_bytes"]))
-    assert len(empty.data) == 0
+    data, spec = explore_charts.explored_points(_points(), current="not-there")
+    assert not data["current"].any() and "fp32" not in {layer["name"] for layer in spec["layer"]}
+    empty, spec = explore_charts.explored_points(pd.DataFrame(columns=["config_hash", "label", "bits", "accuracy",
+                                                                       "size_bytes"]))
+    assert empty.empty and "domain" not in spec["layer"][0]["encoding"]["y"]["scale"]
 
 
 def _hist() -> pd.DataFrame:

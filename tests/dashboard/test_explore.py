@@ -6,9 +6,9 @@ import pytest
 from tests.dashboard.conftest import decode_figure
 
 
-def _front_points(figures, at) -> int:
-    fig = figures(at)[0]
-    return sum(len(t["x"]) for t in fig["data"] if t["name"] not in ("current", "Pareto front"))
+def _front_points(points_chart, at) -> int:
+    data, _ = points_chart(at)
+    return int(data["kind"].isin(["explored", "precomputed"]).sum())
 
 
 def test_explore_opens_on_a_real_trade_off(make_app, no_exception, metric_value):
@@ -32,7 +32,7 @@ def test_explore_shows_the_fp32_record_from_the_url(make_app, no_exception, metr
     assert any("n = 297" in c.value for c in at.caption)  # digits' whole test split (limit 1,000 > 297)
 
 
-def test_moving_the_sparsity_slider_changes_the_accuracy(make_app, no_exception, metric_value, figures):
+def test_moving_the_sparsity_slider_changes_the_accuracy(make_app, no_exception, metric_value, points_chart):
     at = make_app()
     before = metric_value(at, "Accuracy")
     at.slider(key="explore_sparsity").set_value(0.95).run()
@@ -41,7 +41,7 @@ def test_moving_the_sparsity_slider_changes_the_accuracy(make_app, no_exception,
     assert metric_value(at, "Sparsity") == "95.0 %"
     accuracy = next(m for m in at.metric if m.label == "Accuracy")
     assert accuracy.delta.startswith("-")
-    assert _front_points(figures, at) == 2  # the default and the pruned config, both kept for this session
+    assert _front_points(points_chart, at) == 2  # the default and the pruned config, both kept for this session
     history = at.session_state["explore_history"]
     (points,) = history.values()
     assert [p["sparsity"] for p in points] == [0.5, 0.95]
@@ -54,7 +54,7 @@ def test_bits_change_size_and_histogram_levels(make_app, no_exception, metric_va
     no_exception(at)
     assert float(metric_value(at, "Compression").rstrip("×")) > 5
     assert float(metric_value(at, "Bits per weight")) < 6
-    hist = figures(at)[1]
+    hist = figures(at)[0]
     names = [t["name"] for t in hist["data"]]
     assert names[:2] == ["before (fp32)", "after compression"]
     assert "quantization levels (15)" in names and "clip range" in names  # 4-bit symmetric: 15 levels
@@ -89,11 +89,11 @@ def test_layer_table_and_histogram_toggles(make_app, no_exception, figures):
     table = next(d.value for d in at.dataframe if d.editing_mode == "read_only")  # the record's layers
     assert list(table.columns)[:3] == ["Layer", "Shape", "Weights"]
     assert list(table["Sparsity (%)"]) == pytest.approx([50.0] * len(table), abs=0.5)
-    assert any(t["name"].startswith("pruning threshold") for t in figures(at)[1]["data"])
+    assert any(t["name"].startswith("pruning threshold") for t in figures(at)[0]["data"])
     at.toggle(key="explore_log_y").set_value(True).run()
     at.selectbox(key="explore_layer").set_value(table["Layer"].iloc[-1]).run()
     no_exception(at)
-    hist = figures(at)[1]
+    hist = figures(at)[0]
     assert hist["layout"]["yaxis"]["type"] == "log"
     assert hist["layout"]["title"]["text"].startswith(table["Layer"].iloc[-1])
     assert "pruned weights hidden" in hist["layout"]["annotations"][0]["text"]
@@ -186,12 +186,12 @@ def test_every_metric_of_the_record_has_a_tile_and_the_layers_a_size_breakdown(m
     assert f"change {delta}" in capsys.readouterr().out
 
 
-def test_per_layer_details_are_drawn_only_when_asked(make_app, no_exception, figures):
+def test_per_layer_details_are_drawn_only_when_asked(make_app, no_exception, figures, points_chart):
     at = make_app()
     no_exception(at)
     assert not at.toggle(key="explore_details").value and all(s.key != "explore_layer" for s in at.selectbox)
-    assert len(figures(at)) == 1  # the explored-points chart only: a step redraws nothing else
+    assert not figures(at) and len(points_chart(at)[0])  # the explored-points chart only: a step redraws nothing else
     at.toggle(key="explore_details").set_value(True).run()
     no_exception(at)
-    assert any(s.key == "explore_layer" for s in at.selectbox) and len(figures(at)) == 3  # + histogram, sizes
+    assert any(s.key == "explore_layer" for s in at.selectbox) and len(figures(at)) == 2  # + histogram, sizes
     assert make_app(explore_details="true").toggle(key="explore_details").value  # from a shared link

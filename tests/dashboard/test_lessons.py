@@ -170,22 +170,23 @@ def test_seed_points_are_the_shipped_front_for_the_default_selection_only():
 def test_seeded_points_are_labelled_precomputed_in_the_chart():
     seeds = lessons.seed_points(lessons.PRECOMPUTED_SELECTION)
     live = {k: v for k, v in seeds[0].items() if k != "precomputed"}
-    fig = explore_charts.explored_points(pd.DataFrame([live, *seeds[1:]]), current=live["config_hash"])
-    names = [t.name for t in fig.data]
-    assert names == ["2-bit", "precomputed", "current"]
-    (shipped,) = [t for t in fig.data if t.name == "precomputed"]
-    assert len(shipped.x) == len(seeds) - 1 and shipped.hovertemplate.startswith("precomputed:")
-    assert shipped.marker.symbol == "circle-open"
+    data, spec = explore_charts.explored_points(pd.DataFrame([live, *seeds[1:]]), current=live["config_hash"])
+    assert list(data["kind"]) == ["explored"] + ["precomputed"] * (len(seeds) - 1)
+    assert list(data["current"]) == [True] + [False] * (len(seeds) - 1)
+    layers = {layer["name"]: layer for layer in spec["layer"]}
+    assert layers["precomputed"]["mark"]["filled"] is False and layers["explored"]["mark"]["filled"] is True
+    assert layers["precomputed"]["encoding"]["tooltip"][0]["title"] == "precomputed:"
 
 
-def test_the_default_view_shows_the_precomputed_front(make_app, no_exception, figures):
+def test_the_default_view_shows_the_precomputed_front(make_app, no_exception, points_chart):
     at = make_app(**LESSON_QUERY)
     no_exception(at)
-    traces = {t["name"]: t for t in figures(at)[0]["data"]}
+    data, _ = points_chart(at)
     # the first view's own config is one of the front's: drawn as the current point, the others as precomputed
     assert explore_state.DEFAULT_CONFIG.config_hash in {v.config().config_hash for v in lessons.FRONT}
-    assert len(traces["precomputed"]["x"]) == len(lessons.FRONT) - 1
-    assert "Pareto front" in traces
+    kinds = data["kind"].value_counts()
+    assert kinds["precomputed"] == len(lessons.FRONT) - 1 and kinds["explored"] == 1 and kinds["front"] >= 2
+    assert list(data[data["current"] == True]["config_hash"]) == [explore_state.DEFAULT_CONFIG.config_hash]  # noqa: E712
 
 
 def test_the_first_views_default_config_is_on_the_shipped_front():

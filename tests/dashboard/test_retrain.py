@@ -16,7 +16,7 @@ def _job(at) -> retrain_panel.RetrainJob:
     return job
 
 
-def test_retraining_adds_a_labelled_point_at_least_as_accurate(make_app, no_exception, figures):
+def test_retraining_adds_a_labelled_point_at_least_as_accurate(make_app, no_exception, points_chart):
     at = make_app(**PRUNED, explore_ft_epochs="1", explore_ft_lr="0.001")
     no_exception(at)
     assert at.number_input(key="explore_ft_epochs").value == 1  # bound to the URL
@@ -33,8 +33,8 @@ def test_retraining_adds_a_labelled_point_at_least_as_accurate(make_app, no_exce
     assert retrained["label"].endswith("magnitude layer 90% · retrained 1 ep")
     assert retrained["accuracy"] >= pruned["accuracy"]
     assert any("Retrained" in s.value for s in at.success)
-    chart = figures(at)[0]
-    assert sum(len(t["x"]) for t in chart["data"] if t["name"] not in ("current", "Pareto front")) == 2
+    data, _ = points_chart(at)
+    assert list(data[data["kind"] == "explored"]["label"]) == [pruned["label"], retrained["label"]]
     at.session_state["explore_history"] = {}  # what "Clear explored points" does (a fragment-only rerun)
     at.run()
     (points,) = at.session_state["explore_history"].values()

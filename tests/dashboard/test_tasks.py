@@ -26,9 +26,11 @@ def _summary(at) -> str:
     return line
 
 
-def _points_axis(figures, at) -> str:
-    """The y axis title of Explore's points chart (its first figure; the weight histogram follows)."""
-    return figures(at)[0]["layout"]["yaxis"]["title"]["text"]
+def _points_axis(points_chart, at) -> str:
+    """The y axis title of Explore's points chart."""
+    _, spec = points_chart(at)
+    (title,) = {layer["encoding"]["y"]["title"] for layer in spec["layer"] if "title" in layer["encoding"]["y"]}
+    return title
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +51,23 @@ def test_minilm_offers_fidelity_only_and_says_what_the_reference_is(minilm, no_e
     assert "1.0" not in summary
 
 
-def test_minilm_tiles_and_chart_follow_cosine(minilm, no_exception, metric_value, figures):
+def test_minilm_tiles_and_chart_follow_cosine(minilm, no_exception, metric_value, points_chart):
     assert metric_value(minilm, "Cosine similarity to fp32") == "1.0000"  # fp32 against itself
     assert metric_value(minilm, "Recall@10") == "100.0 %"
     assert "Accuracy" not in [m.label for m in minilm.metric]
-    assert _points_axis(figures, minilm) == "Cosine similarity to fp32"
+    assert _points_axis(points_chart, minilm) == "Cosine similarity to fp32"
     minilm.select_slider(key="explore_bits").set_value(4).run()
     no_exception(minilm)
     tile = next(m for m in minilm.metric if m.label == "Cosine similarity to fp32")
     assert 0.5 < float(tile.value) < 1.0 and tile.delta.startswith("-") and tile.delta.endswith(" vs fp32")
     assert any(c.value == "n = 200" for c in minilm.caption)
-    fig = figures(minilm)[0]
-    assert fig["layout"]["yaxis"]["title"]["text"] == "Cosine similarity to fp32"
-    cosines = sorted(y for t in fig["data"] if t["name"] in ("4-bit", "fp32") for y in t["y"])
+    assert _points_axis(points_chart, minilm) == "Cosine similarity to fp32"
+    data, _ = points_chart(minilm)
+    cosines = sorted(data[data["kind"] == "explored"]["y"])
     assert cosines[-1] == pytest.approx(1.0, abs=1e-6) and cosines[0] == pytest.approx(float(tile.value), abs=1e-4)
 
 
-def test_a_classifier_offers_classify_and_fidelity(make_app, no_exception, metric_value, figures):
+def test_a_classifier_offers_classify_and_fidelity(make_app, no_exception, metric_value, points_chart):
     at = make_app(model="lenet5", dataset="mnist", limit="200", **FP32)
     no_exception(at)
     task = at.selectbox(key="task")
@@ -77,7 +79,7 @@ def test_a_classifier_offers_classify_and_fidelity(make_app, no_exception, metri
     assert at.session_state["selection"]["task"] == "fidelity"
     assert metric_value(at, "Cosine similarity to fp32") == "1.0000"
     assert metric_value(at, "Agreement") == "100.0 %" and metric_value(at, "KL vs fp32 (nats)") == "0.0000"
-    assert _points_axis(figures, at) == "Cosine similarity to fp32"
+    assert _points_axis(points_chart, at) == "Cosine similarity to fp32"
     assert _summary(at).startswith("fidelity (cosine similarity to fp32): reference = the fp32 model itself, on 200")
 
 
@@ -89,7 +91,7 @@ def test_a_task_that_does_not_apply_in_the_url_falls_back_to_the_default(make_ap
     assert _summary(at).startswith("fp32 accuracy: **") and "Accuracy" in [m.label for m in at.metric]
 
 
-def test_a_gpt2_from_a_shared_folder_is_scored_by_perplexity(make_app, no_exception, metric_value, figures,
+def test_a_gpt2_from_a_shared_folder_is_scored_by_perplexity(make_app, no_exception, metric_value, points_chart,
                                                                tmp_path, monkeypatch):
     save_gpt2(tmp_path / "gpt2")
     monkeypatch.setenv(DATA_ROOTS_ENV, str(tmp_path))
@@ -108,7 +110,7 @@ def test_a_gpt2_from_a_shared_folder_is_scored_by_perplexity(make_app, no_except
     assert ppl == found[1]  # Explore opened on the fp32 config: the tile is the summary's number
     assert 1.0 < float(ppl.replace(",", "")) < 10 * 51  # a random 51-token model: near its vocabulary size
     assert any(c.value == f"n = 100 · {found[2]} tokens" for c in at.caption)
-    assert _points_axis(figures, at) == "Perplexity"
+    assert _points_axis(points_chart, at) == "Perplexity"
 
 
 def test_layers_sensitivity_follows_the_task_metric(make_app, no_exception, figures):

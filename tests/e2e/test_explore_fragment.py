@@ -65,9 +65,10 @@ def test_overrides_and_bias_correction_stay_applied_through_slider_steps(page, a
 
 
 def test_the_served_page_loads_the_first_views_code_at_once(app_url):
-    # dashboard.warmup.PreloadChunks, in the server `make run` starts: the page's <head> names Plotly's chunk
+    # dashboard.warmup.PreloadChunks, in the server `make run` starts: the page's <head> names the chart's chunks
     import urllib.request
 
     with urllib.request.urlopen(f"{app_url}/?explore_bits=4") as response:
         head = response.read().decode().split("</head>")[0]
-    assert re.search(r'<script type="module" crossorigin src="\./static/js/PlotlyChart\.[\w-]+\.js"></script>', head)
+    for chunk in ("ArrowVegaLiteChart", "embed", "Metric"):
+        assert re.search(rf'<script type="module" crossorigin src="\./static/js/{chunk}\.[\w-]+\.js"></script>', head)

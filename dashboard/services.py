@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import pandas as pd
 import streamlit as st
@@ -282,15 +282,23 @@ def precomputed(selection: Selection, config_json: str) -> dict | None:
 @st.cache_resource(show_spinner=False)
 def prefetcher() -> Prefetcher:
     """The server's one background evaluator of the configs next to those on screen (`dashboard.prefetch`); it
-    fills the shared caches, so a slider step onto a neighbour is a cache hit."""
+    fills the shared caches, so a slider step onto a neighbour is a cache hit. Its jobs' target is a
+    `PrefetchTarget`: the selection, and whether the session shows per-layer details."""
     return Prefetcher(_evaluate_ahead)
 
 
-def _evaluate_ahead(selection: Selection, config_json: str) -> None:
-    """What Explore shows first for a config: its record and the largest layer's histogram (zeros hidden)."""
-    record = evaluate(selection, config_json)
-    largest = max(record["layers"], key=lambda layer: layer["n"])["name"]
-    layer_histogram(selection, config_json, largest, hide_zeros=True)
+class PrefetchTarget(NamedTuple):
+    selection: Selection
+    details: bool  # the session shows per-layer details: warm the largest layer's histogram too
+
+
+def _evaluate_ahead(target: PrefetchTarget, config_json: str) -> None:
+    """What Explore shows first for a config: its record, and with per-layer details on, the largest layer's
+    histogram (zeros hidden)."""
+    record = evaluate(target.selection, config_json)
+    if target.details:
+        largest = max(record["layers"], key=lambda layer: layer["n"])["name"]
+        layer_histogram(target.selection, config_json, largest, hide_zeros=True)
 
 
 def data_source(selection: Selection) -> str:

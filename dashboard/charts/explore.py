@@ -81,7 +81,7 @@ def explored_points(points: pd.DataFrame, *, current: str | None = None, baselin
             {"name": "fp32", **line, "mark": {"type": "rule", "color": REFERENCE_COLOR, "strokeDash": [4, 4]},
              "encoding": {"y": y}},
             {"name": "fp32_label", **line, "mark": {"type": "text", "color": REFERENCE_COLOR, "align": "right",
-                                                    "baseline": "top", "x": "width", "dy": 3},
+                                                    "baseline": "top", "x": "width", "dx": -2, "dy": 3},
              "encoding": {"y": y, "text": {"field": "text"}}},
         ]
     spec = {"height": height, "layer": layers, "usermeta": {"embedOptions": {"actions": False}}}

@@ -252,7 +252,8 @@ def prefetch_next(selection: Selection, config: CompressionConfig, record: dict,
     """Queue the configs one slider step away for background evaluation (`prefetch.plan`); returns how many."""
     previous = _state(PREVIOUS_KEY, None)
     st.session_state[PREVIOUS_KEY] = config.to_json()
-    return services.prefetcher().submit(owner, selection, prefetch.plan(previous, config, record["eval_seconds"]))
+    target = services.PrefetchTarget(selection, bool(st.session_state.get("explore_details")))
+    return services.prefetcher().submit(owner, target, prefetch.plan(previous, config, record["eval_seconds"]))
 
 
 @st.fragment

@@ -173,3 +173,26 @@ def test_slow_evaluations_are_not_prefetched():
     assert prefetch.plan(previous, config, prefetch.MAX_EVAL_S + 0.1) == []
     planned = [CompressionConfig.from_json(c) for c in prefetch.plan(previous, config, 0.05)]
     assert _steps(planned) == [(4, 0.51), (4, 0.49), (3, 0.5), (5, 0.5)]  # going up: 0.51 first
+
+
+def test_the_prefetch_warms_histograms_only_for_sessions_that_show_them(make_app, no_exception, monkeypatch):
+    import threading
+
+    from dashboard import services
+
+    real, warmed = services.layer_histogram, []
+
+    def spy(*args, **kwargs):
+        if threading.current_thread().name == "explore-prefetch":
+            warmed.append(CompressionConfig.from_json(args[1]).config_hash)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(services, "layer_histogram", spy)
+    worker = services.prefetcher()
+    no_exception(make_app(explore_bits="3", explore_sparsity="0.4"))  # per-layer details off (the default)
+    assert worker.wait_idle(TIMEOUT) and warmed == []
+    at = make_app(explore_bits="3", explore_sparsity="0.4", explore_details="true")
+    no_exception(at)
+    assert worker.wait_idle(TIMEOUT)
+    neighbours = {c.config_hash for c in prefetch.neighbours(CompressionConfig.from_json(at.session_state[PREVIOUS_KEY]))}
+    assert warmed and set(warmed) <= neighbours

@@ -37,7 +37,7 @@ def explored_points(points: pd.DataFrame, *, current: str | None = None, baselin
     """
     rows = [_row(p, axis, current) for p in points.to_dict("records")]
     if front is not None and front[0]:
-        rows += [{"kind": FRONT, "x": kib(size), "y": axis.scale * value, "order": i}
+        rows += [{"kind": FRONT, "x": kib(size), "y": axis.scale * value, "current": False, "order": i}
                  for i, (size, value) in enumerate(zip(*front))]
     data = pd.DataFrame(rows, columns=list(DATA_COLUMNS))
     widths = sorted({int(b) for b in points["bits"].dropna()}) if "bits" in points.columns else []

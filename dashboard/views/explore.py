@@ -105,7 +105,8 @@ def resolve(keys=tuple(CONTROL_SPECS)) -> tuple[CompressionConfig, str | None, d
         st.rerun()
     for key, state in states.items():
         # a fresh key seeded from the URL is already right; a disabled one is written to block a stale URL seed
-        if key in keys and key not in url and (not state.enabled or raw.get(key, DEFAULT_STATES[key].value) != state.value):
+        stale = not state.enabled or raw.get(key, DEFAULT_STATES[key].value) != state.value
+        if key in keys and key not in url and stale:
             st.session_state[key] = state.value
     return config, note, states
 

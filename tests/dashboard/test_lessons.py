@@ -186,7 +186,7 @@ def test_the_default_view_shows_the_precomputed_front(make_app, no_exception, po
     assert explore_state.DEFAULT_CONFIG.config_hash in {v.config().config_hash for v in lessons.FRONT}
     kinds = data["kind"].value_counts()
     assert kinds["precomputed"] == len(lessons.FRONT) - 1 and kinds["explored"] == 1 and kinds["front"] >= 2
-    assert list(data[data["current"] == True]["config_hash"]) == [explore_state.DEFAULT_CONFIG.config_hash]  # noqa: E712
+    assert list(data[data["current"]]["config_hash"]) == [explore_state.DEFAULT_CONFIG.config_hash]
 
 
 def test_the_first_views_default_config_is_on_the_shipped_front():

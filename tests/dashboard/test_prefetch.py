@@ -194,5 +194,6 @@ def test_the_prefetch_warms_histograms_only_for_sessions_that_show_them(make_app
     at = make_app(explore_bits="3", explore_sparsity="0.4", explore_details="true")
     no_exception(at)
     assert worker.wait_idle(TIMEOUT)
-    neighbours = {c.config_hash for c in prefetch.neighbours(CompressionConfig.from_json(at.session_state[PREVIOUS_KEY]))}
+    shown = CompressionConfig.from_json(at.session_state[PREVIOUS_KEY])
+    neighbours = {c.config_hash for c in prefetch.neighbours(shown)}
     assert warmed and set(warmed) <= neighbours

@@ -18,8 +18,9 @@ from dashboard import warmup
 PAGES = Path(__file__).resolve().parent / "views"  # not "pages/": that name would switch on legacy routing
 PAGE_FAILED = "This page hit an unexpected error; the details are in the server log. Reload the page to try again."
 log = logging.getLogger("dashboard")
-PAGE_CONFIG = {"page_title": "Compression Explorer", "page_icon": ":material/compress:", "layout": "wide",
-               "initial_sidebar_state": "expanded"}
+# the icon is a file the server serves: a Material icon name would make every browser fetch it from Google's fonts
+PAGE_CONFIG = {"page_title": "Compression Explorer", "page_icon": str(Path(__file__).resolve().parent / "icon.png"),
+               "layout": "wide", "initial_sidebar_state": "expanded"}
 
 st.set_page_config(**PAGE_CONFIG)
 warmup.wait_for_imports()

@@ -150,7 +150,8 @@ def test_wheel_contents(wheel):
     assert set(manifest) == {p.name for p in (ROOT / "compression_core" / "checkpoints").glob("*.safetensors")}
     shipped = {f"compression_core/checkpoints/{f}" for f in [*manifest, "manifest.json"]}
     assert shipped <= names
-    assert {"dashboard/app.py", "dashboard/launch.py", "dashboard/streamlit.toml", "dashboard/views/explore.py",
+    assert {"dashboard/app.py", "dashboard/launch.py", "dashboard/server.py", "dashboard/icon.png",
+            "dashboard/streamlit.toml", "dashboard/views/explore.py",
             "compression_core/__main__.py", "compression_core/models/loading.py",
             "compression_core/texts/sentences.txt", "compression_core/texts/SOURCES.md", "dashboard/views/lessons.py",
             "dashboard/precomputed/lenet5-mnist-1000-classify-cpu.json"} <= names

@@ -72,3 +72,15 @@ def test_the_served_page_loads_the_first_views_code_at_once(app_url):
         head = response.read().decode().split("</head>")[0]
     for chunk in ("ArrowVegaLiteChart", "embed", "Metric"):
         assert re.search(rf'<script type="module" crossorigin src="\./static/js/{chunk}\.[\w-]+\.js"></script>', head)
+
+
+def test_the_app_asks_nothing_of_any_other_host(page, app_url, wait_idle):
+    # a local tool: no fonts, icons or scripts from the internet (the page icon is a file the server serves)
+    hosts = set()
+    page.on("request", lambda request: hosts.add(request.url.split("/")[2] if "://" in request.url else ""))
+    page.goto(f"{app_url}/?explore_sparsity=0.6")
+    wait_idle(page)
+    step(page, wait_idle, "Sparsity", "ArrowRight")
+    page.goto(f"{app_url}/lessons")
+    wait_idle(page)
+    assert hosts - {""} == {app_url.split("/")[2]}

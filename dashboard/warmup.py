@@ -12,8 +12,8 @@
   all every ~1.7 s of use, 150-200 ms with the interpreter stopped, so about one slider step in two waited for it
   in the middle of sending its update.
 - `PreloadChunks` adds script tags to the page Streamlit serves, so the browser loads and runs the code of the
-  first view's elements (Plotly's ~4.7 MB above all) while the server is still busy, instead of when the first
-  chart arrives: running it, not fetching it, is what costs (~1 s here; a `modulepreload` link saved nothing).
+  first view's elements (Vega-Lite's ~0.8 MB above all) while the server is still busy, instead of when each
+  element first arrives: running it, not fetching it, is what costs (a `modulepreload` link saved nothing).
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from playwright.sync_api import expect
 
 from compression_core.sweep import expand_grid
+from tests.e2e.locators import slider_input
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
@@ -21,11 +22,6 @@ SWEEP_TIMEOUT_MS = 300_000
 def accuracy_value(page):
     metric = page.locator("[data-testid='stMetric']").filter(has_text="Accuracy").first
     return metric.locator("[data-testid='stMetricValue']")
-
-
-def slider_input(page, label: str):
-    """The keyboard-focusable range input inside the thumb of the slider labelled `label`."""
-    return page.locator("[data-testid='stSlider']").filter(has_text=label).locator("input[type='range']")
 
 
 def test_explore_loads_without_exception_and_screenshot(page, app_url, wait_idle):

@@ -7,9 +7,7 @@ import re
 
 from playwright.sync_api import expect
 
-
-def slider_input(page, label: str):
-    return page.locator("[data-testid='stSlider']").filter(has_text=label).locator("input[type='range']")
+from tests.e2e.locators import slider_input
 
 
 def selectbox_input(page, label: str):
@@ -61,6 +59,31 @@ def test_overrides_and_bias_correction_stay_applied_through_slider_steps(page, a
         expect(caption).to_contain_text("biascorr")
         expect(caption).to_contain_text("1 overrides")
         expect(size).to_have_text(re.compile(r"MiB$"))
+    assert page.locator("[data-testid='stException']").count() == 0
+
+
+def test_every_key_press_is_answered_with_the_value_the_thumb_shows(page, app_url, wait_idle):
+    # A fragment rerun that hits the cache takes ~20 ms: it can start and finish within one browser render, so the
+    # page's script state may never read "running". What counts is that the tiles follow the thumb, press by press
+    # and after a burst of presses faster than the server answers.
+    page.goto(f"{app_url}/?explore_bits=4&explore_sparsity=0.5")
+    wait_idle(page)
+    thumb, caption = slider_input(page, "Sparsity"), config_caption(page)
+    for i, key in enumerate(["ArrowRight"] * 6 + ["ArrowLeft"] * 6):
+        thumb.focus()
+        thumb.press(key)
+        shown = round(float(thumb.input_value()) * 100)
+        expect(caption).to_contain_text(f"magnitude global {shown}%", timeout=10_000)
+        page.wait_for_timeout(150 + 100 * (i % 3))  # a person's pace, varied
+    assert thumb.input_value() == "0.5"
+    thumb.focus()
+    for key in ["ArrowRight"] * 4:
+        thumb.press(key, delay=20)  # held briefly, one after another: later values overtake earlier reruns
+    expect(thumb).to_have_value("0.54")
+    expect(caption).to_contain_text("magnitude global 54%", timeout=10_000)
+    wait_idle(page)
+    expect(caption).to_contain_text("magnitude global 54%")  # and nothing older arrives after it
+    expect(page).to_have_url(re.compile(r"explore_sparsity=0\.54"))
     assert page.locator("[data-testid='stException']").count() == 0
 
 

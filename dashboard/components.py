@@ -17,7 +17,7 @@ import streamlit as st
 
 from compression_core.config import CompressionConfig
 from compression_core.record_text import MORE_METRICS, MoreMetric, change_text, field_text
-from dashboard import services
+from dashboard import layer_services, services
 from dashboard.charts import layers as layer_charts
 from dashboard.charts import sweep as sweep_charts
 from dashboard.charts.common import metric_axis
@@ -246,7 +246,7 @@ def layer_details(selection: Selection, record: dict, key: str) -> str:
 @st.cache_resource(show_spinner=False, max_entries=256)
 def _histogram_figure(selection: Selection, config_json: str, layer: str, hide_zeros: bool,
                       log_y: bool) -> tuple[go.Figure, dict]:
-    hist, grid = services.layer_histogram(selection, config_json, layer, hide_zeros=hide_zeros)
+    hist, grid = layer_services.layer_histogram(selection, config_json, layer, hide_zeros=hide_zeros)
     return layer_charts.weight_histogram(hist, grid, log_y=log_y, title=f"{layer}: weights before vs after"), grid
 
 

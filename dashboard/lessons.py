@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from compression_core.config import CompressionConfig
 from dashboard import explore_state, precomputed, services
 from dashboard.charts.common import option_label
-from dashboard.selection import DEFAULT_DATASET, DEFAULT_LIMIT, DEFAULT_MODEL, Selection
+from dashboard.selection import Selection
 
 PAGES = {"explore": "views/explore.py", "sweep": "views/sweep.py", "layers": "views/layers.py",
          "runs": "views/runs.py"}  # page name -> its source, as st.page_link and AppTest.switch_page take it

@@ -23,7 +23,7 @@ from compression_core.allocate import FP32, AllocationError
 from compression_core.cli_flags import LAYER_KEYS, SKIP_VALUES, UserError, parse_layer_override
 from compression_core.config import ALLOWED_BITS, QUANTIZERS, CompressionConfig, ConfigError
 from compression_core.errors import shown
-from dashboard import components, services
+from dashboard import components, layer_services, services
 from dashboard.charts import layers as layer_charts
 from dashboard.charts.common import metric_axis
 from dashboard.selection import Selection
@@ -155,7 +155,7 @@ def _text(rows: Rows, names: list[str]) -> str:
 def _sensitivity(selection: Selection) -> list[dict]:
     """The Layers page's sensitivity records for this selection (cached), or [] when it was not run."""
     settings = st.session_state.get(LAYERS_SETTINGS_KEY, {}).get(selection.key)
-    return services.layer_sensitivity(selection, list(settings))[0] if settings else []
+    return layer_services.layer_sensitivity(selection, list(settings))[0] if settings else []
 
 
 def _drop_columns(records: list[dict]) -> dict[str, dict[str, float]]:
@@ -269,7 +269,7 @@ def _allocate_controls(selection: Selection, config: CompressionConfig, state: d
     if not pressed:
         return
     try:
-        result = services.allocate(selection, replace(config, overrides=()).to_json(), tuple(settings), budget)
+        result = layer_services.allocate(selection, replace(config, overrides=()).to_json(), tuple(settings), budget)
     except (AllocationError, *services.USER_ERRORS) as err:
         components.show_error(err)
         return

@@ -3,7 +3,7 @@
 A slider step on Explore lands on a config that is, most of the time, a neighbour of the current one (one bit-width
 up or down, sparsity ±0.01). `neighbours` lists those, the step that continues the user's last move first;
 `Prefetcher` evaluates them in one background thread through the same cached `services.evaluate` (and
-`services.layer_histogram` of the layer shown first) the page calls, so the next step is a cache hit. The results
+`layer_services.layer_histogram` of the layer shown first) the page calls, so the next step is a cache hit. The results
 are the engine's own records for the full live subset: nothing is shown from here, the page shows what
 `services.evaluate` returns when the user gets there.
 

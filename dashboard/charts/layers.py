@@ -152,7 +152,7 @@ def weight_histogram(hist: pd.DataFrame, grid: dict | None = None, *, log_y: boo
     Args:
         hist: one row per bin with columns left, right, center, before, after (`WeightHistogram.to_frame()`).
         grid: {"levels": [...], "clip": [lo, hi] | None, "threshold": float | None, optional
-            "hidden_zeros_before" / "hidden_zeros_after"} as `services.layer_histogram` returns; None = no grid.
+            "hidden_zeros_before" / "hidden_zeros_after"} as `layer_services.layer_histogram` returns; None = no grid.
         log_y: logarithmic count axis.
         title: figure title.
 

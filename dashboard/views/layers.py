@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from compression_core.config import ALLOWED_BITS, GRANULARITIES, CompressionConfig, PruneSpec, QuantSpec
-from dashboard import components, frame, services
+from dashboard import components, frame, layer_services, services
 from dashboard.charts import layers as layer_charts
 from dashboard.charts.common import metric_axis, option_label, percent_label
 from dashboard.selection import Selection
@@ -42,7 +42,7 @@ def run_sensitivity(selection: Selection, settings: list[str]) -> tuple[list[dic
         text = f"{done} / {total} layer × setting pairs" + (f" · about {eta:.0f} s left" if eta else "")
         bar.progress(done / max(total, 1), text=text)
 
-    result = services.layer_sensitivity(selection, settings, progress=progress)
+    result = layer_services.layer_sensitivity(selection, settings, progress=progress)
     bar.empty()
     return result
 
@@ -62,7 +62,7 @@ def show_sensitivity(selection: Selection, records: list[dict], table: pd.DataFr
         probe = CompressionConfig.from_dict(probes[layer, label]).to_json()
         amount = (f"−{worst[layer]:.1f} pts" if axis.field == "accuracy"
                   else f"{axis.name} {'−' if axis.higher_is_better else '+'}{worst[layer]:.{axis.digits}f}")
-        hists[f"{layer} @ {label} ({amount})"] = services.layer_histogram(
+        hists[f"{layer} @ {label} ({amount})"] = layer_services.layer_histogram(
             selection, probe, layer, bins=60, hide_zeros=True)
     st.subheader("Most affected layers")
     st.caption("Each layer at its worst setting: weights before vs after (pruned weights hidden); dashed lines "
@@ -77,7 +77,7 @@ def show_channel_ranges(selection: Selection) -> None:
                "whole tensor.")
     names = list(services.get_experiment(selection).layer_names)
     layer = st.selectbox("Layer", names, key="layers_channel_layer", bind="query-params")
-    ranges = services.channel_ranges(selection, layer)
+    ranges = layer_services.channel_ranges(selection, layer)
     st.plotly_chart(layer_charts.channel_range_figure(ranges, title=f"{layer}: weight range per output channel"),
                     key="layers_channel_ranges", config=components.CHART_CONFIG)
     spread = ranges["absmax"].max() / max(ranges["absmax"].min(), 1e-12)

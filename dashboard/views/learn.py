@@ -20,7 +20,7 @@ from compression_core.config import PruneSpec, QuantSpec
 from compression_core.methods import prune_methods, quantizers
 from compression_core.repair_gptq import gptq_weight, layer_hessians
 from compression_core.size import layer_size
-from dashboard import frame, services
+from dashboard import frame, layer_services
 from dashboard.charts import layers as layer_charts
 from dashboard.charts import learn as learn_charts
 from dashboard.charts.common import bits_label
@@ -39,7 +39,7 @@ def toy_tensor(shift: float = 0.0, outliers: tuple[float, ...] = OUTLIERS) -> to
 
 def plot_layer(w: torch.Tensor, layer: LayerCompression, key: str, *, hide_zeros: bool = False,
                title: str | None = None) -> None:
-    hist, grid = services.histogram_view(w, layer, bins=90, hide_zeros=hide_zeros)
+    hist, grid = layer_services.histogram_view(w, layer, bins=90, hide_zeros=hide_zeros)
     st.plotly_chart(layer_charts.weight_histogram(hist, grid, title=title, height=300), key=key,
                     config={"displaylogo": False})
 

@@ -74,14 +74,14 @@ def test_histogram_view_hides_only_the_pruned_weights():
 
     from compression_core.compress import compress_weight
     from compression_core.config import PruneSpec, QuantSpec
-    from dashboard import services
+    from dashboard import layer_services
 
     w = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
     layer = compress_weight(w, QuantSpec(bits=2, granularity="tensor"), PruneSpec(sparsity=0.3))
     pruned = layer.n - layer.nnz
     rounded = int((layer.weight == 0).sum()) - pruned
     assert pruned == round(0.3 * w.numel()) and rounded > 100  # 2 bits: many kept weights round to 0
-    hist, grid = services.histogram_view(w, layer, bins=40, hide_zeros=True)
+    hist, grid = layer_services.histogram_view(w, layer, bins=40, hide_zeros=True)
     assert grid["hidden_zeros_after"] == pruned
     assert int(hist["after"].sum()) == w.numel() - pruned  # the rounded zeros stay in the histogram
 

@@ -178,16 +178,16 @@ def test_slow_evaluations_are_not_prefetched():
 def test_the_prefetch_warms_histograms_only_for_sessions_that_show_them(make_app, no_exception, monkeypatch):
     import threading
 
-    from dashboard import services
+    from dashboard import layer_services, services
 
-    real, warmed = services.layer_histogram, []
+    real, warmed = layer_services.layer_histogram, []
 
     def spy(*args, **kwargs):
         if threading.current_thread().name == "explore-prefetch":
             warmed.append(CompressionConfig.from_json(args[1]).config_hash)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(services, "layer_histogram", spy)
+    monkeypatch.setattr(layer_services, "layer_histogram", spy)
     worker = services.prefetcher()
     no_exception(make_app(explore_bits="3", explore_sparsity="0.4"))  # per-layer details off (the default)
     assert worker.wait_idle(TIMEOUT) and warmed == []

@@ -15,7 +15,7 @@ from ._version import __version__
 from .cli_flags import UserError, add_config_flags, configs_from_args, out_path, positive_int, seed
 from .cli_shards import add_commands as add_shard_commands, shard_configs
 from .errors import error_line, shown
-from .record_text import MORE_METRICS, change_text, field_text
+from .record_text import change_text, progress_line, record_line
 from .tasks import TASKS
 
 EXIT_USER_ERROR = 2
@@ -89,7 +89,7 @@ def _emit(args, payload, table_rows=None, lead=()) -> None:
         _write_csv(payload if isinstance(payload, list) else [payload], lead)
     else:
         for row in table_rows if table_rows is not None else [payload]:
-            print(row if isinstance(row, str) else _row(row))
+            print(row if isinstance(row, str) else record_line(row))
 
 
 def _write_csv(records: list[dict], lead: tuple[str, ...]) -> None:
@@ -99,43 +99,6 @@ def _write_csv(records: list[dict], lead: tuple[str, ...]) -> None:
     writer = csv.DictWriter(sys.stdout, fieldnames=[*lead, *TABLE_COLUMNS], lineterminator="\n")
     writer.writeheader()
     writer.writerows({**{c: r.get(c) for c in lead}, **table_row(r)} for r in records)
-
-
-def _row(r: dict) -> str:
-    """One record as text: its quality against fp32 and its size on the first line, its compute and timing
-    (`record_text.MORE_METRICS`) indented on the second; a field the record lacks reads `unknown`."""
-    size = (f"  size {r['size_bytes'] / 1024:9.1f} KiB  x{r['compression_ratio']:.1f}  {r['bits_per_weight']:.2f} b/w"
-            f"  sparsity {r['realized_sparsity']:.1%}")
-    if r.get("accuracy") is None:  # fidelity, lm: the task's headline metric against the fp32 model's
-        head = (f"{r['label']:<44} {r['metric']} {r['metric_value']:.4g} (fp32 {r['baseline_metric_value']:.4g}) "
-                f"n={r['n_samples']}")
-    else:
-        ci = f"[{r['accuracy_ci_low']:.2%}, {r['accuracy_ci_high']:.2%}]"
-        head = (f"{r['label']:<44} acc {r['accuracy']:.2%} {ci} n={r['n_samples']}  "
-                f"change {change_text(r['accuracy_drop_pts'])}")
-    return f"{head}{size}\n    {_more_metrics(r)}"
-
-
-def _more_metrics(r: dict) -> str:
-    """'top-5 99.00 %  MACs 2,736 (sparse 1,368)  BitOps 87.6 k (sparse 43.8 k)  latency 1.23 ms/batch (eval
-    0.05 s)'; top-5 only for records with labels (task classify)."""
-    parts = []
-    for m in MORE_METRICS:
-        if m.field == "top5" and r.get("accuracy") is None:
-            continue
-        value = field_text(r, m.field)
-        unit = m.unit if r.get(m.field) is not None else ""
-        extra = f" ({m.word} {field_text(r, m.companion)})" if m.companion else ""
-        parts.append(f"{m.short} {value}{unit}{extra}")
-    return "  ".join(parts)
-
-
-def _progress_line(done: int, total: int, eta: float | None, label: str | None) -> str:
-    """A sweep's progress on stderr: '[3/8] eta 12s  next: LABEL', then '[8/8] done' (or 'stopped' when it ended
-    early, e.g. cancelled)."""
-    if label is None:
-        return f"[{done}/{total}] {'done' if done >= total else 'stopped'}"
-    return f"[{done}/{total}] {'' if eta is None else f'eta {eta:.0f}s  '}next: {label}"
 
 
 def cmd_evaluate(args) -> None:
@@ -195,7 +158,7 @@ def cmd_sweep(args) -> None:
         _log(f"failed: {config.label}: {line}")
 
     def progress(done, total, eta, label):
-        _log(_progress_line(done, total, eta, label))
+        _log(progress_line(done, total, eta, label))
 
     try:  # the first write: a read-only store is refused here, before anything is computed
         run_id = store.new_run(f"cli sweep {exp.loaded.name}/{exp.dataset.info.name}",
@@ -246,7 +209,7 @@ def cmd_export(args) -> None:
         x = exp.x.load(min(len(exp.x), STREAMED_EXPORT_CHECK)) if exp.streamed else exp.x
         fields, lines = export_standard(cm, args.out, args.format, x)
         record.update(fields)
-    _emit(args, record, table_rows=[_row(record), *lines], lead=("file", "file_bytes"))
+    _emit(args, record, table_rows=[record_line(record), *lines], lead=("file", "file_bytes"))
 
 
 def cmd_report(args) -> None:

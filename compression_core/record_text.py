@@ -1,4 +1,5 @@
-"""How a record's numbers read as text, the same in the CLI's rows and the dashboard's tiles.
+"""How a record's numbers read as text, the same in the CLI's rows and the dashboard's tiles, and the CLI's lines
+(`record_line`, `progress_line`).
 
 The compute and timing fields (`MORE_METRICS`: top-5, MACs, BitOps, latency, each with its sparse or timing
 companion) are shown by both, with one formatter each; a field the record lacks or leaves null reads as
@@ -75,3 +76,40 @@ def change_text(drop_pts: float) -> str:
     """The accuracy change against fp32 from `accuracy_drop_pts` (positive = worse): 70.8 -> '-70.80 pts vs fp32';
     no change reads '+0.00' (never '-0.00')."""
     return f"{0.0 - drop_pts:+.2f} pts vs fp32"
+
+
+def record_line(r: dict) -> str:
+    """One record as the CLI prints it: its quality against fp32 and its size on the first line, its compute and
+    timing (`MORE_METRICS`) indented on the second; a field the record lacks reads `unknown`."""
+    size = (f"  size {r['size_bytes'] / 1024:9.1f} KiB  x{r['compression_ratio']:.1f}  {r['bits_per_weight']:.2f} b/w"
+            f"  sparsity {r['realized_sparsity']:.1%}")
+    if r.get("accuracy") is None:  # fidelity, lm: the task's headline metric against the fp32 model's
+        head = (f"{r['label']:<44} {r['metric']} {r['metric_value']:.4g} (fp32 {r['baseline_metric_value']:.4g}) "
+                f"n={r['n_samples']}")
+    else:
+        ci = f"[{r['accuracy_ci_low']:.2%}, {r['accuracy_ci_high']:.2%}]"
+        head = (f"{r['label']:<44} acc {r['accuracy']:.2%} {ci} n={r['n_samples']}  "
+                f"change {change_text(r['accuracy_drop_pts'])}")
+    return f"{head}{size}\n    {more_metrics(r)}"
+
+
+def more_metrics(r: dict) -> str:
+    """'top-5 99.00 %  MACs 2,736 (sparse 1,368)  BitOps 87.6 k (sparse 43.8 k)  latency 1.23 ms/batch (eval
+    0.05 s)'; top-5 only for records with labels (task classify)."""
+    parts = []
+    for m in MORE_METRICS:
+        if m.field == "top5" and r.get("accuracy") is None:
+            continue
+        value = field_text(r, m.field)
+        unit = m.unit if r.get(m.field) is not None else ""
+        extra = f" ({m.word} {field_text(r, m.companion)})" if m.companion else ""
+        parts.append(f"{m.short} {value}{unit}{extra}")
+    return "  ".join(parts)
+
+
+def progress_line(done: int, total: int, eta: float | None, label: str | None) -> str:
+    """A sweep's progress on stderr: '[3/8] eta 12s  next: LABEL', then '[8/8] done' (or 'stopped' when it ended
+    early, e.g. cancelled)."""
+    if label is None:
+        return f"[{done}/{total}] {'done' if done >= total else 'stopped'}"
+    return f"[{done}/{total}] {'' if eta is None else f'eta {eta:.0f}s  '}next: {label}"

@@ -184,24 +184,24 @@ def test_text_row_shows_every_metric_with_the_change_as_the_dashboard_says_it(tm
 
 
 def test_a_stored_record_without_the_new_fields_reads_unknown_not_zero():
-    from compression_core.cli import _row
+    from compression_core.record_text import record_line
 
     old = {"label": "int4", "accuracy": 0.5, "accuracy_ci_low": 0.4, "accuracy_ci_high": 0.6, "n_samples": 10,
            "accuracy_drop_pts": 0.0, "size_bytes": 2048, "compression_ratio": 8.0, "bits_per_weight": 4.0,
            "realized_sparsity": 0.0, "top5": None, "macs": 12_345, "sparse_macs": 12_345, "bitops": 987_654_321,
            "latency_ms_per_batch": 1.5, "eval_seconds": 0.25}
-    head, more = _row(old).split("\n")
+    head, more = record_line(old).split("\n")
     assert "change +0.00 pts vs fp32" in head
     assert more == ("    top-5 unknown  MACs 12.3 k (sparse 12.3 k)  BitOps 988 M (sparse unknown)  "
                     "latency 1.50 ms/batch (eval 0.25 s)")
 
 
 def test_sweep_progress_ends_with_a_clean_final_line(tmp_path):
-    from compression_core.cli import _progress_line
+    from compression_core.record_text import progress_line
 
-    assert _progress_line(0, 2, None, "int4") == "[0/2] next: int4"
-    assert _progress_line(1, 2, 3.4, "int8") == "[1/2] eta 3s  next: int8"
-    assert (_progress_line(2, 2, 0.0, None), _progress_line(1, 2, 1.0, None)) == ("[2/2] done", "[1/2] stopped")
+    assert progress_line(0, 2, None, "int4") == "[0/2] next: int4"
+    assert progress_line(1, 2, 3.4, "int8") == "[1/2] eta 3s  next: int8"
+    assert (progress_line(2, 2, 0.0, None), progress_line(1, 2, 1.0, None)) == ("[2/2] done", "[1/2] stopped")
     r = cli("sweep", "--model", "digits-cnn", "--dataset", "digits", "--limit", "50", "--bits", "4,8",
             store=tmp_path / "s.sqlite")
     assert r.returncode == 0, r.stderr

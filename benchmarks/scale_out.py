@@ -31,7 +31,8 @@ from compression_core.executor_ray import RayExecutor
 from compression_core.record import differing_fields
 from compression_core.spec import ExperimentSpec
 from compression_core.store import Store
-from compression_core.sweep import expand_grid, sweep
+from compression_core.grid import expand_grid
+from compression_core.sweep import sweep
 
 BITS = (2, 3, 4, 6, 8)
 SPARSITY = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)

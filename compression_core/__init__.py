@@ -61,7 +61,8 @@ from .record import RECORD_FIELDS, LayerRow, Record
 from .sensitivity import layer_sensitivity
 from .size import SizeReport, size_report
 from .store import Store
-from .sweep import expand_grid, sweep
+from .grid import expand_grid
+from .sweep import sweep
 
 __all__ = [
     "RECORD_FIELDS", "CompressedModel", "CompressionConfig", "ConfigError", "Dataset", "DatasetUnavailable",

@@ -15,7 +15,7 @@ from .config import (ACT_BITS, ALLOWED_BITS, GRANULARITIES, OPTIMIZERS, PRUNE_ME
                      SCHEMES, SCOPES, CompressionConfig, ConfigError, LayerOverride, parse_nm)
 from .errors import shown
 from .methods import prune_method_info, quantizer_info
-from .sweep import GRID_FIELDS, expand_grid
+from .grid import GRID_FIELDS, expand_grid
 
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes at most a signed 64-bit integer
 LAYER_KEYS = ("bits", "quantizer", "scheme", "granularity", "range", "group_size", "scale_dtype", "sparsity", "prune",

@@ -9,7 +9,7 @@ the same grid. Within a shard the configs keep the order of the grid.
 
 Example:
     >>> from compression_core.config import CompressionConfig
-    >>> from compression_core.sweep import expand_grid
+    >>> from compression_core.grid import expand_grid
     >>> grid = expand_grid(CompressionConfig(), bits=[2, 4, 8], sparsity=[0, 0.5])
     >>> index, count = parse_shard("2/4")
     >>> [len(shard(grid, i, count)) for i in range(1, count + 1)]

@@ -1,7 +1,6 @@
 """Sweeps: build a grid of configs, then evaluate them one by one — skipping what the store already has.
 
-`expand_grid` turns lists of settings into canonical, de-duplicated `CompressionConfig`s. `sweep` runs them
-through an `Executor` (in-process and serial by default; `executor_ray.RayExecutor` spreads them over Ray
+`sweep` runs a list of configs (e.g. `grid.expand_grid`'s, canonical and de-duplicated) through an `Executor` (in-process and serial by default; `executor_ray.RayExecutor` spreads them over Ray
 workers), writes every record to the store the moment it
 finishes (a crash loses at most the config in flight), streams records to `on_record`, reports progress with
 an ETA measured on this run, and stops between configs when `cancel` is set. Running the same sweep again
@@ -13,7 +12,7 @@ waits for its record instead. A store that cannot be written costs one warning, 
 
 Example:
     >>> import pathlib, tempfile
-    >>> from compression_core import Experiment, Store, load_dataset, load_model
+    >>> from compression_core import CompressionConfig, Experiment, Store, expand_grid, load_dataset, load_model
     >>> configs = expand_grid(CompressionConfig(), bits=[2, 4, 8, 32], sparsity=[0, 0.5, 0.9])
     >>> len(configs)
     12
@@ -26,17 +25,16 @@ Example:
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from .config import CompressionConfig, ConfigError, parse_nm
+from .config import CompressionConfig
 from .errors import error_line
 from .store import CLAIM_TTL_S, Store, StoreError, new_owner
 
@@ -44,33 +42,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-# sweep setting name (the CLI flag without dashes, '-' -> '_') -> (part of the config, field)
-GRID_FIELDS: dict[str, tuple[str, str]] = {
-    "bits": ("quant", "bits"),
-    "quantizer": ("quant", "quantizer"),
-    "scheme": ("quant", "scheme"),
-    "granularity": ("quant", "granularity"),
-    "range": ("quant", "range"),
-    "percentile": ("quant", "percentile"),
-    "group_size": ("quant", "group_size"),
-    "scale_dtype": ("quant", "scale_dtype"),
-    "double_quant": ("quant", "double_quant"),
-    "sparsity": ("prune", "sparsity"),
-    "prune": ("prune", "method"),
-    "scope": ("prune", "scope"),
-    "norm": ("prune", "norm"),
-    "nm": ("prune", "n:m"),  # "2:4" or (2, 4)
-    "act_bits": ("config", "act_bits"),
-    "index_bits": ("config", "index_bits"),
-    "finetune_steps": ("config", "finetune_steps"),
-    "bias_correction": ("config", "bias_correction"),
-    "fold_bn": ("config", "fold_bn"),
-    "seed": ("config", "seed"),
-    "repair": ("config", "repair"),
-    "alpha": ("config", "alpha"),
-    "act_order": ("config", "act_order"),
-}
 
 CLAIM_BATCH = 8  # configs claimed (and handed to the executor / run_many) at a time; other processes take the rest
 POLL_S = 0.5  # how often a sweep looks for the records of configs another process is computing
@@ -121,49 +92,6 @@ class SerialExecutor:
 
 
 # ---- grids ---------------------------------------------------------------------------------------
-def expand_grid(base: CompressionConfig | None = None, **lists: Any) -> list[CompressionConfig]:
-    """Every combination of the given settings applied to `base`, canonical and de-duplicated by config hash.
-
-    Args:
-        base: the config the grid varies (its overrides, seed, ... are kept); None = `CompressionConfig()`.
-        **lists: setting name -> list of values (a single value is a one-element list). Names are those of
-            `GRID_FIELDS`: bits, quantizer, scheme, granularity, range, percentile, group_size, scale_dtype,
-            double_quant, sparsity, prune (method),
-            scope, norm, nm ("2:4"), act_bits, index_bits, finetune_steps, bias_correction, fold_bn, seed,
-            repair (none / gptq / awq / smoothquant), alpha, act_order.
-
-    Returns:
-        Configs in itertools.product order of the arguments (first occurrence kept). bits=32 with sparsity 0 is
-        the fp32 point; e.g. `quantizer=["fp16"]` with `bits=[4, 8]` gives one fp16 config.
-
-    Raises:
-        ConfigError: unknown setting name, or a combination the config rejects (the message names it).
-    """
-    base = base or CompressionConfig()
-    unknown = sorted(set(lists) - GRID_FIELDS.keys())
-    if unknown:
-        raise ConfigError(f"unknown sweep setting(s) {unknown}; allowed: {', '.join(GRID_FIELDS)}")
-    names = list(lists)
-    values = [list(v) if isinstance(v, (list, tuple, set, range)) else [v] for v in lists.values()]
-    configs: dict[str, CompressionConfig] = {}
-    for combo in itertools.product(*values):
-        parts: dict[str, dict[str, Any]] = {"quant": {}, "prune": {}, "config": {}}
-        for name, value in zip(names, combo):
-            part, fld = GRID_FIELDS[name]
-            if fld == "n:m":
-                parts[part]["n"], parts[part]["m"] = parse_nm(value)
-            else:
-                parts[part][fld] = value
-        try:  # QuantSpec / PruneSpec reset settings that another choice makes meaningless
-            config = replace(base, quant=replace(base.quant, **parts["quant"]),
-                             prune=replace(base.prune, **parts["prune"]),
-                             **parts["config"])
-        except ConfigError as e:
-            raise ConfigError(f"sweep combination {dict(zip(names, combo))} is invalid: {e}") from None
-        configs.setdefault(config.config_hash, config)
-    return list(configs.values())
-
-
 # ---- running -------------------------------------------------------------------------------------
 class _Book:
     """The sweep's side of the store: reads, writes and claims; a failed write is one warning, then no more writes.

@@ -38,7 +38,7 @@ from compression_core.models.specs import USER_CODE_ERRORS
 from compression_core.pareto import pareto_front, staircase
 from compression_core.store import Store, StoreError
 from compression_core.tasks import TASKS, default_task
-from compression_core.sweep import expand_grid
+from compression_core.grid import expand_grid
 from dashboard import precomputed as shipped
 from dashboard import uploads
 from dashboard.prefetch import Prefetcher

@@ -6,7 +6,8 @@ from compression_core.datasets import load_dataset
 from compression_core.experiment import Experiment
 from compression_core.models import load_model
 from compression_core.store import Store
-from compression_core.sweep import expand_grid, sweep
+from compression_core.grid import expand_grid
+from compression_core.sweep import sweep
 
 GRID = {"bits": [2, 4, 8, 32], "sparsity": [0.0, 0.5]}
 LIMIT = 150

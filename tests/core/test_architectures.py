@@ -14,7 +14,7 @@ from compression_core.config import CompressionConfig, PruneSpec, QuantSpec
 from compression_core.evaluate import layer_macs
 from compression_core.export import ExportError, export, load_exported
 from compression_core.size import layer_size, size_report
-from compression_core.sweep import expand_grid
+from compression_core.grid import expand_grid
 from tests.core.test_export_safety import resign, split
 
 INT4_HALF = CompressionConfig(quant=QuantSpec(bits=4), prune=PruneSpec(sparsity=0.5))

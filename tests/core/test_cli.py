@@ -126,7 +126,7 @@ def test_models_and_datasets_listing():
 def test_every_sweep_setting_but_norm_the_switches_and_seed_is_a_comma_list_flag():
     from compression_core.cli import build_parser
     from compression_core.cli_flags import GRID_FLAGS, configs_from_args
-    from compression_core.sweep import GRID_FIELDS
+    from compression_core.grid import GRID_FIELDS
 
     args = build_parser().parse_args(["sweep", "--model", "digits-cnn", "--bits", "4,8", "--index-bits", "4,8",
                                       "--finetune-steps", "0,5", "--seed", "3", "--bias-correction",

@@ -13,7 +13,7 @@ from compression_core.cli_reproduce import record_argv, reproduce_command
 from compression_core.config import CompressionConfig, LayerOverride, PruneSpec, QuantSpec
 from compression_core.pareto import pareto_front, recommended
 from compression_core.store import Store
-from compression_core.sweep import expand_grid
+from compression_core.grid import expand_grid
 from tests.core.test_cli import cli
 
 

@@ -15,7 +15,8 @@ from compression_core.executor_ray import require_ray
 from compression_core.record import differing_fields
 from compression_core.spec import ExperimentSpec
 from compression_core.store import Store
-from compression_core.sweep import expand_grid, sweep
+from compression_core.grid import expand_grid
+from compression_core.sweep import sweep
 from tests.core.byo_model import tiny_mlp
 
 ray = pytest.importorskip("ray")

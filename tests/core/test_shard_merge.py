@@ -16,7 +16,7 @@ from compression_core.record import differing_fields
 from compression_core.shard import ShardError, parse_shard, shard
 from compression_core.store import SCHEMA_VERSION, Store, StoreError, new_owner
 from compression_core.store_merge import merge_stores, upgrade_store
-from compression_core.sweep import expand_grid
+from compression_core.grid import expand_grid
 from tests.core.test_cli import ROOT
 from tests.core.test_store import rec
 from tests.core.test_store_schema import newer_store, write_v1_store

@@ -16,7 +16,8 @@ import pytest
 from compression_core._version import __version__
 from compression_core.config import CompressionConfig, ConfigError, LayerOverride, PruneSpec, QuantSpec
 from compression_core.store import Store, new_owner
-from compression_core.sweep import SerialExecutor, expand_grid, sweep
+from compression_core.grid import expand_grid
+from compression_core.sweep import SerialExecutor, sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import pytest
 from compression_core._version import __version__
 from compression_core.config import CompressionConfig
 from compression_core.store import Store
-from compression_core.sweep import expand_grid
+from compression_core.grid import expand_grid
 from dashboard import jobs
 
 CONFIGS = expand_grid(bits=[2, 4, 8, 32], sparsity=[0.0, 0.5])  # 8 configs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from compression_core.store import Store
-from compression_core.sweep import expand_grid
+from compression_core.grid import expand_grid
 from dashboard import cluster, jobs, services
 from dashboard.cluster import RAY_ADDRESS_ENV
 from dashboard.components import plain

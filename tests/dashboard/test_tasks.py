@@ -11,7 +11,8 @@ from compression_core.experiment import Experiment
 from compression_core.models import load_model
 from compression_core.pareto import pareto_front, staircase
 from compression_core.store import Store
-from compression_core.sweep import expand_grid, sweep
+from compression_core.grid import expand_grid
+from compression_core.sweep import sweep
 from dashboard import frame
 from dashboard.server_paths import DATA_ROOTS_ENV
 from tests.core.hf_models import save_gpt2

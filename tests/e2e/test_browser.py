@@ -9,7 +9,7 @@ from pathlib import Path
 
 from playwright.sync_api import expect
 
-from compression_core.sweep import expand_grid
+from compression_core.grid import expand_grid
 from tests.e2e.locators import slider_input
 
 ROOT = Path(__file__).resolve().parents[2]

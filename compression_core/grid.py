@@ -57,7 +57,8 @@ def expand_grid(base: CompressionConfig | None = None, **lists: Any) -> list[Com
         the fp32 point; e.g. `quantizer=["fp16"]` with `bits=[4, 8]` gives one fp16 config.
 
     Raises:
-        ConfigError: unknown setting name, or a combination the config rejects (the message names it).
+        ConfigError: unknown setting name, or a combination the config rejects: the message gives the config's
+            reason, after the values of the settings that vary in this grid (none for a one-config grid).
     """
     base = base or CompressionConfig()
     unknown = sorted(set(lists) - GRID_FIELDS.keys())
@@ -65,6 +66,7 @@ def expand_grid(base: CompressionConfig | None = None, **lists: Any) -> list[Com
         raise ConfigError(f"unknown sweep setting(s) {unknown}; allowed: {', '.join(GRID_FIELDS)}")
     names = list(lists)
     values = [list(v) if isinstance(v, (list, tuple, set, range)) else [v] for v in lists.values()]
+    varying = {name for name, options in zip(names, values) if len(options) > 1}
     configs: dict[str, CompressionConfig] = {}
     for combo in itertools.product(*values):
         parts: dict[str, dict[str, Any]] = {"quant": {}, "prune": {}, "config": {}}
@@ -79,6 +81,7 @@ def expand_grid(base: CompressionConfig | None = None, **lists: Any) -> list[Com
                              prune=replace(base.prune, **parts["prune"]),
                              **parts["config"])
         except ConfigError as e:
-            raise ConfigError(f"sweep combination {dict(zip(names, combo))} is invalid: {e}") from None
+            where = {name: value for name, value in zip(names, combo) if name in varying}
+            raise ConfigError(f"sweep combination {where} is invalid: {e}" if where else str(e)) from None
         configs.setdefault(config.config_hash, config)
     return list(configs.values())

@@ -346,11 +346,13 @@ def sweep_grid(bits: list, sparsities: list[float], quantizers: list[str], metho
     for (b, quantizer), repair in itertools.product(combos, repairs or ["none"]):
         grans = quantizer_info(quantizer).granularities
         own = granularity if granularity in grans or len(grans) != 1 else grans[0]
-        try:
+        what = f"{b}-bit {quantizer}" + (f" with {repair}" if repair != "none" else "")
+        try:  # the quantizer's settings alone first: what they cannot do skips all of them, in one line
+            expand_grid(base, bits=[b], quantizer=[quantizer], granularity=[own], repair=[repair])
             grid = expand_grid(base, bits=[b], quantizer=[quantizer], sparsity=sparsities, prune=methods,
                                granularity=[own], group_size=group_sizes or [None], repair=[repair])
         except ConfigError as e:
-            problems.append(str(e))
+            problems.append(f"{what}: {e}")
             continue
         for config in grid:
             configs.setdefault(config.config_hash, config)

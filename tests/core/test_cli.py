@@ -104,6 +104,15 @@ def test_bad_input_exits_2_with_one_line(args, says, byo_files, tmp_path):
     assert r.stdout == ""
 
 
+def test_an_impossible_config_says_why_in_the_users_terms(tmp_path):
+    # one config: the reason alone (not the dozen defaults it was built from); a sweep: which of its values
+    r = cli("evaluate", "--model", "digits-cnn", "--bits", "1", store=tmp_path / "s.sqlite")
+    assert r.returncode == 2 and r.stderr.startswith("error: bits=1 needs scheme asym"), r.stderr
+    r = cli("sweep", "--model", "digits-cnn", "--bits", "4,1", store=tmp_path / "s.sqlite")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: sweep combination {'bits': 1} is invalid: bits=1 needs scheme asym"), r.stderr
+
+
 def test_byo_model_evaluates(byo_files, tmp_path):
     r = cli("evaluate", "--model", "tests.core.byo_model:tiny_mlp", "--weights", str(byo_files["good"]),
             "--num-classes", "10", "--dataset", "digits", "--bits", "8", "--json", store=tmp_path / "s.sqlite")

@@ -96,6 +96,16 @@ def test_expand_grid_bad_input_names_it():
         expand_grid(prune=["nm"], nm=["24"])
 
 
+def test_an_invalid_combination_is_named_by_the_settings_that_vary_only():
+    reason = "bits=1 needs scheme asym"
+    with pytest.raises(ConfigError) as one:  # one config (the CLI's evaluate): the reason alone
+        expand_grid(bits=[1], scheme=["sym"], sparsity=[0.0], granularity=["channel"])
+    assert str(one.value).startswith(reason) and "combination" not in str(one.value)
+    with pytest.raises(ConfigError) as grid:  # a grid: which combination, by the settings that vary
+        expand_grid(bits=[4, 1], scheme=["sym"], sparsity=[0.0, 0.5], granularity=["channel"])
+    assert str(grid.value).startswith(f"sweep combination {{'bits': 1, 'sparsity': 0.0}} is invalid: {reason}")
+
+
 # ---- sweep ---------------------------------------------------------------------------------------
 def test_sweep_streams_into_store_and_resumes(tmp_path):
     store = Store(tmp_path / "s.sqlite")

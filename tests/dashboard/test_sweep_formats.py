@@ -20,6 +20,14 @@ def test_sweep_grid_crosses_repair_and_skips_what_does_not_apply():
     assert got == [("nf4", 4, "awq"), ("nf4", 4, "none"), ("uniform", 3, "awq"), ("uniform", 3, "gptq"),
                    ("uniform", 3, "none"), ("uniform", 32, "none")]  # fp32: nothing to repair, one config
     assert len(problems) == 1 and "repair gptq needs quantizer uniform" in problems[0]
+    assert problems[0].startswith("4-bit nf4 with gptq: ") and "combination" not in problems[0]
+
+
+def test_sweep_grid_skips_a_bit_width_in_one_line_whatever_the_sparsities():
+    configs, problems = services.sweep_grid([1, 4], [0.0, 0.5, 0.9], ["uniform"], ["magnitude"], scheme="sym",
+                                            granularity="channel", range_method="minmax", scope="layer")
+    assert sorted((c.quant.bits, c.prune.sparsity) for c in configs) == [(4, 0.0), (4, 0.5), (4, 0.9)]
+    assert problems == [problems[0]] and problems[0].startswith("1-bit uniform: bits=1 needs scheme asym")
 
 
 def test_sweep_grid_per_tensor_skips_nothing_and_keeps_format_defaults():
